@@ -1,0 +1,329 @@
+//! Typed configuration: one TOML file, embedded defaults, clear errors.
+//!
+//! Every key has a default, so an empty file is a valid configuration. Unknown keys are
+//! errors (a typo must never silently fall back to a default).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration used when `--config` is not given: a working local mail server.
+pub const EMBEDDED_DEFAULT: &str = r#"
+data_dir = "./tern-data"
+
+[[listen]]
+addr = "127.0.0.1:2525"
+mode = "smtp"
+
+[local]
+domains = ["localhost", "localhost.localdomain"]
+accept_unknown = true
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name used in the greeting, EHLO reply and Received headers.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_listen")]
+    pub listen: Vec<Listen>,
+    #[serde(default)]
+    pub local: Local,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub queue: Queue,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    #[serde(default)]
+    pub mode: ListenMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenMode {
+    /// Port 25 style: mail from other servers to local domains.
+    #[default]
+    Smtp,
+    /// Port 587: message submission (STARTTLS then AUTH).
+    Submission,
+    /// Port 465: message submission over implicit TLS.
+    Submissions,
+}
+
+impl fmt::Display for ListenMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ListenMode::Smtp => "smtp",
+            ListenMode::Submission => "submission",
+            ListenMode::Submissions => "submissions",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Local {
+    /// Domains whose mail is delivered here.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Root of the Maildirs: `<mail_root>/<domain>/<local-part>/`. Default `<data_dir>/mail`.
+    pub mail_root: Option<PathBuf>,
+    /// Accept any local part of a local domain (each gets its own mailbox).
+    #[serde(default)]
+    pub accept_unknown: bool,
+    /// Address → list of addresses it expands to (local or remote).
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
+    /// Mailboxes that exist.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// `alice+news@` is delivered to `alice@`. Empty string disables subaddressing.
+    #[serde(default = "default_subaddress_separator")]
+    pub subaddress_separator: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest message accepted, in bytes (advertised with SIZE).
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Longest wait for the next command or the next piece of a message.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Longest a whole connection may last.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Bad commands (syntax, sequence, unknown) before the connection is closed with 421.
+    pub max_bad_commands: u32,
+    /// How long sessions may take to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 26_214_400,
+            max_recipients: 100,
+            command_timeout: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(1800),
+            max_bad_commands: 10,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Queue {
+    /// Waits between delivery attempts; the last one repeats.
+    #[serde(with = "humantime_serde_vec")]
+    pub retry: Vec<Duration>,
+    /// After this long in the queue a recipient that still fails is bounced.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Deliveries running at once.
+    pub concurrency: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        Queue {
+            retry: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
+            max_age: Duration::from_secs(5 * 24 * 3600),
+            concurrency: 64,
+        }
+    }
+}
+
+fn default_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./tern-data")
+}
+
+fn default_listen() -> Vec<Listen> {
+    vec![Listen { addr: "127.0.0.1:2525".parse().unwrap(), mode: ListenMode::Smtp }]
+}
+
+fn default_subaddress_separator() -> String {
+    "+".to_string()
+}
+
+/// A configuration error, with the file and line where it applies.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Loads `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(EMBEDDED_DEFAULT, "<embedded default>"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                Config::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: origin.to_string(), message };
+        let config: Config = toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.listen.is_empty() {
+            return Err("listen: at least one [[listen]] entry is needed".into());
+        }
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            return Err(format!("hostname: {:?} is not a host name", self.hostname));
+        }
+        for d in &self.local.domains {
+            crate::smtp::address::canonical_domain(d)
+                .ok_or_else(|| format!("local.domains: {d:?} is not a domain name"))?;
+        }
+        for (from, to) in &self.local.aliases {
+            check_address("local.aliases", from)?;
+            if to.is_empty() {
+                return Err(format!("local.aliases: {from:?} expands to nothing"));
+            }
+            for t in to {
+                check_address("local.aliases", t)?;
+            }
+        }
+        for u in &self.local.users {
+            check_address("local.users", u)?;
+        }
+        if self.limits.max_recipients == 0 {
+            return Err("limits.max_recipients: must be at least 1".into());
+        }
+        if self.limits.max_message_size < 1024 {
+            return Err("limits.max_message_size: must be at least 1024 bytes".into());
+        }
+        if self.queue.retry.is_empty() {
+            return Err("queue.retry: at least one interval is needed".into());
+        }
+        if self.queue.concurrency == 0 {
+            return Err("queue.concurrency: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn mail_root(&self) -> PathBuf {
+        self.local.mail_root.clone().unwrap_or_else(|| self.data_dir.join("mail"))
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+}
+
+fn check_address(key: &str, addr: &str) -> Result<(), String> {
+    crate::smtp::address::Mailbox::parse(addr)
+        .map(|_| ())
+        .map_err(|e| format!("{key}: {addr:?} is not an address ({e})"))
+}
+
+/// Turns a TOML error into "line N: message", naming the offending key.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let snippet = text[span.clone()].lines().next().unwrap_or("").trim();
+            format!("line {line}: {message} (at `{snippet}`)")
+        }
+        None => message,
+    }
+}
+
+/// Serde adapters for durations written like "5m" or "30s".
+mod humantime_serde {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+mod humantime_serde_vec {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| {
+                humantime::parse_duration(s)
+                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.listen[0].addr.port(), 2525);
+        assert!(c.local.accept_unknown);
+        assert_eq!(c.mail_root(), PathBuf::from("./tern-data/mail"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = Config::parse("hostname = \"a.test\"\n\n[limits]\nmax_size = 5\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_size"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        let c = Config::parse("[limits]\ncommand_timeout = \"90s\"\n[queue]\nretry = [\"1s\", \"2m\"]\n", "t")
+            .unwrap();
+        assert_eq!(c.limits.command_timeout, Duration::from_secs(90));
+        assert_eq!(c.queue.retry, vec![Duration::from_secs(1), Duration::from_secs(120)]);
+        assert!(Config::parse("[limits]\ncommand_timeout = \"soon\"\n", "t").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::parse("[local]\nusers = [\"not an address\"]\n", "t").unwrap_err().to_string();
+        assert!(err.contains("local.users"), "{err}");
+    }
+}

@@ -1,0 +1,3 @@
+mod config;
+mod smtp;
+fn main() {}

@@ -1,0 +1,31 @@
+//! EHLO and HELO (RFC 5321 §4.1.1.1).
+
+use super::{Hello, Session};
+use crate::smtp::reply::Reply;
+
+impl Session {
+    pub(super) fn on_hello(&mut self, name: String, extended: bool) {
+        if self.pipelined_too_far() {
+            return;
+        }
+        // §4.1.4: EHLO/HELO in the middle of a session resets the transaction.
+        self.txn = None;
+        let mut lines = vec![format!("{} Hello {name}", self.config.hostname)];
+        if extended {
+            lines.extend(
+                [
+                    "PIPELINING".to_string(),
+                    format!("SIZE {}", self.config.max_message_size),
+                    "8BITMIME".into(),
+                    "SMTPUTF8".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "CHUNKING".into(),
+                    "DSN".into(),
+                ]
+                .into_iter(),
+            );
+        }
+        self.hello = Some(Hello { name, extended });
+        self.reply(Reply::plain(250, lines));
+    }
+}

@@ -1,0 +1,347 @@
+//! The server side of an SMTP conversation as a state machine without I/O.
+//!
+//! The connection task feeds received bytes with [`Session::receive`] and calls
+//! [`Session::poll`] until it returns `None`, writing each reply it gets. Decisions that
+//! belong to other layers (may this sender or recipient be accepted, is the message
+//! stored) come out as [`Event::Check`]; the session then waits until the caller answers
+//! with [`Session::answer_mail`], [`Session::answer_rcpt`] or [`Session::answer_message`].
+
+mod bdat;
+mod data;
+mod hello;
+mod mail;
+mod rcpt;
+mod simple;
+
+use super::address::Mailbox;
+use super::body::BodyReader;
+use super::command::{self, Command};
+use super::params::{MailParams, RcptParams};
+use super::reply::{Reply, common};
+use std::collections::VecDeque;
+
+/// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
+pub const MAX_LINE: usize = 1000;
+
+/// Limits and identity the session needs.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_bad_commands: u32,
+}
+
+/// What the client said in EHLO/HELO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub name: String,
+    pub extended: bool,
+}
+
+/// An accepted recipient and where the policy layer said it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub to: Mailbox,
+    pub params: RcptParams,
+    pub routes: Vec<String>,
+}
+
+/// A complete transaction, handed out when the message content has arrived.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub hello: Hello,
+    pub from: Option<Mailbox>,
+    pub params: MailParams,
+    pub rcpts: Vec<Recipient>,
+    pub content: Vec<u8>,
+    /// Sent with BDAT rather than DATA.
+    pub chunked: bool,
+}
+
+/// A question for the layers above the protocol.
+#[derive(Debug, Clone)]
+pub enum Check {
+    Mail { from: Option<Mailbox>, params: MailParams },
+    Rcpt { to: Mailbox, params: RcptParams },
+    Message(Box<Message>),
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// Send this reply.
+    Reply(Reply),
+    /// Decide, then answer the session.
+    Check(Check),
+    /// Close the connection once the replies before it are sent.
+    Close,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Command,
+    /// Discarding the rest of an overlong command line.
+    SkipLine,
+    Data(BodyReader),
+    /// Reading a BDAT chunk; `refusal` is set when the chunk is read only to be discarded.
+    Bdat { remaining: u64, last: bool, refusal: Option<Reply> },
+}
+
+/// The open mail transaction (between MAIL and the end of the message).
+#[derive(Debug)]
+struct Transaction {
+    from: Option<Mailbox>,
+    params: MailParams,
+    rcpts: Vec<Recipient>,
+    content: Vec<u8>,
+    /// Present once BDAT has started.
+    chunks: Option<BodyReader>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Mail,
+    Rcpt,
+    Message,
+}
+
+pub struct Session {
+    config: SessionConfig,
+    input: Vec<u8>,
+    hello: Option<Hello>,
+    txn: Option<Transaction>,
+    mode: Mode,
+    pending: Option<Pending>,
+    /// The MAIL or RCPT awaiting a verdict.
+    asked: Option<Command>,
+    events: VecDeque<Event>,
+    bad_commands: u32,
+    closed: bool,
+}
+
+impl Session {
+    pub fn new(config: SessionConfig) -> Session {
+        Session {
+            config,
+            input: Vec::new(),
+            hello: None,
+            txn: None,
+            mode: Mode::Command,
+            pending: None,
+            asked: None,
+            events: VecDeque::new(),
+            bad_commands: 0,
+            closed: false,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        Reply::plain(220, vec![format!("{} ESMTP Tern", self.config.hostname)])
+    }
+
+    /// Appends bytes received from the client.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        if !self.closed {
+            self.input.extend_from_slice(bytes);
+        }
+    }
+
+    /// True while message content is being received (DATA or a BDAT chunk).
+    pub fn in_message(&self) -> bool {
+        !matches!(self.mode, Mode::Command | Mode::SkipLine) || self.pending == Some(Pending::Message)
+    }
+
+    /// True when nothing received is waiting to be processed.
+    pub fn input_is_empty(&self) -> bool {
+        self.input.is_empty()
+    }
+
+    /// The next thing to do, or `None` when more input (or an answer) is needed.
+    pub fn poll(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(event);
+            }
+            if self.closed || self.pending.is_some() {
+                return None;
+            }
+            let progressed = match self.mode {
+                Mode::Command => self.next_command(),
+                Mode::SkipLine => self.skip_line(),
+                Mode::Data(_) => self.read_data(),
+                Mode::Bdat { .. } => self.read_chunk(),
+            };
+            if !progressed {
+                return None;
+            }
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.events.push_back(Event::Reply(reply));
+    }
+
+    fn close_with(&mut self, reply: Reply) {
+        self.reply(reply);
+        self.events.push_back(Event::Close);
+        self.closed = true;
+        self.input.clear();
+    }
+
+    /// Replies with an error that counts towards the bad-command limit.
+    fn reject(&mut self, reply: Reply) {
+        self.reply(reply);
+        self.bad_commands += 1;
+        if self.bad_commands >= self.config.max_bad_commands {
+            self.close_with(common::too_many_errors());
+        }
+    }
+
+    fn ask(&mut self, pending: Pending, check: Check) {
+        self.pending = Some(pending);
+        self.events.push_back(Event::Check(check));
+    }
+
+    /// Takes one command line from the input and handles it.
+    fn next_command(&mut self) -> bool {
+        let Some(lf) = memchr::memchr(b'\n', &self.input) else {
+            if self.input.len() >= MAX_LINE {
+                // No line end within the limit: refuse, then drop the rest of the line.
+                self.input.clear();
+                self.mode = Mode::SkipLine;
+                self.reject(common::line_syntax("Line too long"));
+                return true;
+            }
+            return false;
+        };
+        let line: Vec<u8> = self.input.drain(..=lf).collect();
+        if line.len() > MAX_LINE {
+            self.reject(common::line_syntax("Line too long"));
+            return true;
+        }
+        let Some(text) = line.strip_suffix(b"\r\n") else {
+            self.reject(common::line_syntax("Line must end with CRLF"));
+            return true;
+        };
+        if text.contains(&b'\r') {
+            self.reject(common::line_syntax("Bare CR in command"));
+            return true;
+        }
+        match command::parse(text) {
+            Ok(cmd) => self.dispatch(cmd),
+            Err(reply) => self.reject(reply),
+        }
+        true
+    }
+
+    fn skip_line(&mut self) -> bool {
+        match memchr::memchr(b'\n', &self.input) {
+            Some(lf) => {
+                self.input.drain(..=lf);
+                self.mode = Mode::Command;
+                true
+            }
+            None => {
+                self.input.clear();
+                false
+            }
+        }
+    }
+
+    fn dispatch(&mut self, cmd: Command) {
+        match cmd {
+            Command::Ehlo(name) => self.on_hello(name, true),
+            Command::Helo(name) => self.on_hello(name, false),
+            Command::Mail(from, params) => self.on_mail(from, params),
+            Command::Rcpt(to, params) => self.on_rcpt(to, params),
+            Command::Data => self.on_data(),
+            Command::Bdat { size, last } => self.on_bdat(size, last),
+            Command::Rset => self.on_rset(),
+            Command::Noop => self.on_noop(),
+            Command::Quit => self.on_quit(),
+            Command::Vrfy => self.on_vrfy(),
+            Command::Expn => self.on_expn(),
+            Command::Help => self.on_help(),
+            Command::StartTls | Command::Auth(_) => {
+                self.reject(Reply::new(502, (5, 5, 1), "Command not implemented"))
+            }
+        }
+    }
+
+    /// RFC 2920 §3.1: EHLO, HELO and DATA must be the last command of a pipelined group;
+    /// anything already sent after them was sent before the reply it must wait for.
+    fn pipelined_too_far(&mut self) -> bool {
+        if self.input.is_empty() {
+            return false;
+        }
+        self.close_with(common::pipelining_violation());
+        true
+    }
+
+    /// Completes the message (end of DATA or BDAT LAST) once its content is in.
+    fn finish_message(&mut self, reader: BodyReader) {
+        let txn = self.txn.take().expect("message without transaction");
+        if reader.overflowed() {
+            self.reply(common::too_big());
+            return;
+        }
+        if reader.saw_bare_cr() {
+            self.reply(Reply::new(550, (5, 6, 0), "Message contains bare CR, refused"));
+            return;
+        }
+        let message = Message {
+            hello: self.hello.clone().expect("transaction without hello"),
+            from: txn.from,
+            params: txn.params,
+            rcpts: txn.rcpts,
+            content: txn.content,
+            chunked: reader.is_chunked(),
+        };
+        self.ask(Pending::Message, Check::Message(Box::new(message)));
+    }
+
+    /// The verdict on the MAIL command handed out in [`Check::Mail`].
+    pub fn answer_mail(&mut self, verdict: Result<(), Reply>) {
+        assert_eq!(self.pending.take(), Some(Pending::Mail));
+        let Some(Command::Mail(from, params)) = self.asked.take() else { unreachable!() };
+        match verdict {
+            Ok(()) => {
+                self.txn = Some(Transaction { from, params, rcpts: Vec::new(), content: Vec::new(), chunks: None });
+                self.reply(Reply::new(250, (2, 1, 0), "Ok"));
+            }
+            Err(reply) => self.refuse(reply),
+        }
+    }
+
+    /// The verdict on the RCPT command handed out in [`Check::Rcpt`]: where it goes.
+    pub fn answer_rcpt(&mut self, verdict: Result<Vec<String>, Reply>) {
+        assert_eq!(self.pending.take(), Some(Pending::Rcpt));
+        let Some(Command::Rcpt(to, params)) = self.asked.take() else { unreachable!() };
+        match verdict {
+            Ok(routes) => {
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.rcpts.push(Recipient { to, params, routes });
+                }
+                self.reply(Reply::new(250, (2, 1, 5), "Ok"));
+            }
+            Err(reply) => self.refuse(reply),
+        }
+    }
+
+    /// The outcome of storing the message handed out in [`Check::Message`]: its queue id.
+    pub fn answer_message(&mut self, outcome: Result<String, Reply>) {
+        assert_eq!(self.pending.take(), Some(Pending::Message));
+        match outcome {
+            Ok(id) => self.reply(Reply::new(250, (2, 0, 0), format!("Ok: queued as {id}"))),
+            Err(reply) => self.reply(reply),
+        }
+    }
+
+    /// A policy refusal: permanent ones count towards the bad-command limit.
+    fn refuse(&mut self, reply: Reply) {
+        if reply.code >= 500 { self.reject(reply) } else { self.reply(reply) }
+    }
+}
+
+#[cfg(test)]
+mod tests;
