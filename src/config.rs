@@ -162,7 +162,10 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn default_listen() -> Vec<Listen> {
-    vec![Listen { addr: "127.0.0.1:2525".parse().unwrap(), mode: ListenMode::Smtp }]
+    vec![Listen {
+        addr: "127.0.0.1:2525".parse().unwrap(),
+        mode: ListenMode::Smtp,
+    }]
 }
 
 fn default_subaddress_separator() -> String {
@@ -173,7 +176,10 @@ fn default_subaddress_separator() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -184,8 +190,10 @@ impl Config {
         match path {
             None => Config::parse(EMBEDDED_DEFAULT, "<embedded default>"),
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
                 Config::parse(&text, &p.display().to_string())
             }
         }
@@ -193,8 +201,12 @@ impl Config {
 
     /// Parses and validates configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: origin.to_string(), message };
-        let config: Config = toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
         config.validate().map_err(invalid)?;
         Ok(config)
     }
@@ -238,7 +250,10 @@ impl Config {
     }
 
     pub fn mail_root(&self) -> PathBuf {
-        self.local.mail_root.clone().unwrap_or_else(|| self.data_dir.join("mail"))
+        self.local
+            .mail_root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mail"))
     }
 
     pub fn spool_dir(&self) -> PathBuf {
@@ -305,25 +320,36 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = Config::parse("hostname = \"a.test\"\n\n[limits]\nmax_size = 5\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "hostname = \"a.test\"\n\n[limits]\nmax_size = 5\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("max_size"), "{err}");
         assert!(err.contains("line 4"), "{err}");
     }
 
     #[test]
     fn durations_parse() {
-        let c = Config::parse("[limits]\ncommand_timeout = \"90s\"\n[queue]\nretry = [\"1s\", \"2m\"]\n", "t")
-            .unwrap();
+        let c = Config::parse(
+            "[limits]\ncommand_timeout = \"90s\"\n[queue]\nretry = [\"1s\", \"2m\"]\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(c.limits.command_timeout, Duration::from_secs(90));
-        assert_eq!(c.queue.retry, vec![Duration::from_secs(1), Duration::from_secs(120)]);
+        assert_eq!(
+            c.queue.retry,
+            vec![Duration::from_secs(1), Duration::from_secs(120)]
+        );
         assert!(Config::parse("[limits]\ncommand_timeout = \"soon\"\n", "t").is_err());
     }
 
     #[test]
     fn bad_values_are_named() {
-        let err = Config::parse("[local]\nusers = [\"not an address\"]\n", "t").unwrap_err().to_string();
+        let err = Config::parse("[local]\nusers = [\"not an address\"]\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("local.users"), "{err}");
     }
 }

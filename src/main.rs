@@ -1,3 +1,14 @@
+//! Tern: an SMTP mail transfer agent.
+
+mod cli;
 mod config;
+mod delivery;
+mod policy;
+mod queue;
+mod server;
 mod smtp;
-fn main() {}
+mod spool;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -32,7 +32,6 @@ pub struct BodyReader {
     limit: u64,
     overflow: bool,
     bare_cr: bool,
-    bare_lf: bool,
 }
 
 impl BodyReader {
@@ -47,12 +46,14 @@ impl BodyReader {
     }
 
     fn new(dotted: bool, limit: u64) -> BodyReader {
-        BodyReader { state: State::Start(true), dotted, size: 0, limit, overflow: false, bare_cr: false, bare_lf: false }
-    }
-
-    /// True for a BDAT reader.
-    pub fn is_chunked(&self) -> bool {
-        !self.dotted
+        BodyReader {
+            state: State::Start(true),
+            dotted,
+            size: 0,
+            limit,
+            overflow: false,
+            bare_cr: false,
+        }
     }
 
     /// More content was received than the limit allows (content past it was dropped).
@@ -63,11 +64,6 @@ impl BodyReader {
     /// A CR not followed by LF was seen.
     pub fn saw_bare_cr(&self) -> bool {
         self.bare_cr || (!self.dotted && self.state == State::Cr)
-    }
-
-    /// A LF not preceded by CR was seen (and normalized).
-    pub fn saw_bare_lf(&self) -> bool {
-        self.bare_lf
     }
 
     /// Content bytes seen so far, including any past the limit.
@@ -110,7 +106,6 @@ impl BodyReader {
                     b'\r' => self.state = State::DotCr(real),
                     b'\n' => {
                         // A lone dot ended by a bare LF is content, never the end.
-                        self.bare_lf = true;
                         self.emit(out, b".\r\n");
                         self.state = State::Start(false);
                     }
@@ -155,7 +150,6 @@ impl BodyReader {
         if b == b'\r' {
             self.state = State::Cr;
         } else {
-            self.bare_lf = true;
             self.emit(out, b"\r\n");
             self.state = State::Start(false);
         }
@@ -206,7 +200,14 @@ mod tests {
 
     #[test]
     fn smuggling_vectors_never_end_data() {
-        for v in [&b"a\n.\nMAIL"[..], b"a\r\n.\nMAIL", b"a\n.\r\nMAIL", b"a\r.\rMAIL", b"a\r.\r\nMAIL", b"a\n.\n\r\n"] {
+        for v in [
+            &b"a\n.\nMAIL"[..],
+            b"a\r\n.\nMAIL",
+            b"a\n.\r\nMAIL",
+            b"a\r.\rMAIL",
+            b"a\r.\r\nMAIL",
+            b"a\n.\n\r\n",
+        ] {
             let (end, _, _) = run(v);
             assert_eq!(end, None, "{:?}", String::from_utf8_lossy(v));
         }
@@ -245,7 +246,10 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(r.feed(b".\r\n..x\n", &mut out), None);
         assert_eq!(r.feed(b"y\r", &mut out), None);
-        assert!(r.saw_bare_cr(), "a trailing CR is bare until its LF arrives");
+        assert!(
+            r.saw_bare_cr(),
+            "a trailing CR is bare until its LF arrives"
+        );
         r.feed(b"\n", &mut out);
         assert_eq!(out, b".\r\n..x\r\ny\r\n");
         assert!(!r.saw_bare_cr());

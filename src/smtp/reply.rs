@@ -33,16 +33,11 @@ impl Reply {
 
     /// A reply without an enhanced status code.
     pub fn plain(code: u16, lines: Vec<String>) -> Reply {
-        Reply { code, status: None, lines }
-    }
-
-    /// 4xx: the client may try again later.
-    pub fn is_temporary(&self) -> bool {
-        (400..500).contains(&self.code)
-    }
-
-    pub fn is_positive(&self) -> bool {
-        self.code < 400
+        Reply {
+            code,
+            status: None,
+            lines,
+        }
     }
 
     /// The first line's text, for logs.
@@ -91,13 +86,21 @@ pub mod common {
         Reply::new(500, (5, 5, 2), text)
     }
     pub fn too_big() -> Reply {
-        Reply::new(552, (5, 3, 4), "Message size exceeds fixed maximum message size")
+        Reply::new(
+            552,
+            (5, 3, 4),
+            "Message size exceeds fixed maximum message size",
+        )
     }
     pub fn too_many_errors() -> Reply {
         Reply::new(421, (4, 7, 0), "Too many errors, closing connection")
     }
     pub fn pipelining_violation() -> Reply {
-        Reply::new(554, (5, 5, 0), "Improper command pipelining, closing connection")
+        Reply::new(
+            554,
+            (5, 5, 0),
+            "Improper command pipelining, closing connection",
+        )
     }
 }
 

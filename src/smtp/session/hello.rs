@@ -12,18 +12,15 @@ impl Session {
         self.txn = None;
         let mut lines = vec![format!("{} Hello {name}", self.config.hostname)];
         if extended {
-            lines.extend(
-                [
-                    "PIPELINING".to_string(),
-                    format!("SIZE {}", self.config.max_message_size),
-                    "8BITMIME".into(),
-                    "SMTPUTF8".into(),
-                    "ENHANCEDSTATUSCODES".into(),
-                    "CHUNKING".into(),
-                    "DSN".into(),
-                ]
-                .into_iter(),
-            );
+            lines.extend([
+                "PIPELINING".to_string(),
+                format!("SIZE {}", self.config.max_message_size),
+                "8BITMIME".into(),
+                "SMTPUTF8".into(),
+                "ENHANCEDSTATUSCODES".into(),
+                "CHUNKING".into(),
+                "DSN".into(),
+            ]);
         }
         self.hello = Some(Hello { name, extended });
         self.reply(Reply::plain(250, lines));

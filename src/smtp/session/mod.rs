@@ -55,15 +55,18 @@ pub struct Message {
     pub params: MailParams,
     pub rcpts: Vec<Recipient>,
     pub content: Vec<u8>,
-    /// Sent with BDAT rather than DATA.
-    pub chunked: bool,
 }
 
 /// A question for the layers above the protocol.
 #[derive(Debug, Clone)]
 pub enum Check {
-    Mail { from: Option<Mailbox>, params: MailParams },
-    Rcpt { to: Mailbox, params: RcptParams },
+    Mail {
+        from: Option<Mailbox>,
+        params: MailParams,
+    },
+    Rcpt {
+        to: Mailbox,
+    },
     Message(Box<Message>),
 }
 
@@ -84,7 +87,11 @@ enum Mode {
     SkipLine,
     Data(BodyReader),
     /// Reading a BDAT chunk; `refusal` is set when the chunk is read only to be discarded.
-    Bdat { remaining: u64, last: bool, refusal: Option<Reply> },
+    Bdat {
+        remaining: u64,
+        last: bool,
+        refusal: Option<Reply>,
+    },
 }
 
 /// The open mail transaction (between MAIL and the end of the message).
@@ -148,12 +155,8 @@ impl Session {
 
     /// True while message content is being received (DATA or a BDAT chunk).
     pub fn in_message(&self) -> bool {
-        !matches!(self.mode, Mode::Command | Mode::SkipLine) || self.pending == Some(Pending::Message)
-    }
-
-    /// True when nothing received is waiting to be processed.
-    pub fn input_is_empty(&self) -> bool {
-        self.input.is_empty()
+        !matches!(self.mode, Mode::Command | Mode::SkipLine)
+            || self.pending == Some(Pending::Message)
     }
 
     /// The next thing to do, or `None` when more input (or an answer) is needed.
@@ -286,7 +289,11 @@ impl Session {
             return;
         }
         if reader.saw_bare_cr() {
-            self.reply(Reply::new(550, (5, 6, 0), "Message contains bare CR, refused"));
+            self.reply(Reply::new(
+                550,
+                (5, 6, 0),
+                "Message contains bare CR, refused",
+            ));
             return;
         }
         let message = Message {
@@ -295,7 +302,6 @@ impl Session {
             params: txn.params,
             rcpts: txn.rcpts,
             content: txn.content,
-            chunked: reader.is_chunked(),
         };
         self.ask(Pending::Message, Check::Message(Box::new(message)));
     }
@@ -303,10 +309,18 @@ impl Session {
     /// The verdict on the MAIL command handed out in [`Check::Mail`].
     pub fn answer_mail(&mut self, verdict: Result<(), Reply>) {
         assert_eq!(self.pending.take(), Some(Pending::Mail));
-        let Some(Command::Mail(from, params)) = self.asked.take() else { unreachable!() };
+        let Some(Command::Mail(from, params)) = self.asked.take() else {
+            unreachable!()
+        };
         match verdict {
             Ok(()) => {
-                self.txn = Some(Transaction { from, params, rcpts: Vec::new(), content: Vec::new(), chunks: None });
+                self.txn = Some(Transaction {
+                    from,
+                    params,
+                    rcpts: Vec::new(),
+                    content: Vec::new(),
+                    chunks: None,
+                });
                 self.reply(Reply::new(250, (2, 1, 0), "Ok"));
             }
             Err(reply) => self.refuse(reply),
@@ -316,7 +330,9 @@ impl Session {
     /// The verdict on the RCPT command handed out in [`Check::Rcpt`]: where it goes.
     pub fn answer_rcpt(&mut self, verdict: Result<Vec<String>, Reply>) {
         assert_eq!(self.pending.take(), Some(Pending::Rcpt));
-        let Some(Command::Rcpt(to, params)) = self.asked.take() else { unreachable!() };
+        let Some(Command::Rcpt(to, params)) = self.asked.take() else {
+            unreachable!()
+        };
         match verdict {
             Ok(routes) => {
                 if let Some(txn) = self.txn.as_mut() {
@@ -339,7 +355,11 @@ impl Session {
 
     /// A policy refusal: permanent ones count towards the bad-command limit.
     fn refuse(&mut self, reply: Reply) {
-        if reply.code >= 500 { self.reject(reply) } else { self.reply(reply) }
+        if reply.code >= 500 {
+            self.reject(reply)
+        } else {
+            self.reply(reply)
+        }
     }
 }
 

@@ -1,0 +1,130 @@
+//! The `tern` command line.
+
+mod queue;
+
+use crate::config::Config;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Tern: a durable, fast SMTP mail transfer agent"
+)]
+struct Cli {
+    /// Configuration file (TOML); without it the embedded default applies.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mail server.
+    Serve {
+        /// Log line format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect the mail queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration file and report the first error.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Show every queued message and the state of each recipient.
+    List,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("tern: {e}");
+        ExitCode::from(2)
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cli.command {
+        Command::Serve { log_format } => serve(config, log_format),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let origin = cli
+                .config
+                .as_ref()
+                .map_or("embedded default".to_string(), |p| p.display().to_string());
+            println!("{origin}: configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Command::Queue {
+            command: QueueCommand::List,
+        } => queue::list(&config),
+    }
+}
+
+fn serve(config: Config, log_format: LogFormat) -> ExitCode {
+    init_logging(log_format);
+    // A full disk or a file size limit must surface as a write error, not kill the server.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tern: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

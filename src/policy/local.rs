@@ -1,0 +1,245 @@
+//! Local recipients: domains, users, aliases and subaddresses.
+
+use crate::config::Config;
+use crate::smtp::Reply;
+use crate::smtp::address::{Mailbox, canonical_domain};
+use std::collections::{HashMap, HashSet};
+
+/// Alias chains deeper than this are treated as loops.
+const MAX_ALIAS_DEPTH: usize = 10;
+
+/// Where one recipient goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A local mailbox: `<mail_root>/<domain>/<mailbox>/`.
+    Mailbox { domain: String, mailbox: String },
+    /// Another server's address (reached through an alias).
+    Remote(String),
+}
+
+impl Route {
+    /// The address this route delivers to.
+    pub fn address(&self) -> String {
+        match self {
+            Route::Mailbox { domain, mailbox } => format!("{mailbox}@{domain}"),
+            Route::Remote(a) => a.clone(),
+        }
+    }
+}
+
+pub struct LocalPolicy {
+    /// Canonical (A-label) domain → the domain's directory name.
+    domains: HashMap<String, String>,
+    /// (mailbox name, canonical domain) of every user.
+    users: HashSet<(String, String)>,
+    /// (local part, canonical domain) → targets.
+    aliases: HashMap<(String, String), Vec<String>>,
+    accept_unknown: bool,
+    separator: String,
+}
+
+/// The key for a local part: unquoted and lower-cased.
+fn local_key(m: &Mailbox) -> String {
+    m.local_unquoted().to_lowercase()
+}
+
+fn key(m: &Mailbox) -> Option<(String, String)> {
+    Some((local_key(m), m.canonical_domain()?))
+}
+
+/// A mailbox name must be safe as one directory name.
+fn safe_mailbox_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.len() <= 255
+        && !name.chars().any(|c| c == '/' || c.is_control())
+}
+
+fn user_unknown() -> Reply {
+    Reply::new(550, (5, 1, 1), "Recipient address rejected: user unknown")
+}
+
+impl LocalPolicy {
+    pub fn new(config: &Config) -> LocalPolicy {
+        let local = &config.local;
+        let domains = local
+            .domains
+            .iter()
+            .filter_map(|d| Some((canonical_domain(d)?, d.trim_end_matches('.').to_lowercase())))
+            .collect();
+        let parse = |a: &String| Mailbox::parse(a).ok().and_then(|m| key(&m));
+        let users = local.users.iter().filter_map(parse).collect();
+        let aliases = local
+            .aliases
+            .iter()
+            .filter_map(|(from, to)| Some((parse(from)?, to.clone())))
+            .collect();
+        LocalPolicy {
+            domains,
+            users,
+            aliases,
+            accept_unknown: local.accept_unknown,
+            separator: local.subaddress_separator.clone(),
+        }
+    }
+
+    pub fn is_local(&self, mailbox: &Mailbox) -> bool {
+        !mailbox.domain.is_empty()
+            && mailbox
+                .canonical_domain()
+                .is_some_and(|d| self.domains.contains_key(&d))
+    }
+
+    /// Where a local recipient goes, or why it is refused. `<Postmaster>` without a
+    /// domain is the postmaster of the first local domain.
+    pub fn resolve(&self, to: &Mailbox) -> Result<Vec<Route>, Reply> {
+        let to = if to.domain.is_empty() {
+            let first = self.domains.values().min().ok_or_else(user_unknown)?;
+            Mailbox {
+                local: "postmaster".into(),
+                domain: first.clone(),
+            }
+        } else {
+            to.clone()
+        };
+        let mut routes = Vec::new();
+        let mut seen = HashSet::new();
+        self.expand(&to, 0, &mut seen, &mut routes)?;
+        if routes.is_empty() {
+            // Every branch of the alias tree looped back on itself.
+            return Err(Reply::new(550, (5, 4, 6), "Alias loop"));
+        }
+        Ok(routes)
+    }
+
+    fn expand(
+        &self,
+        to: &Mailbox,
+        depth: usize,
+        seen: &mut HashSet<(String, String)>,
+        out: &mut Vec<Route>,
+    ) -> Result<(), Reply> {
+        let Some((local, domain)) = key(to) else {
+            return Err(user_unknown());
+        };
+        let Some(dir) = self.domains.get(&domain) else {
+            let route = Route::Remote(to.to_string());
+            if !out.contains(&route) {
+                out.push(route);
+            }
+            return Ok(());
+        };
+        if depth > MAX_ALIAS_DEPTH || !seen.insert((local.clone(), domain.clone())) {
+            return Ok(());
+        }
+        let base = match self.separator.as_str() {
+            "" => local.clone(),
+            sep => local
+                .split_once(sep)
+                .map_or(local.clone(), |(b, _)| b.to_string()),
+        };
+        let alias = self
+            .aliases
+            .get(&(local.clone(), domain.clone()))
+            .or_else(|| self.aliases.get(&(base.clone(), domain.clone())));
+        if let Some(targets) = alias {
+            for target in targets {
+                let target = Mailbox::parse(target).map_err(|_| user_unknown())?;
+                self.expand(&target, depth + 1, seen, out)?;
+            }
+            return Ok(());
+        }
+        // RFC 5321 §4.5.1: postmaster is always accepted, in any case.
+        let known = self.accept_unknown
+            || base == "postmaster"
+            || self.users.contains(&(base.clone(), domain.clone()));
+        if !known {
+            return Err(user_unknown());
+        }
+        if !safe_mailbox_name(&base) {
+            return Err(Reply::new(
+                550,
+                (5, 1, 3),
+                "Recipient address rejected: invalid mailbox name",
+            ));
+        }
+        let route = Route::Mailbox {
+            domain: dir.clone(),
+            mailbox: base,
+        };
+        if !out.contains(&route) {
+            out.push(route);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(extra: &str) -> LocalPolicy {
+        let text = format!(
+            "[local]\ndomains = [\"Example.test\", \"bücher.test\"]\nusers = [\"alice@example.test\", \"bob@example.test\"]\n{extra}"
+        );
+        LocalPolicy::new(&Config::parse(&text, "t").unwrap())
+    }
+
+    fn resolve(p: &LocalPolicy, addr: &str) -> Result<Vec<String>, u16> {
+        let m = Mailbox::parse(addr).unwrap();
+        p.resolve(&m)
+            .map(|r| r.iter().map(Route::address).collect())
+            .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn users_case_and_subaddress() {
+        let p = policy("");
+        assert_eq!(
+            resolve(&p, "Alice@EXAMPLE.test.").unwrap(),
+            ["alice@example.test"]
+        );
+        assert_eq!(
+            resolve(&p, "alice+news@example.test").unwrap(),
+            ["alice@example.test"]
+        );
+        assert_eq!(resolve(&p, "carol@example.test"), Err(550));
+        assert_eq!(
+            resolve(&p, "PostMaster@example.test").unwrap(),
+            ["postmaster@example.test"]
+        );
+        assert!(p.is_local(&Mailbox::parse("x@xn--bcher-kva.test").unwrap()));
+        assert!(!p.is_local(&Mailbox::parse("a@remote.test").unwrap()));
+    }
+
+    #[test]
+    fn aliases_expand_with_loop_protection() {
+        let p = policy(
+            "[local.aliases]\n\"team@example.test\" = [\"alice@example.test\", \"bob@elsewhere.test\", \"team@example.test\"]\n\"a@example.test\" = [\"b@example.test\"]\n\"b@example.test\" = [\"a@example.test\"]\n\"postmaster@example.test\" = [\"bob@example.test\"]\n",
+        );
+        assert_eq!(
+            resolve(&p, "team@example.test").unwrap(),
+            ["alice@example.test", "bob@elsewhere.test"]
+        );
+        assert_eq!(resolve(&p, "a@example.test"), Err(550));
+        assert_eq!(
+            resolve(&p, "postmaster@example.test").unwrap(),
+            ["bob@example.test"]
+        );
+    }
+
+    #[test]
+    fn address_tricks_stay_local_or_fail() {
+        let p = policy("accept_unknown = true\n");
+        assert_eq!(
+            resolve(&p, "user%remote.test@example.test").unwrap(),
+            ["user%remote.test@example.test"]
+        );
+        assert_eq!(
+            resolve(&p, "\"user@remote.test\"@example.test").unwrap(),
+            ["user@remote.test@example.test"]
+        );
+        assert_eq!(resolve(&p, "\"../etc\"@example.test"), Err(550));
+        assert_eq!(resolve(&p, "\"a/b\"@example.test"), Err(550));
+    }
+}

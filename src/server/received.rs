@@ -1,0 +1,33 @@
+//! The trace header added to every accepted message (RFC 5321 §4.4).
+
+use crate::smtp::session::Message;
+use std::net::IpAddr;
+
+/// `Received: from <helo> ([ip]) by <host> (Tern) with <protocol> id <id> for <rcpt>; <date>`
+pub fn received_header(message: &Message, peer: IpAddr, hostname: &str, id: &str) -> String {
+    // RFC 3848 and RFC 6531 §3.7.3 name the protocol.
+    let protocol = match (message.hello.extended, message.params.smtputf8) {
+        (false, _) => "SMTP",
+        (true, false) => "ESMTP",
+        (true, true) => "UTF8SMTP",
+    };
+    let ip = match peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("IPv6:{v6}"),
+    };
+    let helo: String = message
+        .hello
+        .name
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    // A single recipient is named; several are not (that would disclose the others).
+    let recipient = match message.rcpts.as_slice() {
+        [only] => format!("\r\n\tfor <{}>", only.to),
+        _ => String::new(),
+    };
+    let date = chrono::Local::now().to_rfc2822();
+    format!(
+        "Received: from {helo} ([{ip}])\r\n\tby {hostname} (Tern) with {protocol} id {id}{recipient};\r\n\t{date}\r\n"
+    )
+}
