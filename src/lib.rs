@@ -1,0 +1,11 @@
+//! Tern: an SMTP mail transfer agent that receives mail, keeps every accepted message
+//! safe on disk, and delivers it to local mailboxes.
+
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod policy;
+pub mod queue;
+pub mod server;
+pub mod smtp;
+pub mod spool;
