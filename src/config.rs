@@ -39,6 +39,12 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub queue: Queue,
+    #[serde(default)]
+    pub relay: Relay,
+    #[serde(default)]
+    pub dns: Dns,
+    #[serde(default)]
+    pub outbound: Outbound,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +142,9 @@ pub struct Queue {
     pub max_age: Duration,
     /// Deliveries running at once.
     pub concurrency: usize,
+    /// Tell the sender when a message has waited this long (RFC 3464 "delayed").
+    #[serde(with = "humantime_serde_opt")]
+    pub delay_notice: Option<Duration>,
 }
 
 impl Default for Queue {
@@ -145,6 +154,95 @@ impl Default for Queue {
             retry: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
             max_age: Duration::from_secs(5 * 24 * 3600),
             concurrency: 64,
+            delay_notice: None,
+        }
+    }
+}
+
+/// Relaying: who may send to other domains, and how mail for them leaves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// Clients in these networks may relay to any domain.
+    pub networks: Vec<ipnet::IpNet>,
+    /// Send all non-local mail through this host (`host:port`) instead of by MX.
+    pub smarthost: Option<String>,
+    /// TLS towards the smarthost.
+    pub tls: SmarthostTls,
+    /// Credentials for AUTH PLAIN/LOGIN at the smarthost.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Per-domain next hops (`host:port`), ahead of the smarthost and MX records.
+    pub routes: BTreeMap<String, String>,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            networks: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+            smarthost: None,
+            tls: SmarthostTls::Starttls,
+            username: None,
+            password: None,
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    /// STARTTLS, required.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// Plain text (only for a smarthost on a trusted network).
+    None,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// `ip:port` of the nameservers to ask; empty means those of /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// Sending mail to other servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outbound {
+    /// The port of remote mail servers.
+    pub port: u16,
+    /// Accept MX or A records that point at loopback or unspecified addresses.
+    pub allow_loopback_mx: bool,
+    /// Connections at once to one remote host.
+    pub max_connections_per_host: usize,
+    /// Timeouts of RFC 5321 §4.5.3.2: connecting and the greeting, each command,
+    /// and the reply after the message content.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub data_timeout: Duration,
+    /// Try STARTTLS when the remote server offers it (RFC 7435 opportunistic TLS).
+    pub starttls: bool,
+    /// Extra trust roots (PEM) for verifying remote servers, beside the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for Outbound {
+    fn default() -> Self {
+        Outbound {
+            port: 25,
+            allow_loopback_mx: false,
+            max_connections_per_host: 10,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            starttls: true,
+            ca_file: None,
         }
     }
 }
@@ -162,10 +260,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn default_listen() -> Vec<Listen> {
-    vec![Listen {
-        addr: "127.0.0.1:2525".parse().unwrap(),
-        mode: ListenMode::Smtp,
-    }]
+    vec![Listen { addr: "127.0.0.1:2525".parse().unwrap(), mode: ListenMode::Smtp }]
 }
 
 fn default_subaddress_separator() -> String {
@@ -176,10 +271,7 @@ fn default_subaddress_separator() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -190,10 +282,8 @@ impl Config {
         match path {
             None => Config::parse(EMBEDDED_DEFAULT, "<embedded default>"),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
                 Config::parse(&text, &p.display().to_string())
             }
         }
@@ -201,12 +291,8 @@ impl Config {
 
     /// Parses and validates configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
-            path: origin.to_string(),
-            message,
-        };
-        let config: Config =
-            toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
+        let invalid = |message: String| ConfigError::Invalid { path: origin.to_string(), message };
+        let config: Config = toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
         config.validate().map_err(invalid)?;
         Ok(config)
     }
@@ -243,6 +329,20 @@ impl Config {
         if self.queue.retry.is_empty() {
             return Err("queue.retry: at least one interval is needed".into());
         }
+        for (domain, hop) in &self.relay.routes {
+            crate::smtp::address::canonical_domain(domain)
+                .ok_or_else(|| format!("relay.routes: {domain:?} is not a domain name"))?;
+            check_host_port("relay.routes", hop)?;
+        }
+        if let Some(hop) = &self.relay.smarthost {
+            check_host_port("relay.smarthost", hop)?;
+        }
+        if self.relay.username.is_some() != self.relay.password.is_some() {
+            return Err("relay: username and password go together".into());
+        }
+        if self.outbound.max_connections_per_host == 0 {
+            return Err("outbound.max_connections_per_host: must be at least 1".into());
+        }
         if self.queue.concurrency == 0 {
             return Err("queue.concurrency: must be at least 1".into());
         }
@@ -250,15 +350,24 @@ impl Config {
     }
 
     pub fn mail_root(&self) -> PathBuf {
-        self.local
-            .mail_root
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("mail"))
+        self.local.mail_root.clone().unwrap_or_else(|| self.data_dir.join("mail"))
     }
 
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("spool")
     }
+}
+
+/// `host:port`, with the host a name or an IP address (IPv6 in brackets).
+fn check_host_port(key: &str, hop: &str) -> Result<(), String> {
+    let bad = || format!("{key}: {hop:?} is not host:port");
+    let (host, port) = hop.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<std::net::IpAddr>().is_err() && crate::smtp::address::canonical_domain(host).is_none() {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 fn check_address(key: &str, addr: &str) -> Result<(), String> {
@@ -291,6 +400,16 @@ mod humantime_serde {
     }
 }
 
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Some).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
 mod humantime_serde_vec {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -298,10 +417,7 @@ mod humantime_serde_vec {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
-            .map(|s| {
-                humantime::parse_duration(s)
-                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-            })
+            .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))))
             .collect()
     }
 }
@@ -320,36 +436,36 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_line() {
-        let err = Config::parse(
-            "hostname = \"a.test\"\n\n[limits]\nmax_size = 5\n",
-            "t.toml",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = Config::parse("hostname = \"a.test\"\n\n[limits]\nmax_size = 5\n", "t.toml").unwrap_err().to_string();
         assert!(err.contains("max_size"), "{err}");
         assert!(err.contains("line 4"), "{err}");
     }
 
     #[test]
     fn durations_parse() {
-        let c = Config::parse(
-            "[limits]\ncommand_timeout = \"90s\"\n[queue]\nretry = [\"1s\", \"2m\"]\n",
-            "t",
-        )
-        .unwrap();
+        let c = Config::parse("[limits]\ncommand_timeout = \"90s\"\n[queue]\nretry = [\"1s\", \"2m\"]\n", "t").unwrap();
         assert_eq!(c.limits.command_timeout, Duration::from_secs(90));
-        assert_eq!(
-            c.queue.retry,
-            vec![Duration::from_secs(1), Duration::from_secs(120)]
-        );
+        assert_eq!(c.queue.retry, vec![Duration::from_secs(1), Duration::from_secs(120)]);
         assert!(Config::parse("[limits]\ncommand_timeout = \"soon\"\n", "t").is_err());
     }
 
     #[test]
+    fn relay_and_outbound() {
+        let c = Config::parse(
+            "[relay]\nnetworks = [\"10.0.0.0/8\"]\nsmarthost = \"smtp.provider.test:587\"\n[relay.routes]\n\"corp.test\" = \"10.0.0.5:25\"\n[dns]\nnameservers = [\"127.0.0.1:5353\"]\n[outbound]\nport = 2526\nallow_loopback_mx = true\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.outbound.port, 2526);
+        assert_eq!(c.dns.nameservers[0].port(), 5353);
+        assert!(Config::parse("[relay]\nsmarthost = \"nohost\"\n", "t").is_err());
+        assert!(Config::parse("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", "t").is_err());
+        assert!(Config::parse("[relay]\nusername = \"u\"\n", "t").is_err());
+    }
+
+    #[test]
     fn bad_values_are_named() {
-        let err = Config::parse("[local]\nusers = [\"not an address\"]\n", "t")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[local]\nusers = [\"not an address\"]\n", "t").unwrap_err().to_string();
         assert!(err.contains("local.users"), "{err}");
     }
 }

@@ -8,11 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "tern",
-    version,
-    about = "Tern: a durable, fast SMTP mail transfer agent"
-)]
+#[command(name = "tern", version, about = "Tern: a durable, fast SMTP mail transfer agent")]
 struct Cli {
     /// Configuration file (TOML); without it the embedded default applies.
     #[arg(long, global = true, value_name = "FILE")]
@@ -51,6 +47,17 @@ enum ConfigCommand {
 enum QueueCommand {
     /// Show every queued message and the state of each recipient.
     List,
+    /// Show one message: envelope, each recipient's state, attempts and last reply.
+    Show { id: String },
+    /// Retry deferred messages now (one, or all).
+    Flush { id: Option<String> },
+    /// Remove a message from the queue.
+    Delete {
+        id: String,
+        /// Tell the sender with a bounce.
+        #[arg(long)]
+        bounce: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,9 +69,7 @@ enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -86,19 +91,19 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { log_format } => serve(config, log_format),
-        Command::Config {
-            command: ConfigCommand::Check,
-        } => {
-            let origin = cli
-                .config
-                .as_ref()
-                .map_or("embedded default".to_string(), |p| p.display().to_string());
+        Command::Config { command: ConfigCommand::Check } => {
+            let origin = cli.config.as_ref().map_or("embedded default".to_string(), |p| p.display().to_string());
             println!("{origin}: configuration is valid");
             ExitCode::SUCCESS
         }
-        Command::Queue {
-            command: QueueCommand::List,
-        } => queue::list(&config),
+        Command::Queue { command } => match command {
+            QueueCommand::List => queue::list(&config),
+            QueueCommand::Show { id } => queue::show(&config, &id),
+            QueueCommand::Flush { id } => queue::control(&config, &format!("flush {}", id.unwrap_or_default())),
+            QueueCommand::Delete { id, bounce } => {
+                queue::control(&config, &format!("delete {id}{}", if bounce { " bounce" } else { "" }))
+            }
+        },
     }
 }
 
@@ -109,10 +114,7 @@ fn serve(config: Config, log_format: LogFormat) -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tern: cannot start runtime: {e}");

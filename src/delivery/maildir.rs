@@ -19,19 +19,9 @@ pub fn host_for_names(hostname: &str) -> String {
 
 /// A unique file name: `<secs>.M<usecs>P<pid>Q<n>.<host>,S=<size>` (Dovecot's form).
 fn unique_name(host: &str, size: usize) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{}.M{}P{}Q{}.{},S={}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id(),
-        n,
-        host,
-        size
-    )
+    format!("{}.M{}P{}Q{}.{},S={}", now.as_secs(), now.subsec_micros(), std::process::id(), n, host, size)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -72,11 +62,8 @@ pub fn deliver(
     header: &[u8],
     content: &[u8],
 ) -> Result<PathBuf, Failure> {
-    let fail = |what: &str, e: io::Error| {
-        Failure::temporary(format!(
-            "4.3.0 cannot {what} Maildir {domain}/{mailbox}: {e}"
-        ))
-    };
+    let fail =
+        |what: &str, e: io::Error| Failure::temporary(format!("4.3.0 cannot {what} Maildir {domain}/{mailbox}: {e}"));
     let dir = ensure_maildir(root, domain, mailbox).map_err(|e| fail("create", e))?;
     let name = unique_name(host, header.len() + content.len());
     let tmp = dir.join("tmp").join(&name);
@@ -106,27 +93,13 @@ mod tests {
     #[test]
     fn delivers_into_new() {
         let root = tempfile::tempdir().unwrap();
-        let path = deliver(
-            root.path(),
-            "example.test",
-            "alice",
-            "mx",
-            b"Return-Path: <a@b>\r\n",
-            b"Subject: x\r\n\r\nhi\r\n",
-        )
-        .unwrap();
+        let path =
+            deliver(root.path(), "example.test", "alice", "mx", b"Return-Path: <a@b>\r\n", b"Subject: x\r\n\r\nhi\r\n")
+                .unwrap();
         assert!(path.starts_with(root.path().join("example.test/alice/new")));
-        assert_eq!(
-            fs::read(&path).unwrap(),
-            b"Return-Path: <a@b>\r\nSubject: x\r\n\r\nhi\r\n"
-        );
+        assert_eq!(fs::read(&path).unwrap(), b"Return-Path: <a@b>\r\nSubject: x\r\n\r\nhi\r\n");
         assert!(root.path().join("example.test/alice/cur").is_dir());
-        assert_eq!(
-            fs::read_dir(root.path().join("example.test/alice/tmp"))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(fs::read_dir(root.path().join("example.test/alice/tmp")).unwrap().count(), 0);
         let second = deliver(root.path(), "example.test", "alice", "mx", b"", b"x").unwrap();
         assert_ne!(path, second);
     }

@@ -49,10 +49,7 @@ fn key(m: &Mailbox) -> Option<(String, String)> {
 
 /// A mailbox name must be safe as one directory name.
 fn safe_mailbox_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('.')
-        && name.len() <= 255
-        && !name.chars().any(|c| c == '/' || c.is_control())
+    !name.is_empty() && !name.starts_with('.') && name.len() <= 255 && !name.chars().any(|c| c == '/' || c.is_control())
 }
 
 fn user_unknown() -> Reply {
@@ -69,11 +66,7 @@ impl LocalPolicy {
             .collect();
         let parse = |a: &String| Mailbox::parse(a).ok().and_then(|m| key(&m));
         let users = local.users.iter().filter_map(parse).collect();
-        let aliases = local
-            .aliases
-            .iter()
-            .filter_map(|(from, to)| Some((parse(from)?, to.clone())))
-            .collect();
+        let aliases = local.aliases.iter().filter_map(|(from, to)| Some((parse(from)?, to.clone()))).collect();
         LocalPolicy {
             domains,
             users,
@@ -84,10 +77,7 @@ impl LocalPolicy {
     }
 
     pub fn is_local(&self, mailbox: &Mailbox) -> bool {
-        !mailbox.domain.is_empty()
-            && mailbox
-                .canonical_domain()
-                .is_some_and(|d| self.domains.contains_key(&d))
+        !mailbox.domain.is_empty() && mailbox.canonical_domain().is_some_and(|d| self.domains.contains_key(&d))
     }
 
     /// Where a local recipient goes, or why it is refused. `<Postmaster>` without a
@@ -95,10 +85,7 @@ impl LocalPolicy {
     pub fn resolve(&self, to: &Mailbox) -> Result<Vec<Route>, Reply> {
         let to = if to.domain.is_empty() {
             let first = self.domains.values().min().ok_or_else(user_unknown)?;
-            Mailbox {
-                local: "postmaster".into(),
-                domain: first.clone(),
-            }
+            Mailbox { local: "postmaster".into(), domain: first.clone() }
         } else {
             to.clone()
         };
@@ -134,9 +121,7 @@ impl LocalPolicy {
         }
         let base = match self.separator.as_str() {
             "" => local.clone(),
-            sep => local
-                .split_once(sep)
-                .map_or(local.clone(), |(b, _)| b.to_string()),
+            sep => local.split_once(sep).map_or(local.clone(), |(b, _)| b.to_string()),
         };
         let alias = self
             .aliases
@@ -150,23 +135,14 @@ impl LocalPolicy {
             return Ok(());
         }
         // RFC 5321 §4.5.1: postmaster is always accepted, in any case.
-        let known = self.accept_unknown
-            || base == "postmaster"
-            || self.users.contains(&(base.clone(), domain.clone()));
+        let known = self.accept_unknown || base == "postmaster" || self.users.contains(&(base.clone(), domain.clone()));
         if !known {
             return Err(user_unknown());
         }
         if !safe_mailbox_name(&base) {
-            return Err(Reply::new(
-                550,
-                (5, 1, 3),
-                "Recipient address rejected: invalid mailbox name",
-            ));
+            return Err(Reply::new(550, (5, 1, 3), "Recipient address rejected: invalid mailbox name"));
         }
-        let route = Route::Mailbox {
-            domain: dir.clone(),
-            mailbox: base,
-        };
+        let route = Route::Mailbox { domain: dir.clone(), mailbox: base };
         if !out.contains(&route) {
             out.push(route);
         }
@@ -187,27 +163,16 @@ mod tests {
 
     fn resolve(p: &LocalPolicy, addr: &str) -> Result<Vec<String>, u16> {
         let m = Mailbox::parse(addr).unwrap();
-        p.resolve(&m)
-            .map(|r| r.iter().map(Route::address).collect())
-            .map_err(|e| e.code)
+        p.resolve(&m).map(|r| r.iter().map(Route::address).collect()).map_err(|e| e.code)
     }
 
     #[test]
     fn users_case_and_subaddress() {
         let p = policy("");
-        assert_eq!(
-            resolve(&p, "Alice@EXAMPLE.test.").unwrap(),
-            ["alice@example.test"]
-        );
-        assert_eq!(
-            resolve(&p, "alice+news@example.test").unwrap(),
-            ["alice@example.test"]
-        );
+        assert_eq!(resolve(&p, "Alice@EXAMPLE.test.").unwrap(), ["alice@example.test"]);
+        assert_eq!(resolve(&p, "alice+news@example.test").unwrap(), ["alice@example.test"]);
         assert_eq!(resolve(&p, "carol@example.test"), Err(550));
-        assert_eq!(
-            resolve(&p, "PostMaster@example.test").unwrap(),
-            ["postmaster@example.test"]
-        );
+        assert_eq!(resolve(&p, "PostMaster@example.test").unwrap(), ["postmaster@example.test"]);
         assert!(p.is_local(&Mailbox::parse("x@xn--bcher-kva.test").unwrap()));
         assert!(!p.is_local(&Mailbox::parse("a@remote.test").unwrap()));
     }
@@ -217,28 +182,16 @@ mod tests {
         let p = policy(
             "[local.aliases]\n\"team@example.test\" = [\"alice@example.test\", \"bob@elsewhere.test\", \"team@example.test\"]\n\"a@example.test\" = [\"b@example.test\"]\n\"b@example.test\" = [\"a@example.test\"]\n\"postmaster@example.test\" = [\"bob@example.test\"]\n",
         );
-        assert_eq!(
-            resolve(&p, "team@example.test").unwrap(),
-            ["alice@example.test", "bob@elsewhere.test"]
-        );
+        assert_eq!(resolve(&p, "team@example.test").unwrap(), ["alice@example.test", "bob@elsewhere.test"]);
         assert_eq!(resolve(&p, "a@example.test"), Err(550));
-        assert_eq!(
-            resolve(&p, "postmaster@example.test").unwrap(),
-            ["bob@example.test"]
-        );
+        assert_eq!(resolve(&p, "postmaster@example.test").unwrap(), ["bob@example.test"]);
     }
 
     #[test]
     fn address_tricks_stay_local_or_fail() {
         let p = policy("accept_unknown = true\n");
-        assert_eq!(
-            resolve(&p, "user%remote.test@example.test").unwrap(),
-            ["user%remote.test@example.test"]
-        );
-        assert_eq!(
-            resolve(&p, "\"user@remote.test\"@example.test").unwrap(),
-            ["user@remote.test@example.test"]
-        );
+        assert_eq!(resolve(&p, "user%remote.test@example.test").unwrap(), ["user%remote.test@example.test"]);
+        assert_eq!(resolve(&p, "\"user@remote.test\"@example.test").unwrap(), ["user@remote.test@example.test"]);
         assert_eq!(resolve(&p, "\"../etc\"@example.test"), Err(550));
         assert_eq!(resolve(&p, "\"a/b\"@example.test"), Err(550));
     }

@@ -1,4 +1,4 @@
-//! Scheduling: what to deliver when, retries and expiry.
+//! Scheduling: what to deliver when, retries, expiry and notices.
 //!
 //! One scheduler task owns every pending message. New messages and messages recovered
 //! at start-up enter through the same door ([`Queue::enqueue`]); each attempt runs as
@@ -6,14 +6,17 @@
 //! scheduler moves on.
 
 mod attempt;
+pub mod bounce;
 mod retry;
 
-use crate::spool::{RcptState, Spool, Stored};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use crate::delivery::remote::RemoteConfig;
+use crate::dns::Dns;
+use crate::spool::{Change, RcptState, Spool, Stored};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// What the queue needs to know.
@@ -21,14 +24,33 @@ use tokio::task::JoinHandle;
 pub struct QueueConfig {
     pub retry: Vec<Duration>,
     pub max_age: Duration,
+    pub delay_notice: Option<Duration>,
     pub concurrency: usize,
     pub mail_root: PathBuf,
     pub hostname: String,
+    pub remote: RemoteConfig,
+}
+
+/// Where mail for an address goes, for notices sent to senders: (address, is local).
+pub trait Router: Send + Sync {
+    fn route(&self, address: &str) -> Vec<(String, bool)>;
+}
+
+/// What attempts share.
+pub struct Shared {
+    pub spool: Spool,
+    pub config: QueueConfig,
+    pub dns: Dns,
+    pub router: Box<dyn Router>,
 }
 
 enum Command {
     /// A message to schedule; its content when it is still in memory.
     Enqueue(Box<Stored>, Option<Arc<Vec<u8>>>),
+    /// Retry now: one message, or all. Answers how many were moved up.
+    Flush(Option<String>, oneshot::Sender<usize>),
+    /// Remove a message, optionally bouncing it to its sender.
+    Delete(String, bool, oneshot::Sender<Result<(), String>>),
     Stop,
 }
 
@@ -44,11 +66,7 @@ pub fn now() -> i64 {
 
 impl Queue {
     /// Starts the scheduler with the messages found in the spool.
-    pub fn start(
-        spool: Spool,
-        config: QueueConfig,
-        pending: Vec<Stored>,
-    ) -> (Queue, JoinHandle<()>) {
+    pub fn start(shared: Shared, pending: Vec<Stored>) -> (Queue, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Queue { tx };
         for stored in pending {
@@ -56,12 +74,11 @@ impl Queue {
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let scheduler = Scheduler {
-            spool,
-            config: Arc::new(config),
+            shared: Arc::new(shared),
             entries: HashMap::new(),
             timers: BTreeSet::new(),
             ready: VecDeque::new(),
-            running: 0,
+            in_flight: HashSet::new(),
             done_tx,
         };
         let handle = tokio::spawn(scheduler.run(rx, done_rx));
@@ -70,6 +87,20 @@ impl Queue {
 
     pub fn enqueue(&self, stored: Stored, content: Option<Arc<Vec<u8>>>) {
         let _ = self.tx.send(Command::Enqueue(Box::new(stored), content));
+    }
+
+    /// Moves deferred messages (one, or all) up to now; returns how many.
+    pub async fn flush(&self, id: Option<String>) -> usize {
+        let (reply, wait) = oneshot::channel();
+        let _ = self.tx.send(Command::Flush(id, reply));
+        wait.await.unwrap_or(0)
+    }
+
+    /// Deletes a message; with `bounce`, its sender is told.
+    pub async fn delete(&self, id: String, bounce: bool) -> Result<(), String> {
+        let (reply, wait) = oneshot::channel();
+        let _ = self.tx.send(Command::Delete(id, bounce, reply));
+        wait.await.unwrap_or_else(|_| Err("queue is stopping".into()))
     }
 
     /// Asks the scheduler to stop once the attempts under way are finished.
@@ -81,64 +112,63 @@ impl Queue {
 struct Entry {
     stored: Stored,
     content: Option<Arc<Vec<u8>>>,
+    due: i64,
 }
 
 struct Scheduler {
-    spool: Spool,
-    config: Arc<QueueConfig>,
+    shared: Arc<Shared>,
     /// Pending messages that are not being attempted right now.
     entries: HashMap<String, Entry>,
     /// (due time in Unix seconds, id) of messages waiting for a retry.
     timers: BTreeSet<(i64, String)>,
     ready: VecDeque<String>,
-    running: usize,
-    done_tx: mpsc::UnboundedSender<Stored>,
+    in_flight: HashSet<String>,
+    done_tx: mpsc::UnboundedSender<attempt::Finished>,
 }
 
 impl Scheduler {
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Command>,
-        mut done_rx: mpsc::UnboundedReceiver<Stored>,
+        mut done_rx: mpsc::UnboundedReceiver<attempt::Finished>,
     ) {
         let mut stopping = false;
         loop {
-            while !stopping && self.running < self.config.concurrency {
-                let Some(id) = self.ready.pop_front() else {
-                    break;
-                };
+            while !stopping && self.in_flight.len() < self.shared.config.concurrency {
+                let Some(id) = self.ready.pop_front() else { break };
                 self.start_attempt(&id);
             }
-            if stopping && self.running == 0 {
+            if stopping && self.in_flight.is_empty() {
                 return;
             }
             let next_due = self.timers.first().map(|(due, _)| *due);
             let sleep = async {
                 match next_due {
-                    Some(due) => {
-                        let wait = (due - now()).max(0) as u64;
-                        tokio::time::sleep(Duration::from_secs(wait)).await
-                    }
+                    Some(due) => tokio::time::sleep(Duration::from_secs((due - now()).max(0) as u64)).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 command = rx.recv(), if !stopping => match command {
                     Some(Command::Enqueue(stored, content)) => self.schedule(*stored, content),
+                    Some(Command::Flush(id, reply)) => {
+                        let _ = reply.send(self.flush(id.as_deref()));
+                    }
+                    Some(Command::Delete(id, bounce, reply)) => {
+                        let _ = reply.send(self.delete(&id, bounce).await);
+                    }
                     Some(Command::Stop) | None => stopping = true,
                 },
-                Some(stored) = done_rx.recv() => {
-                    self.running -= 1;
-                    if !stored.envelope.recipients.iter().all(|r| r.state.is_final()) {
-                        self.schedule(stored, None);
+                Some(finished) = done_rx.recv() => {
+                    self.in_flight.remove(&finished.stored.envelope.id);
+                    for (notice, content) in finished.notices {
+                        self.schedule(notice, Some(content));
                     }
+                    self.schedule(finished.stored, None);
                 }
                 () = sleep, if !stopping => {
                     let now = now();
-                    while let Some((due, _)) = self.timers.first() {
-                        if *due > now {
-                            break;
-                        }
+                    while self.timers.first().is_some_and(|(due, _)| *due <= now) {
                         let (_, id) = self.timers.pop_first().expect("checked");
                         self.ready.push_back(id);
                     }
@@ -148,6 +178,7 @@ impl Scheduler {
     }
 
     /// Puts a message in line: now if any recipient is due, else at its next retry.
+    /// A message with every recipient final is dropped.
     fn schedule(&mut self, stored: Stored, content: Option<Arc<Vec<u8>>>) {
         let due = stored
             .envelope
@@ -161,25 +192,60 @@ impl Scheduler {
             .min();
         let Some(due) = due else { return };
         let id = stored.envelope.id.clone();
-        self.entries.insert(id.clone(), Entry { stored, content });
         if due <= now() {
-            self.ready.push_back(id);
+            self.ready.push_back(id.clone());
         } else {
-            self.timers.insert((due, id));
+            self.timers.insert((due, id.clone()));
         }
+        self.entries.insert(id, Entry { stored, content, due });
     }
 
     fn start_attempt(&mut self, id: &str) {
-        let Some(entry) = self.entries.remove(id) else {
-            return;
-        };
-        self.running += 1;
-        let spool = self.spool.clone();
-        let config = self.config.clone();
+        let Some(entry) = self.entries.remove(id) else { return };
+        self.in_flight.insert(id.to_string());
+        let shared = self.shared.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let stored = attempt::run(&spool, &config, entry.stored, entry.content).await;
-            let _ = done.send(stored);
+            let finished = attempt::run(&shared, entry.stored, entry.content).await;
+            let _ = done.send(finished);
         });
+    }
+
+    fn flush(&mut self, id: Option<&str>) -> usize {
+        let due: Vec<(i64, String)> =
+            self.timers.iter().filter(|(_, i)| id.is_none_or(|want| want == i)).cloned().collect();
+        for key in &due {
+            self.timers.remove(key);
+            self.ready.push_back(key.1.clone());
+        }
+        due.len()
+    }
+
+    async fn delete(&mut self, id: &str, bounce: bool) -> Result<(), String> {
+        if self.in_flight.contains(id) {
+            return Err(format!("{id} is being delivered right now; try again in a moment"));
+        }
+        let Some(entry) = self.entries.remove(id) else { return Err(format!("{id} is not in the queue")) };
+        self.timers.remove(&(entry.due, id.to_string()));
+        self.ready.retain(|r| r != id);
+        if bounce {
+            let notices = attempt::bounce_all(
+                &self.shared,
+                &entry.stored,
+                entry.content,
+                "5.0.0 deleted by the mail administrator",
+            )
+            .await;
+            for (notice, content) in notices {
+                self.schedule(notice, Some(content));
+            }
+        }
+        self.shared
+            .spool
+            .record(&[Change::Done { id: id.to_string() }])
+            .await
+            .map_err(|e| format!("cannot record deletion: {e}"))?;
+        tracing::info!(id, bounce, "deleted from the queue");
+        Ok(())
     }
 }

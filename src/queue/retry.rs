@@ -18,9 +18,8 @@ mod tests {
     #[test]
     fn schedule_steps_then_repeats_last() {
         let s = [Duration::from_secs(60), Duration::from_secs(300)];
-        let within = |d: Duration, base: u64| {
-            d >= Duration::from_secs(base) && d <= Duration::from_secs(base) * 11 / 10
-        };
+        let within =
+            |d: Duration, base: u64| d >= Duration::from_secs(base) && d <= Duration::from_secs(base) * 11 / 10;
         assert!(within(delay(&s, 1), 60));
         assert!(within(delay(&s, 2), 300));
         assert!(within(delay(&s, 9), 300));

@@ -12,9 +12,14 @@ use crate::spool::{Envelope, RcptState, Recipient};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// RCPT: local recipients resolve to mailboxes; anything else is relaying, refused.
-pub fn recipient(ctx: &Context, to: &Mailbox) -> Result<Vec<String>, Reply> {
+/// RCPT: local recipients resolve to mailboxes; other domains are relayed only for
+/// clients in `[relay] networks`. The decision is made on the parsed address (source
+/// routes dropped, domain canonical), so no address trick turns into relaying.
+pub fn recipient(ctx: &Context, to: &Mailbox, client: IpAddr) -> Result<Vec<String>, Reply> {
     if !to.domain.is_empty() && !ctx.policy.is_local(to) {
+        if ctx.config.relay.networks.iter().any(|n| n.contains(&client)) {
+            return Ok(vec![to.to_string()]);
+        }
         return Err(Reply::new(554, (5, 7, 1), "Relay access denied"));
     }
     let routes = ctx.policy.resolve(to)?;
@@ -36,18 +41,9 @@ pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<St
                 original: rcpt.to.to_string(),
                 orcpt: rcpt.params.orcpt.clone(),
                 notify: rcpt.params.notify.map(|n| {
-                    let words = [
-                        (n.never, "NEVER"),
-                        (n.success, "SUCCESS"),
-                        (n.failure, "FAILURE"),
-                        (n.delay, "DELAY"),
-                    ];
-                    words
-                        .iter()
-                        .filter(|(on, _)| *on)
-                        .map(|(_, w)| *w)
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    let words =
+                        [(n.never, "NEVER"), (n.success, "SUCCESS"), (n.failure, "FAILURE"), (n.delay, "DELAY")];
+                    words.iter().filter(|(on, _)| *on).map(|(_, w)| *w).collect::<Vec<_>>().join(",")
                 }),
                 state: RcptState::Queued,
             });
@@ -56,21 +52,11 @@ pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<St
     let envelope = Envelope {
         id: id.clone(),
         arrival: crate::queue::now(),
-        sender: message
-            .from
-            .as_ref()
-            .map(Mailbox::to_string)
-            .unwrap_or_default(),
+        sender: message.from.as_ref().map(Mailbox::to_string).unwrap_or_default(),
         size: content.len() as u64,
         smtputf8: message.params.smtputf8,
         eight_bit: message.params.body == Body::EightBitMime,
-        ret: message.params.ret.map(|r| {
-            if r == Ret::Full {
-                "FULL".into()
-            } else {
-                "HDRS".into()
-            }
-        }),
+        ret: message.params.ret.map(|r| if r == Ret::Full { "FULL".into() } else { "HDRS".into() }),
         envid: message.params.envid.clone(),
         recipients,
     };
@@ -89,11 +75,7 @@ pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<St
         }
         Err(e) => {
             tracing::error!(id, error = %e, client = %peer, "cannot store message; refused with 452");
-            Err(Reply::new(
-                452,
-                (4, 3, 1),
-                "Insufficient system storage, try again later",
-            ))
+            Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
         }
     }
 }

@@ -23,12 +23,7 @@ enum End {
     Error(std::io::Error),
 }
 
-pub async fn handle(
-    ctx: Arc<Context>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
     tracing::info!(client = %peer, "connect");
     let _ = stream.set_nodelay(true);
     let end = converse(&ctx, &mut stream, peer, &mut shutdown).await;
@@ -76,12 +71,7 @@ async fn converse(
     // A client that talks before the greeting is not speaking SMTP (RFC 5321 §3.1).
     if matches!(stream.try_read(&mut buf), Ok(n) if n > 0) {
         tracing::info!(client = %peer, "client sent data before the greeting");
-        let _ = say(
-            stream,
-            common::pipelining_violation(),
-            limits.command_timeout,
-        )
-        .await;
+        let _ = say(stream, common::pipelining_violation(), limits.command_timeout).await;
         return End::Closed;
     }
     if let Err(end) = say(stream, session.greeting(), limits.command_timeout).await {
@@ -98,19 +88,14 @@ async fn converse(
                     reply.encode(&mut out);
                 }
                 Event::Close => {
-                    return send(stream, &mut out, limits.command_timeout)
-                        .await
-                        .err()
-                        .unwrap_or(End::Closed);
+                    return send(stream, &mut out, limits.command_timeout).await.err().unwrap_or(End::Closed);
                 }
                 Event::Check(Check::Mail { from, params }) => {
                     let from = from.map(|m| m.to_string()).unwrap_or_default();
                     tracing::debug!(client = %peer, %from, size = ?params.size, "MAIL");
                     session.answer_mail(Ok(()));
                 }
-                Event::Check(Check::Rcpt { to }) => {
-                    session.answer_rcpt(checks::recipient(ctx, &to))
-                }
+                Event::Check(Check::Rcpt { to }) => session.answer_rcpt(checks::recipient(ctx, &to, peer.ip())),
                 Event::Check(Check::Message(message)) => {
                     let outcome = checks::message(ctx, *message, peer.ip()).await;
                     session.answer_message(outcome);
@@ -123,12 +108,9 @@ async fn converse(
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let _ = say(
-                stream,
-                Reply::new(421, (4, 4, 2), "Session time limit exceeded, closing"),
-                limits.command_timeout,
-            )
-            .await;
+            let _ =
+                say(stream, Reply::new(421, (4, 4, 2), "Session time limit exceeded, closing"), limits.command_timeout)
+                    .await;
             return End::Timeout;
         }
         let wait = limits.command_timeout.min(left);

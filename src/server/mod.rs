@@ -2,11 +2,15 @@
 
 mod checks;
 mod connection;
+pub mod control;
 mod received;
+mod routing;
 
 use crate::config::Config;
+use crate::delivery::remote::{Hop, RemoteConfig, TlsClient};
+use crate::dns::Dns;
 use crate::policy::LocalPolicy;
-use crate::queue::{Queue, QueueConfig};
+use crate::queue::{Queue, QueueConfig, Shared};
 use crate::smtp::session::SessionConfig;
 use crate::spool::Spool;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 /// What every connection shares.
 pub struct Context {
     pub config: Config,
-    pub policy: LocalPolicy,
+    pub policy: Arc<LocalPolicy>,
     pub spool: Spool,
     pub queue: Queue,
     pub session_config: SessionConfig,
@@ -26,24 +30,26 @@ pub struct Context {
 /// Runs the server until SIGTERM or SIGINT, then stops gracefully.
 pub async fn serve(config: Config) -> Result<(), String> {
     let spool_dir = config.spool_dir();
-    let (spool, pending) = Spool::open(&spool_dir)
-        .map_err(|e| format!("cannot open spool {}: {e}", spool_dir.display()))?;
+    let (spool, pending) =
+        Spool::open(&spool_dir).map_err(|e| format!("cannot open spool {}: {e}", spool_dir.display()))?;
     let recovered = pending.len();
     let mut listeners = Vec::new();
     for l in &config.listen {
-        let listener = TcpListener::bind(l.addr)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
+        let listener = TcpListener::bind(l.addr).await.map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
         listeners.push((listener, l.mode));
     }
-    let queue_config = QueueConfig {
-        retry: config.queue.retry.clone(),
-        max_age: config.queue.max_age,
-        concurrency: config.queue.concurrency,
-        mail_root: config.mail_root(),
-        hostname: config.hostname.clone(),
+    let dns = Dns::new(&config.dns)?;
+    let policy = Arc::new(LocalPolicy::new(&config));
+    let own_addrs = listeners.iter().filter_map(|(l, _)| l.local_addr().ok()).collect();
+    let shared = Shared {
+        spool: spool.clone(),
+        config: queue_config(&config, own_addrs)?,
+        dns,
+        router: Box::new(routing::PolicyRouter(policy.clone())),
     };
-    let (queue, queue_task) = Queue::start(spool.clone(), queue_config, pending);
+    let (queue, queue_task) = Queue::start(shared, pending);
+    let control = control::start(&config.data_dir, queue.clone())
+        .map_err(|e| format!("cannot open control socket in {}: {e}", config.data_dir.display()))?;
     let session_config = SessionConfig {
         hostname: config.hostname.clone(),
         max_message_size: config.limits.max_message_size,
@@ -51,22 +57,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
         max_bad_commands: config.limits.max_bad_commands,
     };
     let grace = config.limits.shutdown_grace;
-    let ctx = Arc::new(Context {
-        policy: LocalPolicy::new(&config),
-        config,
-        spool,
-        queue: queue.clone(),
-        session_config,
-    });
+    let ctx = Arc::new(Context { policy, config, spool, queue: queue.clone(), session_config });
 
     let addrs: Vec<String> = listeners
         .iter()
-        .map(|(l, mode)| {
-            format!(
-                "{} ({mode})",
-                l.local_addr().map(|a| a.to_string()).unwrap_or_default()
-            )
-        })
+        .map(|(l, mode)| format!("{} ({mode})", l.local_addr().map(|a| a.to_string()).unwrap_or_default()))
         .collect();
     println!(
         "tern: listening on {}; mail for {} goes to {}; {recovered} queued message(s) recovered",
@@ -116,10 +111,44 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     queue.stop();
     if tokio::time::timeout(grace, queue_task).await.is_err() {
-        tracing::warn!(
-            "deliveries still running after the grace period; they will be retried at next start"
-        );
+        tracing::warn!("deliveries still running after the grace period; they will be retried at next start");
     }
+    control.abort();
+    let _ = std::fs::remove_file(ctx.config.data_dir.join(control::SOCKET_NAME));
     tracing::info!("stopped");
     Ok(())
+}
+
+fn queue_config(config: &Config, own_addrs: Vec<std::net::SocketAddr>) -> Result<QueueConfig, String> {
+    let out = &config.outbound;
+    let hop = |text: &String| Hop::parse(text).expect("validated with the configuration");
+    let remote = RemoteConfig {
+        hostname: config.hostname.clone(),
+        port: out.port,
+        allow_loopback: out.allow_loopback_mx,
+        connect_timeout: out.connect_timeout,
+        command_timeout: out.command_timeout,
+        data_timeout: out.data_timeout,
+        smarthost: config.relay.smarthost.as_ref().map(hop),
+        routes: config
+            .relay
+            .routes
+            .iter()
+            .filter_map(|(domain, h)| Some((crate::smtp::address::canonical_domain(domain)?, hop(h))))
+            .collect(),
+        auth: config.relay.username.clone().zip(config.relay.password.clone()),
+        smarthost_tls: config.relay.tls,
+        starttls: out.starttls,
+        tls: Arc::new(TlsClient::new(out.ca_file.as_deref())?),
+        own_addrs,
+    };
+    Ok(QueueConfig {
+        retry: config.queue.retry.clone(),
+        max_age: config.queue.max_age,
+        delay_notice: config.queue.delay_notice,
+        concurrency: config.queue.concurrency,
+        mail_root: config.mail_root(),
+        hostname: config.hostname.clone(),
+        remote,
+    })
 }

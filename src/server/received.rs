@@ -15,12 +15,7 @@ pub fn received_header(message: &Message, peer: IpAddr, hostname: &str, id: &str
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
-    let helo: String = message
-        .hello
-        .name
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
+    let helo: String = message.hello.name.chars().filter(|c| !c.is_control()).collect();
     // A single recipient is named; several are not (that would disclose the others).
     let recipient = match message.rcpts.as_slice() {
         [only] => format!("\r\n\tfor <{}>", only.to),

@@ -13,11 +13,7 @@ pub struct Mailbox {
 
 impl fmt::Display for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.domain.is_empty() {
-            f.write_str(&self.local)
-        } else {
-            write!(f, "{}@{}", self.local, self.domain)
-        }
+        if self.domain.is_empty() { f.write_str(&self.local) } else { write!(f, "{}@{}", self.local, self.domain) }
     }
 }
 
@@ -34,10 +30,7 @@ impl Mailbox {
         } else if canonical_domain(domain).is_none() {
             return Err("invalid domain");
         }
-        Ok(Mailbox {
-            local: local.to_string(),
-            domain: domain.to_string(),
-        })
+        Ok(Mailbox { local: local.to_string(), domain: domain.to_string() })
     }
 
     /// True when the address needs SMTPUTF8 to be transported (RFC 6531 §3.2).
@@ -47,11 +40,7 @@ impl Mailbox {
 
     /// The local part with quoting removed: `"a b"` → `a b`.
     pub fn local_unquoted(&self) -> String {
-        match self
-            .local
-            .strip_prefix('"')
-            .and_then(|s| s.strip_suffix('"'))
-        {
+        match self.local.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
             None => self.local.clone(),
             Some(inner) => {
                 let mut out = String::with_capacity(inner.len());
@@ -93,9 +82,7 @@ pub fn canonical_domain(d: &str) -> Option<String> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     });
     ok.then_some(ascii)
 }
@@ -126,10 +113,7 @@ fn split_local_part(s: &str) -> Result<(&str, &str), &'static str> {
     if local.is_empty() {
         return Err("empty local part");
     }
-    if local
-        .split('.')
-        .any(|atom| atom.is_empty() || !atom.chars().all(is_atext))
-    {
+    if local.split('.').any(|atom| atom.is_empty() || !atom.chars().all(is_atext)) {
         return Err("invalid local part");
     }
     Ok((local, &s[end..]))
@@ -137,25 +121,16 @@ fn split_local_part(s: &str) -> Result<(&str, &str), &'static str> {
 
 /// `atext` of RFC 5322 §3.2.3, extended with UTF-8 by RFC 6531 §3.3.
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric()
-        || "!#$%&'*+-/=?^_`{|}~".contains(c)
-        || (!c.is_ascii() && !c.is_control())
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (!c.is_ascii() && !c.is_control())
 }
 
 fn check_address_literal(d: &str) -> Result<(), &'static str> {
-    let inner = d
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .ok_or("invalid address literal")?;
+    let inner = d.strip_prefix('[').and_then(|s| s.strip_suffix(']')).ok_or("invalid address literal")?;
     let ok = match inner.get(..5) {
         Some(tag) if tag.eq_ignore_ascii_case("ipv6:") => inner[5..].parse::<Ipv6Addr>().is_ok(),
         _ => inner.parse::<Ipv4Addr>().is_ok(),
     };
-    if ok {
-        Ok(())
-    } else {
-        Err("invalid address literal")
-    }
+    if ok { Ok(()) } else { Err("invalid address literal") }
 }
 
 /// Parses a path at the start of `s`: `<mailbox>`, `<@route:mailbox>` (the source route
@@ -186,11 +161,7 @@ pub fn parse_path(s: &str, allow_null: bool) -> Result<(Option<Mailbox>, &str), 
     let close = close.ok_or("missing closing >")?;
     let (body, rest) = (&inner[..close], &inner[close + 1..]);
     if body.is_empty() {
-        return if allow_null {
-            Ok((None, rest))
-        } else {
-            Err("empty path")
-        };
+        return if allow_null { Ok((None, rest)) } else { Err("empty path") };
     }
     let mailbox_text = match body.strip_prefix('@') {
         Some(route) => {
@@ -227,15 +198,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_syntax() {
-        for bad in [
-            "user@remote.test@local.test",
-            "@x.test",
-            "a..b@x.test",
-            "a@",
-            "a@-x.test",
-            "a b@x.test",
-            "a@[1.2.3]",
-        ] {
+        for bad in
+            ["user@remote.test@local.test", "@x.test", "a..b@x.test", "a@", "a@-x.test", "a b@x.test", "a@[1.2.3]"]
+        {
             assert!(Mailbox::parse(bad).is_err(), "{bad}");
         }
     }
@@ -249,10 +214,7 @@ mod tests {
         assert!(parse_path("<>", false).is_err());
         let (m, _) = parse_path("<\"a>b\"@x.test>", false).unwrap();
         assert_eq!(m.unwrap().local, "\"a>b\"");
-        assert_eq!(
-            parse_path("bare@x.test SIZE=5", false).unwrap().1,
-            " SIZE=5"
-        );
+        assert_eq!(parse_path("bare@x.test SIZE=5", false).unwrap().1, " SIZE=5");
         assert!(parse_path("<a@x.test", false).is_err());
         let (m, _) = parse_path("<USER@[127.0.0.1]>", false).unwrap();
         assert_eq!(m.unwrap().canonical_domain().unwrap(), "[127.0.0.1]");
@@ -261,10 +223,7 @@ mod tests {
     #[test]
     fn trailing_dot_and_case_fold() {
         assert_eq!(canonical_domain("LOCAL.TEST.").unwrap(), "local.test");
-        assert_eq!(
-            canonical_domain("xn--bcher-kva.test").unwrap(),
-            "xn--bcher-kva.test"
-        );
+        assert_eq!(canonical_domain("xn--bcher-kva.test").unwrap(), "xn--bcher-kva.test");
         assert!(canonical_domain("a..b").is_none());
     }
 }

@@ -46,14 +46,7 @@ impl BodyReader {
     }
 
     fn new(dotted: bool, limit: u64) -> BodyReader {
-        BodyReader {
-            state: State::Start(true),
-            dotted,
-            size: 0,
-            limit,
-            overflow: false,
-            bare_cr: false,
-        }
+        BodyReader { state: State::Start(true), dotted, size: 0, limit, overflow: false, bare_cr: false }
     }
 
     /// More content was received than the limit allows (content past it was dropped).
@@ -200,14 +193,7 @@ mod tests {
 
     #[test]
     fn smuggling_vectors_never_end_data() {
-        for v in [
-            &b"a\n.\nMAIL"[..],
-            b"a\r\n.\nMAIL",
-            b"a\n.\r\nMAIL",
-            b"a\r.\rMAIL",
-            b"a\r.\r\nMAIL",
-            b"a\n.\n\r\n",
-        ] {
+        for v in [&b"a\n.\nMAIL"[..], b"a\r\n.\nMAIL", b"a\n.\r\nMAIL", b"a\r.\rMAIL", b"a\r.\r\nMAIL", b"a\n.\n\r\n"] {
             let (end, _, _) = run(v);
             assert_eq!(end, None, "{:?}", String::from_utf8_lossy(v));
         }
@@ -246,10 +232,7 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(r.feed(b".\r\n..x\n", &mut out), None);
         assert_eq!(r.feed(b"y\r", &mut out), None);
-        assert!(
-            r.saw_bare_cr(),
-            "a trailing CR is bare until its LF arrives"
-        );
+        assert!(r.saw_bare_cr(), "a trailing CR is bare until its LF arrives");
         r.feed(b"\n", &mut out);
         assert_eq!(out, b".\r\n..x\r\ny\r\n");
         assert!(!r.saw_bare_cr());

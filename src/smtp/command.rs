@@ -30,8 +30,7 @@ pub enum Command {
 
 /// Parses one command line.
 pub fn parse(line: &[u8]) -> Result<Command, Reply> {
-    let line =
-        std::str::from_utf8(line).map_err(|_| common::line_syntax("Invalid UTF-8 in command"))?;
+    let line = std::str::from_utf8(line).map_err(|_| common::line_syntax("Invalid UTF-8 in command"))?;
     if line.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
         return Err(common::line_syntax("Control character in command"));
     }
@@ -40,38 +39,26 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         None => (line, ""),
     };
     let no_arg = |cmd: Command| {
-        if arg.trim().is_empty() {
-            Ok(cmd)
-        } else {
-            Err(common::syntax("Syntax error, no parameters allowed"))
-        }
+        if arg.trim().is_empty() { Ok(cmd) } else { Err(common::syntax("Syntax error, no parameters allowed")) }
     };
     match verb.to_ascii_uppercase().as_str() {
         "EHLO" => Ok(Command::Ehlo(hello_name(arg)?)),
         "HELO" => Ok(Command::Helo(hello_name(arg)?)),
         "MAIL" => {
-            let rest = strip_keyword(arg, "FROM:")
-                .ok_or_else(|| common::syntax("Syntax: MAIL FROM:<address>"))?;
+            let rest = strip_keyword(arg, "FROM:").ok_or_else(|| common::syntax("Syntax: MAIL FROM:<address>"))?;
             let (from, params) = parse_path(rest.trim_start(), true).map_err(path_error)?;
             Ok(Command::Mail(from, MailParams::parse(params)?))
         }
         "RCPT" => {
-            let rest = strip_keyword(arg, "TO:")
-                .ok_or_else(|| common::syntax("Syntax: RCPT TO:<address>"))?;
+            let rest = strip_keyword(arg, "TO:").ok_or_else(|| common::syntax("Syntax: RCPT TO:<address>"))?;
             let rest = rest.trim_start();
             // RFC 5321 §4.1.1.3: "<Postmaster>" with no domain is always valid.
             if rest.len() >= 12 && rest[..12].eq_ignore_ascii_case("<postmaster>") {
-                let mailbox = Mailbox {
-                    local: rest[1..11].to_string(),
-                    domain: String::new(),
-                };
+                let mailbox = Mailbox { local: rest[1..11].to_string(), domain: String::new() };
                 return Ok(Command::Rcpt(mailbox, RcptParams::parse(&rest[12..])?));
             }
             let (to, params) = parse_path(rest, false).map_err(path_error)?;
-            Ok(Command::Rcpt(
-                to.expect("null path refused"),
-                RcptParams::parse(params)?,
-            ))
+            Ok(Command::Rcpt(to.expect("null path refused"), RcptParams::parse(params)?))
         }
         "DATA" => no_arg(Command::Data),
         "BDAT" => parse_bdat(arg),
@@ -98,8 +85,7 @@ fn hello_name(arg: &str) -> Result<String, Reply> {
 /// Strips `FROM:` / `TO:` case-insensitively.
 fn strip_keyword<'a>(arg: &'a str, keyword: &str) -> Option<&'a str> {
     let head = arg.get(..keyword.len())?;
-    head.eq_ignore_ascii_case(keyword)
-        .then(|| &arg[keyword.len()..])
+    head.eq_ignore_ascii_case(keyword).then(|| &arg[keyword.len()..])
 }
 
 fn path_error(e: &'static str) -> Reply {
@@ -131,25 +117,10 @@ mod tests {
 
     #[test]
     fn parses_verbs() {
-        assert_eq!(
-            parse(b"ehlo client.test").unwrap(),
-            Command::Ehlo("client.test".into())
-        );
+        assert_eq!(parse(b"ehlo client.test").unwrap(), Command::Ehlo("client.test".into()));
         assert_eq!(parse(b"DATA").unwrap(), Command::Data);
-        assert_eq!(
-            parse(b"BDAT 10 LAST").unwrap(),
-            Command::Bdat {
-                size: 10,
-                last: true
-            }
-        );
-        assert_eq!(
-            parse(b"BDAT 0").unwrap(),
-            Command::Bdat {
-                size: 0,
-                last: false
-            }
-        );
+        assert_eq!(parse(b"BDAT 10 LAST").unwrap(), Command::Bdat { size: 10, last: true });
+        assert_eq!(parse(b"BDAT 0").unwrap(), Command::Bdat { size: 0, last: false });
         assert_eq!(parse(b"FOO").unwrap_err().code, 500);
         assert_eq!(parse(b"EHLO").unwrap_err().code, 501);
         assert_eq!(parse(b"DATA x").unwrap_err().code, 501);
@@ -166,13 +137,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            parse(b"mail from: <>").unwrap(),
-            Command::Mail(None, _)
-        ));
-        assert!(
-            matches!(parse(b"RCPT TO:<Postmaster>").unwrap(), Command::Rcpt(m, _) if m.domain.is_empty())
-        );
+        assert!(matches!(parse(b"mail from: <>").unwrap(), Command::Mail(None, _)));
+        assert!(matches!(parse(b"RCPT TO:<Postmaster>").unwrap(), Command::Rcpt(m, _) if m.domain.is_empty()));
         assert_eq!(parse(b"RCPT TO:<>").unwrap_err().code, 501);
         assert_eq!(parse(b"MAIL TO:<a@b.test>").unwrap_err().code, 501);
         assert_eq!(parse(b"MAIL FROM:<a@b.test>SIZE=1").unwrap_err().code, 501);

@@ -69,16 +69,11 @@ fn split(rest: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
             let key_ok = !k.is_empty()
                 && k.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
                 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-            let value_ok =
-                v.is_none_or(|v| !v.is_empty() && v.bytes().all(|b| b > 32 && b != b'='));
+            let value_ok = v.is_none_or(|v| !v.is_empty() && v.bytes().all(|b| b > 32 && b != b'='));
             if key_ok && value_ok {
                 Ok((k.to_ascii_uppercase(), v))
             } else {
-                Err(Reply::new(
-                    501,
-                    (5, 5, 4),
-                    format!("Bad parameter syntax {p}"),
-                ))
+                Err(Reply::new(501, (5, 5, 4), format!("Bad parameter syntax {p}")))
             }
         })
         .collect()
@@ -91,9 +86,7 @@ fn is_xtext(v: &str) -> bool {
     while i < b.len() {
         match b[i] {
             b'+' => {
-                let hex = |c: Option<&u8>| {
-                    c.is_some_and(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
-                };
+                let hex = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c));
                 if !hex(b.get(i + 1)) || !hex(b.get(i + 2)) {
                     return false;
                 }
@@ -119,11 +112,7 @@ impl MailParams {
                         "7BIT" => Body::SevenBit,
                         "8BITMIME" => Body::EightBitMime,
                         _ => {
-                            return Err(Reply::new(
-                                555,
-                                (5, 5, 4),
-                                format!("Unsupported BODY type {v}"),
-                            ));
+                            return Err(Reply::new(555, (5, 5, 4), format!("Unsupported BODY type {v}")));
                         }
                     }
                 }
@@ -135,9 +124,7 @@ impl MailParams {
                         _ => return Err(bad_value("RET")),
                     })
                 }
-                ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => {
-                    p.envid = Some(v.to_string())
-                }
+                ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => p.envid = Some(v.to_string()),
                 ("AUTH", Some(v)) => p.auth = Some(v.to_string()),
                 ("SIZE" | "BODY" | "RET" | "ENVID" | "AUTH" | "SMTPUTF8", _) => {
                     return Err(bad_value(&key));
@@ -154,13 +141,10 @@ impl RcptParams {
         let mut p = RcptParams::default();
         for (key, value) in split(rest)? {
             match (key.as_str(), value) {
-                ("NOTIFY", Some(v)) => {
-                    p.notify = Some(parse_notify(v).ok_or_else(|| bad_value("NOTIFY"))?)
-                }
+                ("NOTIFY", Some(v)) => p.notify = Some(parse_notify(v).ok_or_else(|| bad_value("NOTIFY"))?),
                 ("ORCPT", Some(v)) => {
                     let (kind, addr) = v.split_once(';').ok_or_else(|| bad_value("ORCPT"))?;
-                    let kind_ok = !kind.is_empty()
-                        && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    let kind_ok = !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
                     if !kind_ok || !is_xtext(addr) {
                         return Err(bad_value("ORCPT"));
                     }
@@ -196,8 +180,7 @@ mod tests {
 
     #[test]
     fn mail_params() {
-        let p = MailParams::parse(" SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc+2Bdef")
-            .unwrap();
+        let p = MailParams::parse(" SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=abc+2Bdef").unwrap();
         assert_eq!(p.size, Some(1000));
         assert_eq!(p.body, Body::EightBitMime);
         assert!(p.smtputf8);

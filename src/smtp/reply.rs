@@ -24,20 +24,12 @@ pub struct Reply {
 impl Reply {
     /// A one-line reply with an enhanced status code.
     pub fn new(code: u16, status: (u8, u16, u16), text: impl Into<String>) -> Reply {
-        Reply {
-            code,
-            status: Some(Status(status.0, status.1, status.2)),
-            lines: vec![text.into()],
-        }
+        Reply { code, status: Some(Status(status.0, status.1, status.2)), lines: vec![text.into()] }
     }
 
     /// A reply without an enhanced status code.
     pub fn plain(code: u16, lines: Vec<String>) -> Reply {
-        Reply {
-            code,
-            status: None,
-            lines,
-        }
+        Reply { code, status: None, lines }
     }
 
     /// The first line's text, for logs.
@@ -86,21 +78,13 @@ pub mod common {
         Reply::new(500, (5, 5, 2), text)
     }
     pub fn too_big() -> Reply {
-        Reply::new(
-            552,
-            (5, 3, 4),
-            "Message size exceeds fixed maximum message size",
-        )
+        Reply::new(552, (5, 3, 4), "Message size exceeds fixed maximum message size")
     }
     pub fn too_many_errors() -> Reply {
         Reply::new(421, (4, 7, 0), "Too many errors, closing connection")
     }
     pub fn pipelining_violation() -> Reply {
-        Reply::new(
-            554,
-            (5, 5, 0),
-            "Improper command pipelining, closing connection",
-        )
+        Reply::new(554, (5, 5, 0), "Improper command pipelining, closing connection")
     }
 }
 

@@ -65,6 +65,9 @@ pub enum RcptState {
         attempts: u32,
         next_attempt: i64,
         reason: String,
+        /// A delay notice was sent to the sender.
+        #[serde(default)]
+        notified: bool,
     },
     Delivered {
         at: i64,
@@ -79,10 +82,7 @@ pub enum RcptState {
 impl RcptState {
     /// Delivered or bounced: nothing more will happen to this recipient.
     pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            RcptState::Delivered { .. } | RcptState::Bounced { .. }
-        )
+        matches!(self, RcptState::Delivered { .. } | RcptState::Bounced { .. })
     }
 }
 
@@ -95,7 +95,9 @@ pub enum Change {
         state: RcptState,
     },
     /// The message is finished (every recipient final, or deleted) and may be dropped.
-    Done { id: String },
+    Done {
+        id: String,
+    },
 }
 
 /// Where a message's content lies in the spool.
@@ -141,17 +143,8 @@ impl Spool {
         let found = recover::recover(dir)?;
         let pending: Vec<Stored> = found.messages.values().cloned().collect();
         let tx = writer::start(dir.to_path_buf(), &found)?;
-        let inner = Inner {
-            dir: dir.to_path_buf(),
-            tx,
-            last_id: AtomicU64::new(0),
-        };
-        Ok((
-            Spool {
-                inner: Arc::new(inner),
-            },
-            pending,
-        ))
+        let inner = Inner { dir: dir.to_path_buf(), tx, last_id: AtomicU64::new(0) };
+        Ok((Spool { inner: Arc::new(inner) }, pending))
     }
 
     /// A new queue id: 16 upper-case hex digits, increasing with time.
@@ -160,9 +153,7 @@ impl Spool {
         let prev = self
             .inner
             .last_id
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last + 1))
-            })
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)))
             .expect("closure never fails");
         format!("{:016X}", now.max(prev + 1))
     }
@@ -171,22 +162,11 @@ impl Spool {
     pub async fn store(&self, envelope: &Envelope, body: &[u8]) -> io::Result<Stored> {
         let (record, body_in_record) = record::encode_message(envelope, body);
         let (reply, wait) = oneshot::channel();
-        let request = writer::Request::Message {
-            id: envelope.id.clone(),
-            record,
-            reply,
-        };
+        let request = writer::Request::Message { id: envelope.id.clone(), record, reply };
         self.inner.tx.send(request).map_err(|_| closed())?;
         let (segment, at) = wait.await.map_err(|_| closed())??;
-        let body = BodyRef {
-            segment,
-            offset: at + body_in_record,
-            len: body.len() as u64,
-        };
-        Ok(Stored {
-            envelope: envelope.clone(),
-            body,
-        })
+        let body = BodyRef { segment, offset: at + body_in_record, len: body.len() as u64 };
+        Ok(Stored { envelope: envelope.clone(), body })
     }
 
     /// Records changes durably; returns once they are on disk.
@@ -200,14 +180,7 @@ impl Spool {
             })
             .collect();
         let (reply, wait) = oneshot::channel();
-        self.inner
-            .tx
-            .send(writer::Request::Changes {
-                records,
-                done,
-                reply,
-            })
-            .map_err(|_| closed())?;
+        self.inner.tx.send(writer::Request::Changes { records, done, reply }).map_err(|_| closed())?;
         wait.await.map_err(|_| closed())?
     }
 

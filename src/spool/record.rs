@@ -52,10 +52,7 @@ pub fn encode_message(envelope: &Envelope, body: &[u8]) -> (Vec<u8>, u64) {
 }
 
 pub fn encode_change(change: &Change) -> Vec<u8> {
-    frame(
-        KIND_CHANGE,
-        &[&serde_json::to_vec(change).expect("change serializes")],
-    )
+    frame(KIND_CHANGE, &[&serde_json::to_vec(change).expect("change serializes")])
 }
 
 /// Decodes the record at the start of `buf` (which starts at file offset `at`).
@@ -83,11 +80,7 @@ pub fn decode(buf: &[u8], at: u64) -> Option<(Record, usize)> {
             let meta = payload.get(4..4 + meta_len)?;
             let envelope = serde_json::from_slice(meta).ok()?;
             let body_len = (payload.len() - 4 - meta_len) as u64;
-            Record::Message {
-                envelope,
-                body_offset: at + HEADER_LEN + 4 + meta_len as u64,
-                body_len,
-            }
+            Record::Message { envelope, body_offset: at + HEADER_LEN + 4 + meta_len as u64, body_len }
         }
         KIND_CHANGE => Record::Change(serde_json::from_slice(payload).ok()?),
         _ => return None,

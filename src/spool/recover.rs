@@ -21,9 +21,7 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if let Some(n) = name
-            .strip_prefix("seg-")
-            .and_then(|s| s.strip_suffix(".log"))
+        if let Some(n) = name.strip_prefix("seg-").and_then(|s| s.strip_suffix(".log"))
             && let Ok(n) = n.parse()
         {
             segments.push(n);
@@ -62,24 +60,13 @@ fn read_all(dir: &Path, sync: bool) -> io::Result<Found> {
         }
         for record in records {
             match record {
-                Record::Message {
-                    envelope,
-                    body_offset,
-                    body_len,
-                } => {
-                    let body = BodyRef {
-                        segment,
-                        offset: body_offset,
-                        len: body_len,
-                    };
+                Record::Message { envelope, body_offset, body_len } => {
+                    let body = BodyRef { segment, offset: body_offset, len: body_len };
                     segment_of.insert(envelope.id.clone(), segment);
                     messages.insert(envelope.id.clone(), Stored { envelope, body });
                 }
                 Record::Change(Change::Recipient { id, index, state }) => {
-                    if let Some(r) = messages
-                        .get_mut(&id)
-                        .and_then(|m| m.envelope.recipients.get_mut(index))
-                    {
+                    if let Some(r) = messages.get_mut(&id).and_then(|m| m.envelope.recipients.get_mut(index)) {
                         r.state = state;
                     }
                 }
@@ -90,11 +77,7 @@ fn read_all(dir: &Path, sync: bool) -> io::Result<Found> {
             }
         }
     }
-    Ok(Found {
-        messages,
-        segments,
-        segment_of,
-    })
+    Ok(Found { messages, segments, segment_of })
 }
 
 /// Recovery at start-up: makes what is on disk durable, then reads it.

@@ -24,10 +24,7 @@ fn envelope(spool: &Spool, rcpts: usize) -> Envelope {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 #[test]
@@ -42,18 +39,9 @@ fn store_recover_and_finish() {
     let s1 = rt.block_on(spool.store(&e1, b"hello")).unwrap();
     rt.block_on(spool.store(&e2, b"world")).unwrap();
     assert_eq!(spool.read_body(&s1.body).unwrap(), b"hello");
-    let delivered = RcptState::Delivered {
-        at: 1,
-        reply: "ok".into(),
-    };
-    rt.block_on(spool.record(&[Change::Recipient {
-        id: e1.id.clone(),
-        index: 0,
-        state: delivered.clone(),
-    }]))
-    .unwrap();
-    rt.block_on(spool.record(&[Change::Done { id: e2.id.clone() }]))
-        .unwrap();
+    let delivered = RcptState::Delivered { at: 1, reply: "ok".into() };
+    rt.block_on(spool.record(&[Change::Recipient { id: e1.id.clone(), index: 0, state: delivered.clone() }])).unwrap();
+    rt.block_on(spool.record(&[Change::Done { id: e2.id.clone() }])).unwrap();
     drop(spool);
 
     let (spool, pending) = Spool::open(dir.path()).unwrap();
@@ -62,8 +50,7 @@ fn store_recover_and_finish() {
     assert_eq!(pending[0].envelope.recipients[0].state, delivered);
     assert_eq!(pending[0].envelope.recipients[1].state, RcptState::Queued);
     assert_eq!(spool.read_body(&pending[0].body).unwrap(), b"hello");
-    rt.block_on(spool.record(&[Change::Done { id: e1.id.clone() }]))
-        .unwrap();
+    rt.block_on(spool.record(&[Change::Done { id: e1.id.clone() }])).unwrap();
     drop(spool);
 
     // Every message is finished: only the newest (empty) segments remain.
@@ -82,15 +69,10 @@ fn torn_tail_is_ignored() {
     rt.block_on(spool.store(&e, b"kept")).unwrap();
     drop(spool);
     // A crash mid-write leaves a partial record at the end of the segment.
-    let seg = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max()
-        .unwrap();
+    let seg = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).max().unwrap();
     let mut data = std::fs::read(&seg).unwrap();
     let whole = data.len();
-    let (partial, _) =
-        record::encode_message(&envelope(&Spool::open(dir.path()).unwrap().0, 1), b"lost");
+    let (partial, _) = record::encode_message(&envelope(&Spool::open(dir.path()).unwrap().0, 1), b"lost");
     data.extend_from_slice(&partial[..partial.len() / 2]);
     std::fs::write(&seg, &data).unwrap();
     let (_spool, pending) = Spool::open(dir.path()).unwrap();
@@ -102,11 +84,7 @@ fn torn_tail_is_ignored() {
 #[test]
 fn concurrent_stores_share_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (spool, _) = Spool::open(dir.path()).unwrap();
     let ids = rt.block_on(async {
         let mut tasks = Vec::new();

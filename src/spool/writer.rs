@@ -17,17 +17,9 @@ const BATCH_MAX_BYTES: usize = 32 << 20;
 
 pub enum Request {
     /// A message record; answered with (segment, offset of the record).
-    Message {
-        id: String,
-        record: Vec<u8>,
-        reply: oneshot::Sender<io::Result<(u64, u64)>>,
-    },
+    Message { id: String, record: Vec<u8>, reply: oneshot::Sender<io::Result<(u64, u64)>> },
     /// Change records; `done` lists the messages they finish.
-    Changes {
-        records: Vec<Vec<u8>>,
-        done: Vec<String>,
-        reply: oneshot::Sender<io::Result<()>>,
-    },
+    Changes { records: Vec<Vec<u8>>, done: Vec<String>, reply: oneshot::Sender<io::Result<()>> },
 }
 
 impl Request {
@@ -55,10 +47,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Creates a new segment file and makes its directory entry durable.
 fn create_segment(dir: &Path, segment: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(segment_path(dir, segment))?;
+    let file = OpenOptions::new().create_new(true).append(true).open(segment_path(dir, segment))?;
     sync_dir(dir)?;
     Ok(file)
 }
@@ -71,20 +60,11 @@ pub fn start(dir: PathBuf, found: &Found) -> io::Result<mpsc::Sender<Request>> {
     }
     let segment = found.segments.last().map_or(1, |s| s + 1);
     let file = create_segment(&dir, segment)?;
-    let mut writer = Writer {
-        dir,
-        file,
-        segment,
-        size: 0,
-        segment_of: found.segment_of.clone(),
-        live,
-    };
+    let mut writer = Writer { dir, file, segment, size: 0, segment_of: found.segment_of.clone(), live };
     writer.live.insert(segment, 0);
     writer.delete_finished_segments();
     let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("spool-writer".into())
-        .spawn(move || writer.run(rx))?;
+    std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer.run(rx))?;
     Ok(tx)
 }
 
@@ -171,12 +151,7 @@ impl Writer {
     /// Removes a failed batch so that no half-written record stays before later ones;
     /// if the segment cannot be cut back, later records go to a new segment.
     fn undo(&mut self, start: u64) {
-        if self
-            .file
-            .set_len(start)
-            .and_then(|_| self.file.sync_data())
-            .is_ok()
-        {
+        if self.file.set_len(start).and_then(|_| self.file.sync_data()).is_ok() {
             self.size = start;
         } else if let Err(e) = self.rotate() {
             tracing::error!(error = %e, "cannot start a new spool segment");
@@ -205,12 +180,7 @@ impl Writer {
     /// that finished them are synced, so a crash cannot bring their messages back.
     fn delete_finished_segments(&mut self) {
         let active = self.segment;
-        let empty: Vec<u64> = self
-            .live
-            .iter()
-            .filter(|&(&s, &n)| n == 0 && s != active)
-            .map(|(&s, _)| s)
-            .collect();
+        let empty: Vec<u64> = self.live.iter().filter(|&(&s, &n)| n == 0 && s != active).map(|(&s, _)| s).collect();
         for segment in empty {
             match std::fs::remove_file(segment_path(&self.dir, segment)) {
                 Ok(()) => {

@@ -9,32 +9,18 @@ impl Session {
     pub(super) fn on_bdat(&mut self, size: u64, last: bool) {
         let refusal = match &mut self.txn {
             None => Some(common::bad_sequence("Need MAIL command first")),
-            Some(txn) if txn.rcpts.is_empty() => {
-                Some(Reply::new(554, (5, 5, 1), "No valid recipients"))
-            }
+            Some(txn) if txn.rcpts.is_empty() => Some(Reply::new(554, (5, 5, 1), "No valid recipients")),
             Some(txn) => {
-                txn.chunks
-                    .get_or_insert_with(|| BodyReader::chunks(self.config.max_message_size));
+                txn.chunks.get_or_insert_with(|| BodyReader::chunks(self.config.max_message_size));
                 None
             }
         };
-        self.mode = Mode::Bdat {
-            remaining: size,
-            last,
-            refusal,
-        };
+        self.mode = Mode::Bdat { remaining: size, last, refusal };
     }
 
     /// Reads (part of) the current chunk from buffered input.
     pub(super) fn read_chunk(&mut self) -> bool {
-        let Mode::Bdat {
-            remaining,
-            last,
-            refusal,
-        } = &mut self.mode
-        else {
-            unreachable!()
-        };
+        let Mode::Bdat { remaining, last, refusal } = &mut self.mode else { unreachable!() };
         if *remaining > 0 {
             if self.input.is_empty() {
                 return false;
@@ -68,11 +54,7 @@ impl Session {
             self.finish_message(reader);
         } else {
             let size = reader.size();
-            self.reply(Reply::new(
-                250,
-                (2, 0, 0),
-                format!("{size} octets received"),
-            ));
+            self.reply(Reply::new(250, (2, 0, 0), format!("{size} octets received")));
         }
         true
     }

@@ -19,11 +19,7 @@ impl Session {
             return;
         }
         self.mode = Mode::Data(BodyReader::data(self.config.max_message_size));
-        self.reply(Reply::new(
-            354,
-            (2, 0, 0),
-            "End data with <CR><LF>.<CR><LF>",
-        ));
+        self.reply(Reply::new(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>"));
     }
 
     /// Feeds buffered input to the DATA reader.
@@ -31,9 +27,7 @@ impl Session {
         if self.input.is_empty() {
             return false;
         }
-        let Mode::Data(reader) = &mut self.mode else {
-            unreachable!()
-        };
+        let Mode::Data(reader) = &mut self.mode else { unreachable!() };
         let txn = self.txn.as_mut().expect("DATA without transaction");
         match reader.feed(&self.input, &mut txn.content) {
             None => {
@@ -42,9 +36,7 @@ impl Session {
             }
             Some(end) => {
                 self.input.drain(..end);
-                let Mode::Data(reader) = std::mem::replace(&mut self.mode, Mode::Command) else {
-                    unreachable!()
-                };
+                let Mode::Data(reader) = std::mem::replace(&mut self.mode, Mode::Command) else { unreachable!() };
                 self.finish_message(reader);
                 true
             }

@@ -18,19 +18,12 @@ impl Session {
             return self.reject(Reply::new(555, (5, 5, 4), "Parameters need EHLO"));
         }
         // RFC 1870 §6.1: a declared size above the limit is refused at once.
-        if params
-            .size
-            .is_some_and(|s| s > self.config.max_message_size)
-        {
+        if params.size.is_some_and(|s| s > self.config.max_message_size) {
             return self.reply(common::too_big());
         }
         // RFC 6531 §3.4: a UTF-8 address needs the SMTPUTF8 parameter.
         if from.as_ref().is_some_and(|m| !m.is_ascii()) && !params.smtputf8 {
-            return self.reject(Reply::new(
-                553,
-                (5, 6, 7),
-                "UTF-8 address needs the SMTPUTF8 parameter",
-            ));
+            return self.reject(Reply::new(553, (5, 6, 7), "UTF-8 address needs the SMTPUTF8 parameter"));
         }
         self.asked = Some(Command::Mail(from.clone(), params.clone()));
         self.ask(Pending::Mail, Check::Mail { from, params });

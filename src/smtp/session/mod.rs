@@ -60,13 +60,8 @@ pub struct Message {
 /// A question for the layers above the protocol.
 #[derive(Debug, Clone)]
 pub enum Check {
-    Mail {
-        from: Option<Mailbox>,
-        params: MailParams,
-    },
-    Rcpt {
-        to: Mailbox,
-    },
+    Mail { from: Option<Mailbox>, params: MailParams },
+    Rcpt { to: Mailbox },
     Message(Box<Message>),
 }
 
@@ -155,8 +150,7 @@ impl Session {
 
     /// True while message content is being received (DATA or a BDAT chunk).
     pub fn in_message(&self) -> bool {
-        !matches!(self.mode, Mode::Command | Mode::SkipLine)
-            || self.pending == Some(Pending::Message)
+        !matches!(self.mode, Mode::Command | Mode::SkipLine) || self.pending == Some(Pending::Message)
     }
 
     /// The next thing to do, or `None` when more input (or an answer) is needed.
@@ -265,9 +259,7 @@ impl Session {
             Command::Vrfy => self.on_vrfy(),
             Command::Expn => self.on_expn(),
             Command::Help => self.on_help(),
-            Command::StartTls | Command::Auth(_) => {
-                self.reject(Reply::new(502, (5, 5, 1), "Command not implemented"))
-            }
+            Command::StartTls | Command::Auth(_) => self.reject(Reply::new(502, (5, 5, 1), "Command not implemented")),
         }
     }
 
@@ -289,11 +281,7 @@ impl Session {
             return;
         }
         if reader.saw_bare_cr() {
-            self.reply(Reply::new(
-                550,
-                (5, 6, 0),
-                "Message contains bare CR, refused",
-            ));
+            self.reply(Reply::new(550, (5, 6, 0), "Message contains bare CR, refused"));
             return;
         }
         let message = Message {
@@ -309,18 +297,10 @@ impl Session {
     /// The verdict on the MAIL command handed out in [`Check::Mail`].
     pub fn answer_mail(&mut self, verdict: Result<(), Reply>) {
         assert_eq!(self.pending.take(), Some(Pending::Mail));
-        let Some(Command::Mail(from, params)) = self.asked.take() else {
-            unreachable!()
-        };
+        let Some(Command::Mail(from, params)) = self.asked.take() else { unreachable!() };
         match verdict {
             Ok(()) => {
-                self.txn = Some(Transaction {
-                    from,
-                    params,
-                    rcpts: Vec::new(),
-                    content: Vec::new(),
-                    chunks: None,
-                });
+                self.txn = Some(Transaction { from, params, rcpts: Vec::new(), content: Vec::new(), chunks: None });
                 self.reply(Reply::new(250, (2, 1, 0), "Ok"));
             }
             Err(reply) => self.refuse(reply),
@@ -330,9 +310,7 @@ impl Session {
     /// The verdict on the RCPT command handed out in [`Check::Rcpt`]: where it goes.
     pub fn answer_rcpt(&mut self, verdict: Result<Vec<String>, Reply>) {
         assert_eq!(self.pending.take(), Some(Pending::Rcpt));
-        let Some(Command::Rcpt(to, params)) = self.asked.take() else {
-            unreachable!()
-        };
+        let Some(Command::Rcpt(to, params)) = self.asked.take() else { unreachable!() };
         match verdict {
             Ok(routes) => {
                 if let Some(txn) = self.txn.as_mut() {
@@ -355,11 +333,7 @@ impl Session {
 
     /// A policy refusal: permanent ones count towards the bad-command limit.
     fn refuse(&mut self, reply: Reply) {
-        if reply.code >= 500 {
-            self.reject(reply)
-        } else {
-            self.reply(reply)
-        }
+        if reply.code >= 500 { self.reject(reply) } else { self.reply(reply) }
     }
 }
 

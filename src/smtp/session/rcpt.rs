@@ -19,11 +19,7 @@ impl Session {
             return self.reply(Reply::new(452, (4, 5, 3), "Too many recipients"));
         }
         if !to.is_ascii() && !txn.params.smtputf8 {
-            return self.reject(Reply::new(
-                553,
-                (5, 6, 7),
-                "UTF-8 address needs SMTPUTF8 in MAIL",
-            ));
+            return self.reject(Reply::new(553, (5, 6, 7), "UTF-8 address needs SMTPUTF8 in MAIL"));
         }
         self.asked = Some(Command::Rcpt(to.clone(), params.clone()));
         self.ask(Pending::Rcpt, Check::Rcpt { to });

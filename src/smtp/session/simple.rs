@@ -14,21 +14,13 @@ impl Session {
     }
 
     pub(super) fn on_quit(&mut self) {
-        let bye = Reply::new(
-            221,
-            (2, 0, 0),
-            format!("{} closing connection", self.config.hostname),
-        );
+        let bye = Reply::new(221, (2, 0, 0), format!("{} closing connection", self.config.hostname));
         self.close_with(bye);
     }
 
     /// §3.5.3: 252 says nothing about whether the user exists.
     pub(super) fn on_vrfy(&mut self) {
-        self.reply(Reply::new(
-            252,
-            (2, 5, 2),
-            "Cannot VRFY user, but will accept message and attempt delivery",
-        ));
+        self.reply(Reply::new(252, (2, 5, 2), "Cannot VRFY user, but will accept message and attempt delivery"));
     }
 
     /// §3.5.2: list expansion is not offered (it would reveal addresses).
@@ -37,10 +29,6 @@ impl Session {
     }
 
     pub(super) fn on_help(&mut self) {
-        self.reply(Reply::new(
-            214,
-            (2, 0, 0),
-            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
-        ));
+        self.reply(Reply::new(214, (2, 0, 0), "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP"));
     }
 }

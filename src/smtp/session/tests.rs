@@ -16,11 +16,7 @@ impl Driver {
             max_recipients: 3,
             max_bad_commands: 8,
         };
-        Driver {
-            session: Session::new(config),
-            messages: Vec::new(),
-            closed: false,
-        }
+        Driver { session: Session::new(config), messages: Vec::new(), closed: false }
     }
 
     /// Feeds `input` and returns the replies as `code status` strings; recipients whose
@@ -46,8 +42,7 @@ impl Driver {
                 }
                 Event::Check(Check::Message(m)) => {
                     self.messages.push(*m);
-                    self.session
-                        .answer_message(Ok(format!("Q{}", self.messages.len())));
+                    self.session.answer_message(Ok(format!("Q{}", self.messages.len())));
                 }
             }
         }
@@ -77,17 +72,10 @@ fn plain_transaction() {
 #[test]
 fn pipelined_commands_get_ordered_replies() {
     let mut d = Driver::greeted();
-    let r = d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<unknown@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n");
-    assert_eq!(
-        r,
-        [
-            "250 2.1.0",
-            "250 2.1.5",
-            "550 5.1.1",
-            "250 2.1.5",
-            "354 2.0.0"
-        ]
+    let r = d.send(
+        b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<unknown@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n",
     );
+    assert_eq!(r, ["250 2.1.0", "250 2.1.5", "550 5.1.1", "250 2.1.5", "354 2.0.0"]);
     d.send(b"x\r\n.\r\n");
     assert_eq!(d.messages[0].rcpts.len(), 2);
 }
@@ -95,9 +83,7 @@ fn pipelined_commands_get_ordered_replies() {
 #[test]
 fn content_before_354_closes() {
     let mut d = Driver::greeted();
-    let r = d.send(
-        b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n",
-    );
+    let r = d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n");
     assert_eq!(r, ["250 2.1.0", "250 2.1.5", "554 5.5.0"]);
     assert!(d.closed);
     assert!(d.messages.is_empty());
@@ -106,10 +92,7 @@ fn content_before_354_closes() {
 #[test]
 fn commands_pipelined_after_ehlo_close() {
     let mut d = Driver::new();
-    assert_eq!(
-        d.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n"),
-        ["554 5.5.0"]
-    );
+    assert_eq!(d.send(b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\n"), ["554 5.5.0"]);
     assert!(d.closed);
 }
 
@@ -120,11 +103,7 @@ fn sequence_errors() {
     d.send(b"HELO c.test\r\n");
     assert_eq!(d.send(b"RCPT TO:<b@y.test>\r\n"), ["503 5.5.1"]);
     assert_eq!(d.send(b"DATA\r\n"), ["503 5.5.1"]);
-    assert_eq!(
-        d.send(b"MAIL FROM:<a@x.test> SIZE=10\r\n"),
-        ["555 5.5.4"],
-        "HELO has no extensions"
-    );
+    assert_eq!(d.send(b"MAIL FROM:<a@x.test> SIZE=10\r\n"), ["555 5.5.4"], "HELO has no extensions");
     d.send(b"MAIL FROM:<a@x.test>\r\n");
     assert_eq!(d.send(b"MAIL FROM:<a@x.test>\r\n"), ["503 5.5.1"]);
     assert_eq!(d.send(b"DATA\r\n"), ["554 5.5.1"]);
@@ -174,13 +153,7 @@ fn long_and_malformed_lines() {
     assert_eq!(d.send(&long), ["500 5.5.2", "250 2.0.0"]);
     assert_eq!(d.send(b"NOOP\nNOOP\r\n"), ["500 5.5.2", "250 2.0.0"]);
     assert_eq!(d.send(b"NO\rOP\r\n"), ["500 5.5.2"]);
-    let exact = [
-        vec![b'N'; 0],
-        b"NOOP ".to_vec(),
-        vec![b'x'; 993],
-        b"\r\n".to_vec(),
-    ]
-    .concat();
+    let exact = [vec![b'N'; 0], b"NOOP ".to_vec(), vec![b'x'; 993], b"\r\n".to_vec()].concat();
     assert_eq!(exact.len(), 1000);
     assert_eq!(d.send(&exact), ["250 2.0.0"]);
 }
@@ -219,10 +192,7 @@ fn bare_cr_refused() {
     let mut d = Driver::greeted();
     d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
     d.send(b"DATA\r\n");
-    assert_eq!(
-        d.send(b"hello\r.\rMAIL FROM:<e@x.test>\r\n.\r\n"),
-        ["550 5.6.0"]
-    );
+    assert_eq!(d.send(b"hello\r.\rMAIL FROM:<e@x.test>\r\n.\r\n"), ["550 5.6.0"]);
     assert!(d.messages.is_empty());
 }
 
@@ -245,11 +215,7 @@ fn refused_bdat_chunk_is_read_not_executed() {
     let mut input = format!("BDAT {}\r\n", chunk.len()).into_bytes();
     input.extend_from_slice(chunk);
     assert_eq!(d.send(&input), ["503 5.5.1"]);
-    assert_eq!(
-        d.send(b"RCPT TO:<b@y.test>\r\n"),
-        ["503 5.5.1"],
-        "no transaction was opened"
-    );
+    assert_eq!(d.send(b"RCPT TO:<b@y.test>\r\n"), ["503 5.5.1"], "no transaction was opened");
 }
 
 #[test]
@@ -266,16 +232,7 @@ fn bdat_overflow_fails_transaction() {
 #[test]
 fn utf8_addresses_need_smtputf8() {
     let mut d = Driver::greeted();
-    assert_eq!(
-        d.send("MAIL FROM:<jösé@x.test>\r\n".as_bytes()),
-        ["553 5.6.7"]
-    );
-    assert_eq!(
-        d.send("MAIL FROM:<jösé@x.test> SMTPUTF8\r\n".as_bytes()),
-        ["250 2.1.0"]
-    );
-    assert_eq!(
-        d.send("RCPT TO:<ünï@bücher.test>\r\n".as_bytes()),
-        ["250 2.1.5"]
-    );
+    assert_eq!(d.send("MAIL FROM:<jösé@x.test>\r\n".as_bytes()), ["553 5.6.7"]);
+    assert_eq!(d.send("MAIL FROM:<jösé@x.test> SMTPUTF8\r\n".as_bytes()), ["250 2.1.0"]);
+    assert_eq!(d.send("RCPT TO:<ünï@bücher.test>\r\n".as_bytes()), ["250 2.1.5"]);
 }

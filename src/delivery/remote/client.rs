@@ -1,0 +1,194 @@
+//! The SMTP client side of one connection (RFC 5321 §4, RFC 2920 pipelining,
+//! RFC 3030 BDAT), over any byte stream.
+
+use super::tls::{TlsClient, TlsLevel};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::time::timeout;
+
+/// Longest reply line accepted (RFC 5321 §4.5.3.1.5 says 512; be lenient).
+const MAX_REPLY_LINE: u64 = 4096;
+/// Most lines in one reply.
+const MAX_REPLY_LINES: usize = 200;
+
+/// A reply from the remote server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteReply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl RemoteReply {
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    pub fn is_temporary(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// One line for logs and bounces: `550 5.1.1 no such user`.
+    pub fn text(&self) -> String {
+        format!("{} {}", self.code, self.lines.join(" / "))
+    }
+}
+
+/// What went wrong on the connection itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnError(pub String);
+
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Parses one reply line: `NNN-text` or `NNN text` (or `NNN` alone).
+pub fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, String)> {
+    let line = line.strip_suffix(b"\n")?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let code: u16 = std::str::from_utf8(&line[..3]).ok()?.parse().ok()?;
+    if !(200..600).contains(&code) {
+        return None;
+    }
+    let (more, text) = match line.get(3) {
+        None => (false, &[][..]),
+        Some(b' ') => (false, &line[4..]),
+        Some(b'-') => (true, &line[4..]),
+        Some(_) => return None,
+    };
+    Some((code, more, String::from_utf8_lossy(text).into_owned()))
+}
+
+pub struct Client {
+    io: BufReader<Box<dyn Stream>>,
+    pub command_timeout: Duration,
+}
+
+impl Client {
+    pub fn new(stream: Box<dyn Stream>, command_timeout: Duration) -> Client {
+        Client { io: BufReader::new(stream), command_timeout }
+    }
+
+    /// Runs a TLS handshake on the connection (after STARTTLS was accepted). Bytes the
+    /// server sent before the handshake would otherwise be read as if they came over
+    /// TLS, so their presence aborts the connection.
+    pub async fn start_tls(&mut self, tls: &TlsClient, host: &str) -> Result<TlsLevel, ConnError> {
+        if !self.io.buffer().is_empty() {
+            return Err(ConnError("server sent data before the TLS handshake".into()));
+        }
+        let closed: Box<dyn Stream> = Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()));
+        let plain = std::mem::replace(&mut self.io, BufReader::new(closed)).into_inner();
+        let (encrypted, level) = tls.handshake(plain, host).await?;
+        self.io = BufReader::new(encrypted);
+        Ok(level)
+    }
+
+    /// Reads one (possibly multi-line) reply within `limit`.
+    pub async fn read_reply_within(&mut self, limit: Duration) -> Result<RemoteReply, ConnError> {
+        timeout(limit, self.read_reply_inner())
+            .await
+            .map_err(|_| ConnError(format!("timeout after {}s waiting for the server", limit.as_secs())))?
+    }
+
+    pub async fn read_reply(&mut self) -> Result<RemoteReply, ConnError> {
+        self.read_reply_within(self.command_timeout).await
+    }
+
+    async fn read_reply_inner(&mut self) -> Result<RemoteReply, ConnError> {
+        let mut lines = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = (&mut self.io)
+                .take(MAX_REPLY_LINE)
+                .read_until(b'\n', &mut buf)
+                .await
+                .map_err(|e| ConnError(format!("read error: {e}")))?;
+            if n == 0 {
+                return Err(ConnError("connection closed by the server".into()));
+            }
+            if !buf.ends_with(b"\n") {
+                return Err(ConnError("reply line too long".into()));
+            }
+            let (code, more, text) = parse_reply_line(&buf)
+                .ok_or_else(|| ConnError(format!("malformed reply: {:?}", String::from_utf8_lossy(&buf).trim_end())))?;
+            lines.push(text);
+            if lines.len() > MAX_REPLY_LINES {
+                return Err(ConnError("reply has too many lines".into()));
+            }
+            if !more {
+                return Ok(RemoteReply { code, lines });
+            }
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        let stream = self.io.get_mut();
+        timeout(self.command_timeout, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await
+        .map_err(|_| ConnError("timeout while sending".into()))?
+        .map_err(|e| ConnError(format!("write error: {e}")))
+    }
+
+    /// Sends a command line and reads its reply.
+    pub async fn command(&mut self, line: &str) -> Result<RemoteReply, ConnError> {
+        self.write(format!("{line}\r\n").as_bytes()).await?;
+        self.read_reply().await
+    }
+}
+
+/// Dot-stuffs CRLF-clean content and appends the terminator (RFC 5321 §4.5.2).
+pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 5);
+    let mut at_line_start = true;
+    for &b in content {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_lines() {
+        assert_eq!(parse_reply_line(b"250-PIPELINING\r\n"), Some((250, true, "PIPELINING".into())));
+        assert_eq!(parse_reply_line(b"250 ok\r\n"), Some((250, false, "ok".into())));
+        assert_eq!(parse_reply_line(b"354\r\n"), Some((354, false, String::new())));
+        assert_eq!(parse_reply_line(b"25 ok\r\n"), None);
+        assert_eq!(parse_reply_line(b"250xok\r\n"), None);
+        assert_eq!(parse_reply_line(b"999 ok\r\n"), None);
+    }
+
+    #[test]
+    fn stuffing() {
+        assert_eq!(dot_stuff(b".a\r\nb\r\n..\r\n"), b"..a\r\nb\r\n...\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b".\r\n");
+        assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
+    }
+
+    #[tokio::test]
+    async fn multiline_and_garbage() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut c = Client::new(Box::new(a), Duration::from_secs(5));
+        b.write_all(b"250-one\r\n250 two\r\nhello\r\n").await.unwrap();
+        assert_eq!(c.read_reply().await.unwrap().lines, ["one", "two"]);
+        assert!(c.read_reply().await.is_err());
+        let long = vec![b'2'; 10_000];
+        b.write_all(&long).await.unwrap();
+        assert!(c.read_reply().await.unwrap_err().0.contains("too long"));
+    }
+}

@@ -1,0 +1,143 @@
+//! Delivery to other servers: find the next hop, connect, and run one SMTP
+//! transaction for all recipients of a message that go to the same destination.
+
+mod client;
+pub mod route;
+mod tls;
+mod transaction;
+
+pub use client::{RemoteReply, dot_stuff, parse_reply_line};
+pub use route::Hop;
+pub use tls::{TlsClient, TlsLevel};
+
+use super::{Delivered, Failure};
+use crate::config::SmarthostTls;
+use crate::dns::Dns;
+use crate::spool::Recipient;
+use client::{Client, Stream};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Everything remote delivery needs to know.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// Our name in EHLO.
+    pub hostname: String,
+    pub port: u16,
+    pub allow_loopback: bool,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub smarthost: Option<Hop>,
+    /// Canonical domain → next hop.
+    pub routes: HashMap<String, Hop>,
+    /// Credentials for the smarthost.
+    pub auth: Option<(String, String)>,
+    /// TLS towards the smarthost.
+    pub smarthost_tls: SmarthostTls,
+    /// Try STARTTLS with servers that offer it.
+    pub starttls: bool,
+    pub tls: Arc<TlsClient>,
+    /// The addresses Tern listens on, so that it never connects to itself.
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+/// A message and the recipients to deliver it to at one destination.
+pub struct Job<'a> {
+    pub sender: &'a str,
+    pub recipients: Vec<(usize, &'a Recipient)>,
+    pub content: &'a [u8],
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    pub ret: Option<&'a str>,
+    pub envid: Option<&'a str>,
+}
+
+pub type Outcome = Vec<(usize, Result<Delivered, Failure>)>;
+
+fn all(job: &Job<'_>, result: Result<Delivered, Failure>) -> Outcome {
+    job.recipients.iter().map(|(i, _)| (*i, result.clone())).collect()
+}
+
+/// What TLS a connection needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    Off,
+    /// STARTTLS when offered; plaintext otherwise (RFC 7435).
+    Opportunistic,
+    /// TLS with a verified certificate, or no delivery.
+    Required,
+}
+
+/// Delivers `job` to `domain` (canonical form): tries each hop and address in turn
+/// until one gives an answer for the recipients.
+pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>) -> Outcome {
+    let hops = match route::hops(config, dns, domain).await {
+        Ok(h) => h,
+        Err(f) => return all(job, Err(f)),
+    };
+    let mut last = Failure::temporary(format!("4.4.1 no reachable server for {domain}"));
+    for hop in &hops {
+        let addrs = match route::addresses(config, dns, hop).await {
+            Ok(a) => a,
+            Err(f) if !f.temporary => return all(job, Err(f)),
+            Err(f) => {
+                last = f;
+                continue;
+            }
+        };
+        for addr in addrs {
+            match attempt(config, hop, addr, job).await {
+                Ok(outcome) => return outcome,
+                Err(f) => {
+                    tracing::info!(host = %hop.host, %addr, reason = %f.reason, "trying next server");
+                    last = f;
+                }
+            }
+        }
+    }
+    all(job, Err(last))
+}
+
+/// One connection. `Err` means "try the next server" (connection failure, or a
+/// 4xx/5xx greeting); `Ok` carries the recipients' results.
+async fn attempt(config: &RemoteConfig, hop: &Hop, addr: SocketAddr, job: &Job<'_>) -> Result<Outcome, Failure> {
+    let conn_fail = |what: String| Failure::temporary(format!("4.4.1 {} [{}]: {what}", hop.host, addr.ip()));
+    let tcp = timeout(config.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| conn_fail("connection timed out".into()))?
+        .map_err(|e| conn_fail(format!("cannot connect: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Box<dyn Stream> = Box::new(tcp);
+    let smarthost = config.smarthost.as_ref() == Some(hop);
+    // Credentials only ever travel over a verified TLS connection to the smarthost,
+    // unless TLS was turned off for it explicitly.
+    let policy = match (smarthost, config.smarthost_tls) {
+        (true, SmarthostTls::None) => TlsPolicy::Off,
+        (true, _) => TlsPolicy::Required,
+        (false, _) if config.starttls => TlsPolicy::Opportunistic,
+        (false, _) => TlsPolicy::Off,
+    };
+    let mut level = TlsLevel::None;
+    if smarthost && config.smarthost_tls == SmarthostTls::Implicit {
+        let (tls, l) = timeout(config.connect_timeout, config.tls.handshake(stream, &hop.host))
+            .await
+            .map_err(|_| conn_fail("TLS handshake timed out".into()))?
+            .map_err(|e| conn_fail(e.0))?;
+        stream = tls;
+        level = l;
+    }
+    let mut client = Client::new(stream, config.command_timeout);
+    // RFC 5321 §4.5.3.2.1: the greeting may take as long as the connection.
+    let greeting = client.read_reply_within(config.connect_timeout).await.map_err(|e| conn_fail(e.0))?;
+    if greeting.code != 220 {
+        return Err(conn_fail(format!("greeting {}", greeting.text())));
+    }
+    let peer = format!("{} [{}]", hop.host, addr.ip());
+    let session = transaction::Session { peer: &peer, host: &hop.host, policy, level };
+    transaction::run(config, &mut client, session, job).await.map_err(|e| conn_fail(e.0))
+}

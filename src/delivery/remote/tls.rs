@@ -1,0 +1,139 @@
+//! TLS towards other servers. Opportunistic STARTTLS (RFC 7435) accepts any
+//! certificate, because an unverified certificate still beats plaintext; the result
+//! is then classified by checking the certificate against the trust roots.
+
+use super::client::{ConnError, Stream};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientConfig, WebPkiServerVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio_rustls::TlsConnector;
+
+/// How well a connection was protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsLevel {
+    None,
+    /// Encrypted, but the certificate did not verify.
+    Encrypted,
+    /// Encrypted, and the certificate matches the host name and a trusted root.
+    Verified,
+}
+
+impl fmt::Display for TlsLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsLevel::None => "none",
+            TlsLevel::Encrypted => "encrypted",
+            TlsLevel::Verified => "verified",
+        })
+    }
+}
+
+/// Accepts any certificate but still checks the handshake signatures.
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS client settings shared by all outbound connections.
+pub struct TlsClient {
+    connector: TlsConnector,
+    verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TlsClient")
+    }
+}
+
+impl TlsClient {
+    /// Trust roots: the system's, plus the certificates in `ca_file` if given.
+    pub fn new(ca_file: Option<&Path>) -> Result<TlsClient, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(path) = ca_file {
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| format!("TLS trust roots: {e}"))?;
+        let config = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth();
+        Ok(TlsClient { connector: TlsConnector::from(Arc::new(config)), verifier })
+    }
+
+    /// Runs the handshake on `stream` and says how well the peer was verified.
+    pub async fn handshake(
+        &self,
+        stream: Box<dyn Stream>,
+        host: &str,
+    ) -> Result<(Box<dyn Stream>, TlsLevel), ConnError> {
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|e| ConnError(format!("bad TLS name {host}: {e}")))?;
+        let tls = self
+            .connector
+            .connect(name.clone(), stream)
+            .await
+            .map_err(|e| ConnError(format!("TLS handshake failed: {e}")))?;
+        let level = match tls.get_ref().1.peer_certificates() {
+            Some([end_entity, intermediates @ ..]) => {
+                match self.verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()) {
+                    Ok(_) => TlsLevel::Verified,
+                    Err(_) => TlsLevel::Encrypted,
+                }
+            }
+            _ => TlsLevel::Encrypted,
+        };
+        Ok((Box::new(tls), level))
+    }
+}

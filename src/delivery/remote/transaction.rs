@@ -1,0 +1,277 @@
+//! One mail transaction on an open connection: EHLO, MAIL, RCPT…, DATA or BDAT.
+
+use super::client::{Client, ConnError, RemoteReply, dot_stuff};
+use super::tls::TlsLevel;
+use super::{Job, Outcome, RemoteConfig, TlsPolicy};
+use crate::delivery::{Delivered, Failure};
+
+/// What the server offered in its EHLO reply.
+#[derive(Debug, Default)]
+struct Capabilities {
+    pipelining: bool,
+    size: Option<u64>,
+    eight_bit: bool,
+    smtputf8: bool,
+    chunking: bool,
+    dsn: bool,
+    starttls: bool,
+    auth: Vec<String>,
+}
+
+fn capabilities(ehlo: &RemoteReply) -> Capabilities {
+    let mut caps = Capabilities::default();
+    for line in ehlo.lines.iter().skip(1) {
+        let mut words = line.split_whitespace();
+        let keyword = words.next().unwrap_or("").to_ascii_uppercase();
+        match keyword.as_str() {
+            "PIPELINING" => caps.pipelining = true,
+            "SIZE" => caps.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
+            "8BITMIME" => caps.eight_bit = true,
+            "SMTPUTF8" => caps.smtputf8 = true,
+            "CHUNKING" => caps.chunking = true,
+            "DSN" => caps.dsn = true,
+            "STARTTLS" => caps.starttls = true,
+            "AUTH" => caps.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
+            _ => {}
+        }
+    }
+    caps
+}
+
+/// The enhanced status code in a reply, or one made from its class.
+fn status_of(reply: &RemoteReply) -> String {
+    let first = reply.lines.first().map(String::as_str).unwrap_or("");
+    let candidate = first.split_whitespace().next().unwrap_or("");
+    let parts: Vec<&str> = candidate.split('.').collect();
+    let valid = parts.len() == 3
+        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[0] == (reply.code / 100).to_string();
+    if valid { candidate.to_string() } else { format!("{}.0.0", reply.code / 100) }
+}
+
+/// A failure carrying the remote server's own words.
+fn remote_failure(peer: &str, reply: &RemoteReply) -> Failure {
+    let reason = format!("{} {peer} said: {}", status_of(reply), reply.text());
+    if reply.is_temporary() { Failure::temporary(reason) } else { Failure::permanent(reason) }
+}
+
+fn everyone(job: &Job<'_>, result: Result<Delivered, Failure>) -> Outcome {
+    job.recipients.iter().map(|(i, _)| (*i, result.clone())).collect()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The connection a transaction runs on.
+pub struct Session<'a> {
+    /// `host [ip]`, for messages.
+    pub peer: &'a str,
+    /// The name the certificate must match.
+    pub host: &'a str,
+    pub policy: TlsPolicy,
+    /// TLS already in place (implicit TLS).
+    pub level: TlsLevel,
+}
+
+async fn hello(config: &RemoteConfig, client: &mut Client) -> Result<Capabilities, ConnError> {
+    let ehlo = client.command(&format!("EHLO {}", config.hostname)).await?;
+    if ehlo.is_positive() {
+        return Ok(capabilities(&ehlo));
+    }
+    let helo = client.command(&format!("HELO {}", config.hostname)).await?;
+    if !helo.is_positive() {
+        return Err(ConnError(format!("HELO refused: {}", helo.text())));
+    }
+    Ok(Capabilities::default())
+}
+
+pub async fn run(
+    config: &RemoteConfig,
+    client: &mut Client,
+    session: Session<'_>,
+    job: &Job<'_>,
+) -> Result<Outcome, ConnError> {
+    let peer = session.peer;
+    let mut caps = hello(config, client).await?;
+    let mut level = session.level;
+    if level == TlsLevel::None && caps.starttls && session.policy != TlsPolicy::Off {
+        let reply = client.command("STARTTLS").await?;
+        if reply.code == 220 {
+            level = client.start_tls(&config.tls, session.host).await?;
+            // RFC 3207 §4.2: everything learned before TLS is forgotten.
+            caps = hello(config, client).await?;
+        } else if session.policy == TlsPolicy::Required {
+            return Err(ConnError(format!("STARTTLS refused: {}", reply.text())));
+        }
+    }
+    if session.policy == TlsPolicy::Required && level != TlsLevel::Verified {
+        let _ = client.command("QUIT").await;
+        return Err(ConnError(format!("TLS with a verified certificate is required, got: {level}")));
+    }
+    if let Some((user, password)) = &config.auth {
+        authenticate(client, &caps, user, password).await?;
+    }
+    // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
+    if job.smtputf8 && !caps.smtputf8 {
+        let _ = client.command("QUIT").await;
+        let f = Failure::permanent(format!("5.6.7 {peer} does not support SMTPUTF8, needed by this message"));
+        return Ok(everyone(job, Err(f)));
+    }
+    let size = job.content.len() as u64;
+    if caps.size.is_some_and(|max| size > max) {
+        let _ = client.command("QUIT").await;
+        let f =
+            Failure::permanent(format!("5.3.4 message too big for {peer} (limit {} bytes)", caps.size.unwrap_or(0)));
+        return Ok(everyone(job, Err(f)));
+    }
+
+    let mut mail = format!("MAIL FROM:<{}>", job.sender);
+    if caps.size.is_some() {
+        mail.push_str(&format!(" SIZE={size}"));
+    }
+    if job.eight_bit && caps.eight_bit {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if job.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    if caps.dsn {
+        if let Some(ret) = job.ret {
+            mail.push_str(&format!(" RET={ret}"));
+        }
+        if let Some(envid) = job.envid {
+            mail.push_str(&format!(" ENVID={envid}"));
+        }
+    }
+    let mut commands = vec![mail];
+    for (_, r) in &job.recipients {
+        let mut rcpt = format!("RCPT TO:<{}>", r.address);
+        if caps.dsn {
+            if let Some(notify) = &r.notify {
+                rcpt.push_str(&format!(" NOTIFY={notify}"));
+            }
+            if let Some(orcpt) = &r.orcpt {
+                rcpt.push_str(&format!(" ORCPT={orcpt}"));
+            }
+        }
+        commands.push(rcpt);
+    }
+    let use_bdat = caps.chunking;
+    // RFC 2920 §3.1: with PIPELINING, MAIL, every RCPT and DATA go in one write.
+    if !use_bdat {
+        commands.push("DATA".into());
+    }
+    let replies = if caps.pipelining {
+        let batch: String = commands.iter().map(|c| format!("{c}\r\n")).collect();
+        client.write(batch.as_bytes()).await?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in &commands {
+            replies.push(client.read_reply().await?);
+        }
+        replies
+    } else {
+        let mut replies = Vec::with_capacity(commands.len());
+        for (n, c) in commands.iter().enumerate() {
+            let reply = client.command(c).await?;
+            let stop = !reply.is_positive() && n == 0;
+            replies.push(reply);
+            if stop {
+                break;
+            }
+        }
+        replies
+    };
+
+    let mail_reply = &replies[0];
+    if !mail_reply.is_positive() {
+        let _ = client.command("QUIT").await;
+        return Ok(everyone(job, Err(remote_failure(peer, mail_reply))));
+    }
+    let mut outcome = Vec::new();
+    let mut accepted = Vec::new();
+    for ((i, _), reply) in job.recipients.iter().zip(&replies[1..]) {
+        if reply.is_positive() {
+            accepted.push(*i);
+        } else {
+            outcome.push((*i, Err(remote_failure(peer, reply))));
+        }
+    }
+    if accepted.is_empty() {
+        // A pipelined DATA was refused by the server as well; nothing to send.
+        let _ = client.command("QUIT").await;
+        return Ok(outcome);
+    }
+    let final_reply = if use_bdat {
+        let mut chunk = format!("BDAT {size} LAST\r\n").into_bytes();
+        chunk.extend_from_slice(job.content);
+        client.write(&chunk).await?;
+        client.read_reply_within(config.data_timeout).await?
+    } else {
+        let data_reply = &replies[replies.len() - 1];
+        if data_reply.code != 354 {
+            let _ = client.command("QUIT").await;
+            outcome.extend(accepted.iter().map(|i| (*i, Err(remote_failure(peer, data_reply)))));
+            return Ok(outcome);
+        }
+        client.write(&dot_stuff(job.content)).await?;
+        client.read_reply_within(config.data_timeout).await?
+    };
+    let result = if final_reply.is_positive() {
+        let reply = format!("{peer} said: {} (TLS: {level})", final_reply.text());
+        Ok(Delivered { reply, relayed: true, dsn_passed_on: caps.dsn })
+    } else {
+        Err(remote_failure(peer, &final_reply))
+    };
+    outcome.extend(accepted.iter().map(|i| (*i, result.clone())));
+    let _ = client.command("QUIT").await;
+    Ok(outcome)
+}
+
+/// AUTH PLAIN, or LOGIN, at a smarthost (RFC 4954).
+async fn authenticate(client: &mut Client, caps: &Capabilities, user: &str, password: &str) -> Result<(), ConnError> {
+    let refused = |r: &RemoteReply| ConnError(format!("authentication failed: {}", r.text()));
+    if caps.auth.iter().any(|m| m == "PLAIN") || !caps.auth.iter().any(|m| m == "LOGIN") {
+        let token = base64(format!("\0{user}\0{password}").as_bytes());
+        let reply = client.command(&format!("AUTH PLAIN {token}")).await?;
+        return if reply.code == 235 { Ok(()) } else { Err(refused(&reply)) };
+    }
+    let reply = client.command("AUTH LOGIN").await?;
+    if reply.code != 334 {
+        return Err(refused(&reply));
+    }
+    let reply = client.command(&base64(user.as_bytes())).await?;
+    if reply.code != 334 {
+        return Err(refused(&reply));
+    }
+    let reply = client.command(&base64(password.as_bytes())).await?;
+    if reply.code == 235 { Ok(()) } else { Err(refused(&reply)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, lines: &[&str]) -> RemoteReply {
+        RemoteReply { code, lines: lines.iter().map(|s| s.to_string()).collect() }
+    }
+
+    #[test]
+    fn parses_capabilities() {
+        let caps = capabilities(&reply(
+            250,
+            &["mx hello", "PIPELINING", "SIZE 1000", "8BITMIME", "AUTH PLAIN login", "CHUNKING"],
+        ));
+        assert!(caps.pipelining && caps.eight_bit && caps.chunking && !caps.smtputf8);
+        assert_eq!(caps.size, Some(1000));
+        assert_eq!(caps.auth, ["PLAIN", "LOGIN"]);
+    }
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(status_of(&reply(550, &["5.1.1 no such user"])), "5.1.1");
+        assert_eq!(status_of(&reply(550, &["no such user"])), "5.0.0");
+        assert_eq!(status_of(&reply(451, &["5.1.1 confused"])), "4.0.0");
+    }
+}

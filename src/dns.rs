@@ -1,0 +1,121 @@
+//! The resolver (hickory), configured from `[dns]`: MX and address lookups for
+//! outbound delivery.
+
+use crate::config;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{Resolver, TokioResolver};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A lookup that did not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsError {
+    /// The name does not exist (NXDOMAIN): permanent.
+    NoSuchDomain,
+    /// The name exists but has no record of the type asked.
+    NoRecords,
+    /// Timeout, SERVFAIL, network trouble: worth trying later.
+    Temporary(String),
+}
+
+/// The answer to an MX query (RFC 5321 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mx {
+    /// Exchanges by preference, lowest first.
+    Hosts(Vec<(u16, String)>),
+    /// `0 .`: the domain accepts no mail (RFC 7505).
+    Null,
+    /// No MX records: the domain itself is the implicit MX.
+    None,
+}
+
+#[derive(Clone)]
+pub struct Dns {
+    resolver: TokioResolver,
+}
+
+fn classify(e: NetError) -> DnsError {
+    if e.is_nx_domain() {
+        DnsError::NoSuchDomain
+    } else if e.is_no_records_found() {
+        DnsError::NoRecords
+    } else {
+        DnsError::Temporary(e.to_string())
+    }
+}
+
+impl Dns {
+    /// A resolver using `[dns] nameservers`, or the system's when none are given.
+    pub fn new(config: &config::Dns) -> Result<Dns, String> {
+        let mut options = ResolverOpts::default();
+        options.timeout = Duration::from_secs(5);
+        options.attempts = 2;
+        let builder = if config.nameservers.is_empty() {
+            Resolver::builder(TokioRuntimeProvider::default())
+                .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?
+        } else {
+            let servers = config
+                .nameservers
+                .iter()
+                .map(|addr| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
+        };
+        let resolver = builder.with_options(options).build().map_err(|e| format!("cannot start resolver: {e}"))?;
+        Ok(Dns { resolver })
+    }
+
+    /// Absolute form of a name, so no search domain is ever appended.
+    fn fqdn(name: &str) -> String {
+        if name.ends_with('.') { name.to_string() } else { format!("{name}.") }
+    }
+
+    pub async fn mx(&self, domain: &str) -> Result<Mx, DnsError> {
+        let lookup = match self.resolver.mx_lookup(Self::fqdn(domain)).await {
+            Ok(l) => l,
+            Err(e) => {
+                return match classify(e) {
+                    DnsError::NoRecords => Ok(Mx::None),
+                    other => Err(other),
+                };
+            }
+        };
+        let mut hosts: Vec<(u16, String)> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
+                _ => None,
+            })
+            .collect();
+        if hosts.is_empty() {
+            return Ok(Mx::None);
+        }
+        if hosts.iter().any(|(_, h)| h.is_empty()) {
+            // RFC 7505 §3: a null MX is the only MX record of its domain.
+            return Ok(Mx::Null);
+        }
+        // §5.1: equal preferences are tried in random order.
+        fastrand::shuffle(&mut hosts);
+        hosts.sort_by_key(|(pref, _)| *pref);
+        Ok(Mx::Hosts(hosts))
+    }
+
+    /// IPv6 and IPv4 addresses of a host (IPv6 first).
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let lookup = self.resolver.lookup_ip(Self::fqdn(host)).await.map_err(classify)?;
+        let mut ips: Vec<IpAddr> = lookup.iter().collect();
+        ips.sort_by_key(|ip| ip.is_ipv4());
+        ips.dedup();
+        if ips.is_empty() { Err(DnsError::NoRecords) } else { Ok(ips) }
+    }
+}

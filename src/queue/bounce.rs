@@ -1,0 +1,245 @@
+//! Delivery status notifications (RFC 3464): bounces, delay notices and success
+//! reports, sent with a null reverse path to the original sender.
+
+use crate::spool::{Envelope, Recipient};
+use chrono::{DateTime, Local};
+
+/// Content past this size is returned as headers only.
+const MAX_RETURNED: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    Delayed,
+    Delivered,
+    Relayed,
+}
+
+impl Action {
+    fn word(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Delivered => "delivered",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One recipient's line in a report.
+pub struct Report<'a> {
+    pub recipient: &'a Recipient,
+    pub action: Action,
+    /// `5.1.1 mx.example [192.0.2.1] said: 550 5.1.1 no such user`, or a plain reason.
+    pub reason: &'a str,
+}
+
+/// Splits a reason into its status code and its diagnostic text.
+fn status_and_diagnostic(reason: &str, action: Action) -> (String, String) {
+    let first = reason.split_whitespace().next().unwrap_or("");
+    let is_status = first.split('.').count() == 3
+        && first.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let status = if is_status {
+        first.to_string()
+    } else {
+        match action {
+            Action::Failed => "5.0.0".into(),
+            Action::Delayed => "4.0.0".into(),
+            _ => "2.0.0".into(),
+        }
+    };
+    let rest = if is_status { reason[first.len()..].trim_start() } else { reason };
+    let diagnostic = match rest.split_once(" said: ") {
+        Some((_, remote)) => format!("smtp; {remote}"),
+        None => format!("X-Tern; {rest}"),
+    };
+    (status, diagnostic)
+}
+
+fn date(secs: i64) -> String {
+    DateTime::from_timestamp(secs, 0).map(|t| t.with_timezone(&Local).to_rfc2822()).unwrap_or_default()
+}
+
+/// The header block of a message (up to the empty line).
+fn headers(content: &[u8]) -> &[u8] {
+    match content.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => &content[..i + 2],
+        None => content,
+    }
+}
+
+/// Builds the DSN message for `reports` about `original`.
+pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, content: &[u8], reports: &[Report<'_>]) -> Vec<u8> {
+    let now = crate::queue::now();
+    let boundary = format!("{dsn_id}/{hostname}");
+    let failed = reports.iter().any(|r| r.action == Action::Failed);
+    let delayed = reports.iter().any(|r| r.action == Action::Delayed);
+    let subject = if failed {
+        "Undelivered Mail Returned to Sender"
+    } else if delayed {
+        "Delayed Mail (still being retried)"
+    } else {
+        "Successful Mail Delivery Report"
+    };
+    let mut m = String::new();
+    m.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"));
+    m.push_str(&format!("To: <{}>\r\n", original.sender));
+    m.push_str(&format!("Subject: {subject}\r\n"));
+    m.push_str(&format!("Date: {}\r\n", date(now)));
+    m.push_str(&format!("Message-ID: <{dsn_id}.dsn@{hostname}>\r\n"));
+    m.push_str("Auto-Submitted: auto-replied\r\n");
+    m.push_str("MIME-Version: 1.0\r\n");
+    m.push_str(&format!(
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n"
+    ));
+    m.push_str("\r\nThis is a MIME-encapsulated message.\r\n\r\n");
+
+    m.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"));
+    m.push_str(&format!("This is the mail system at host {hostname}.\r\n\r\n"));
+    if failed {
+        m.push_str("I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n");
+    } else if delayed {
+        m.push_str("Your message could not be delivered yet to one or more recipients.\r\nIt will be retried until it is too old; you do not need to send it again.\r\n\r\n");
+    } else {
+        m.push_str("Your message was successfully delivered to the destinations listed below.\r\n\r\n");
+    }
+    for r in reports {
+        let (_, diagnostic) = status_and_diagnostic(r.reason, r.action);
+        m.push_str(&format!(
+            "<{}>: {}\r\n",
+            r.recipient.address,
+            diagnostic.split_once("; ").map_or(diagnostic.as_str(), |(_, d)| d)
+        ));
+    }
+    m.push_str("\r\n");
+
+    m.push_str(&format!(
+        "--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"
+    ));
+    m.push_str(&format!("Reporting-MTA: dns; {hostname}\r\nX-Tern-Queue-ID: {}\r\n", original.id));
+    if let Some(envid) = &original.envid {
+        m.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+    }
+    m.push_str(&format!("Arrival-Date: {}\r\n", date(original.arrival)));
+    for r in reports {
+        let (status, diagnostic) = status_and_diagnostic(r.reason, r.action);
+        m.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.recipient.address));
+        if let Some(orcpt) = &r.recipient.orcpt {
+            m.push_str(&format!("Original-Recipient: {orcpt}\r\n"));
+        } else if r.recipient.original != r.recipient.address {
+            m.push_str(&format!("Original-Recipient: rfc822; {}\r\n", r.recipient.original));
+        }
+        m.push_str(&format!("Action: {}\r\nStatus: {status}\r\n", r.action.word()));
+        if r.action != Action::Delivered {
+            m.push_str(&format!("Diagnostic-Code: {diagnostic}\r\n"));
+        }
+        m.push_str(&format!("Last-Attempt-Date: {}\r\n", date(now)));
+    }
+    m.push_str("\r\n");
+
+    // RFC 3461 §4.3: RET=HDRS returns headers only; without RET a bounce returns the
+    // whole message (if not huge) and other reports only the headers.
+    let full = match original.ret.as_deref() {
+        Some("HDRS") => false,
+        Some(_) => true,
+        None => failed,
+    } && content.len() <= MAX_RETURNED;
+    let mut out = m.into_bytes();
+    if full {
+        out.extend_from_slice(
+            format!("--{boundary}\r\nContent-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\r\n")
+                .as_bytes(),
+        );
+        out.extend_from_slice(content);
+    } else {
+        out.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Description: Message Headers\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(headers(content));
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// Whether the sender asked to hear about this outcome (RFC 3461 §4.1; without
+/// NOTIFY, failures and delays are reported).
+pub fn wanted(recipient: &Recipient, action: Action) -> bool {
+    let words: Vec<&str> = recipient.notify.as_deref().map(|n| n.split(',').collect()).unwrap_or_default();
+    match action {
+        _ if words.contains(&"NEVER") => false,
+        Action::Failed => words.is_empty() || words.contains(&"FAILURE"),
+        Action::Delayed => words.is_empty() || words.contains(&"DELAY"),
+        Action::Delivered | Action::Relayed => words.contains(&"SUCCESS"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::RcptState;
+
+    fn rcpt(notify: Option<&str>) -> Recipient {
+        Recipient {
+            address: "bob@remote.test".into(),
+            local: false,
+            original: "bob@remote.test".into(),
+            orcpt: Some("rfc822;bob@remote.test".into()),
+            notify: notify.map(String::from),
+            state: RcptState::Queued,
+        }
+    }
+
+    #[test]
+    fn failure_report_fields() {
+        let r = rcpt(None);
+        let env = Envelope {
+            id: "ABC".into(),
+            arrival: 0,
+            sender: "alice@local.test".into(),
+            size: 20,
+            smtputf8: false,
+            eight_bit: false,
+            ret: None,
+            envid: Some("E1".into()),
+            recipients: vec![r.clone()],
+        };
+        let reason = "5.1.1 mx.remote.test [127.0.0.2] said: 550 5.1.1 no such user";
+        let dsn = build(
+            "mx.local.test",
+            "DSN1",
+            &env,
+            b"Subject: hi\r\n\r\nbody\r\n",
+            &[Report { recipient: &r, action: Action::Failed, reason }],
+        );
+        let text = String::from_utf8(dsn).unwrap();
+        for needle in [
+            "Content-Type: multipart/report; report-type=delivery-status",
+            "Reporting-MTA: dns; mx.local.test",
+            "Original-Envelope-Id: E1",
+            "Final-Recipient: rfc822; bob@remote.test",
+            "Original-Recipient: rfc822;bob@remote.test",
+            "Action: failed",
+            "Status: 5.1.1",
+            "Diagnostic-Code: smtp; 550 5.1.1 no such user",
+            "Content-Type: message/rfc822",
+            "Subject: hi",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn notify_rules() {
+        assert!(wanted(&rcpt(None), Action::Failed));
+        assert!(!wanted(&rcpt(None), Action::Delivered));
+        assert!(wanted(&rcpt(Some("SUCCESS")), Action::Delivered));
+        assert!(!wanted(&rcpt(Some("SUCCESS")), Action::Failed));
+        assert!(!wanted(&rcpt(Some("NEVER")), Action::Failed));
+    }
+}
