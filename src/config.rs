@@ -45,6 +45,10 @@ pub struct Config {
     pub dns: Dns,
     #[serde(default)]
     pub outbound: Outbound,
+    #[serde(default)]
+    pub tls: Tls,
+    #[serde(default)]
+    pub auth: Auth,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +120,22 @@ pub struct Limits {
     /// How long sessions may take to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Largest header block of a message, in bytes.
+    pub max_header_size: u64,
+    /// Connections at once, in all, and from one client IP.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Messages and recipients one client IP (or one authenticated user) may send per
+    /// `rate_window`. Clients in `[relay] networks` are exempt.
+    pub max_messages_per_window: u32,
+    pub max_recipients_per_window: u32,
+    #[serde(with = "humantime_serde")]
+    pub rate_window: Duration,
+    /// Slowest message transfer tolerated, in bytes per second (after 30 seconds).
+    pub min_data_rate: u64,
+    /// Wait this long before the greeting; a client that talks first is dropped.
+    #[serde(with = "humantime_serde")]
+    pub greeting_delay: Duration,
 }
 
 impl Default for Limits {
@@ -127,6 +147,14 @@ impl Default for Limits {
             session_timeout: Duration::from_secs(1800),
             max_bad_commands: 10,
             shutdown_grace: Duration::from_secs(10),
+            max_header_size: 1 << 20,
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+            max_messages_per_window: 500,
+            max_recipients_per_window: 2000,
+            rate_window: Duration::from_secs(3600),
+            min_data_rate: 256,
+            greeting_delay: Duration::ZERO,
         }
     }
 }
@@ -247,6 +275,48 @@ impl Default for Outbound {
     }
 }
 
+/// The server's certificate. Without one, a self-signed certificate for `hostname`
+/// is made at first start and kept in `<data_dir>/tls/`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (RSA, ECDSA or Ed25519).
+    pub key: Option<PathBuf>,
+}
+
+/// Authenticated submission.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Address → argon2id hash, edited with `tern user …`. Default `<data_dir>/users.toml`.
+    pub users_file: Option<PathBuf>,
+    /// Offer AUTH without TLS to clients on loopback addresses.
+    pub allow_plaintext_loopback: bool,
+    /// The envelope sender must be one of the user's addresses (553 5.7.1 otherwise).
+    pub sender_must_match: bool,
+    /// Failed AUTHs from one IP within `failure_window` before it is refused for `ban_time`.
+    pub max_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ban_time: Duration,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            users_file: None,
+            allow_plaintext_loopback: false,
+            sender_must_match: true,
+            max_failures: 5,
+            failure_window: Duration::from_secs(600),
+            ban_time: Duration::from_secs(600),
+        }
+    }
+}
+
 fn default_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -298,6 +368,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("tls: cert and key go together".into());
+        }
         if self.listen.is_empty() {
             return Err("listen: at least one [[listen]] entry is needed".into());
         }
@@ -351,6 +424,10 @@ impl Config {
 
     pub fn mail_root(&self) -> PathBuf {
         self.local.mail_root.clone().unwrap_or_else(|| self.data_dir.join("mail"))
+    }
+
+    pub fn users_file(&self) -> PathBuf {
+        self.auth.users_file.clone().unwrap_or_else(|| self.data_dir.join("users.toml"))
     }
 
     pub fn spool_dir(&self) -> PathBuf {

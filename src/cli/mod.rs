@@ -1,6 +1,7 @@
 //! The `tern` command line.
 
 mod queue;
+mod user;
 
 use crate::config::Config;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -35,6 +36,29 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Manage the users who may authenticate (the users file).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (password from a prompt, or from standard input).
+    Add {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    Del { address: String },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +120,11 @@ pub fn main() -> ExitCode {
             println!("{origin}: configuration is valid");
             ExitCode::SUCCESS
         }
+        Command::User { command } => match command {
+            UserCommand::Add { address, password_stdin } => user::set(&config, &address, password_stdin, false),
+            UserCommand::Passwd { address, password_stdin } => user::set(&config, &address, password_stdin, true),
+            UserCommand::Del { address } => user::del(&config, &address),
+        },
         Command::Queue { command } => match command {
             QueueCommand::List => queue::list(&config),
             QueueCommand::Show { id } => queue::show(&config, &id),

@@ -1,9 +1,11 @@
 //! Local recipients: domains, users, aliases and subaddresses.
 
+use super::users::Users;
 use crate::config::Config;
 use crate::smtp::Reply;
 use crate::smtp::address::{Mailbox, canonical_domain};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Alias chains deeper than this are treated as loops.
 const MAX_ALIAS_DEPTH: usize = 10;
@@ -36,6 +38,8 @@ pub struct LocalPolicy {
     aliases: HashMap<(String, String), Vec<String>>,
     accept_unknown: bool,
     separator: String,
+    /// Users of the users file are mailboxes too.
+    accounts: Arc<Users>,
 }
 
 /// The key for a local part: unquoted and lower-cased.
@@ -57,7 +61,7 @@ fn user_unknown() -> Reply {
 }
 
 impl LocalPolicy {
-    pub fn new(config: &Config) -> LocalPolicy {
+    pub fn new(config: &Config, accounts: Arc<Users>) -> LocalPolicy {
         let local = &config.local;
         let domains = local
             .domains
@@ -73,6 +77,22 @@ impl LocalPolicy {
             aliases,
             accept_unknown: local.accept_unknown,
             separator: local.subaddress_separator.clone(),
+            accounts,
+        }
+    }
+
+    /// May the authenticated `user` use `sender` as envelope sender? Its own address
+    /// (with any subaddress) or an alias that delivers to it; `<>` too.
+    pub fn may_send_as(&self, user: &str, sender: Option<&Mailbox>) -> bool {
+        let Some(sender) = sender else { return true };
+        let Ok(user) = Mailbox::parse(user) else { return false };
+        let Ok(own) = self.resolve(&user) else { return false };
+        if key(sender) == key(&user) {
+            return true;
+        }
+        match self.resolve(sender) {
+            Ok(routes) if self.is_local(sender) => routes.iter().any(|r| own.contains(r)),
+            _ => false,
         }
     }
 
@@ -135,7 +155,10 @@ impl LocalPolicy {
             return Ok(());
         }
         // RFC 5321 §4.5.1: postmaster is always accepted, in any case.
-        let known = self.accept_unknown || base == "postmaster" || self.users.contains(&(base.clone(), domain.clone()));
+        let known = self.accept_unknown
+            || base == "postmaster"
+            || self.users.contains(&(base.clone(), domain.clone()))
+            || self.accounts.contains(&format!("{base}@{domain}"));
         if !known {
             return Err(user_unknown());
         }
@@ -158,7 +181,8 @@ mod tests {
         let text = format!(
             "[local]\ndomains = [\"Example.test\", \"bücher.test\"]\nusers = [\"alice@example.test\", \"bob@example.test\"]\n{extra}"
         );
-        LocalPolicy::new(&Config::parse(&text, "t").unwrap())
+        let config = Config::parse(&text, "t").unwrap();
+        LocalPolicy::new(&config, Arc::new(Users::open(std::path::PathBuf::from("/nonexistent/users.toml"))))
     }
 
     fn resolve(p: &LocalPolicy, addr: &str) -> Result<Vec<String>, u16> {
@@ -194,5 +218,16 @@ mod tests {
         assert_eq!(resolve(&p, "\"user@remote.test\"@example.test").unwrap(), ["user@remote.test@example.test"]);
         assert_eq!(resolve(&p, "\"../etc\"@example.test"), Err(550));
         assert_eq!(resolve(&p, "\"a/b\"@example.test"), Err(550));
+    }
+
+    #[test]
+    fn sender_ownership() {
+        let p = policy("[local.aliases]\n\"sales@example.test\" = [\"alice@example.test\"]\n");
+        let m = |a: &str| Mailbox::parse(a).unwrap();
+        assert!(p.may_send_as("alice@example.test", Some(&m("Alice+x@example.test"))));
+        assert!(p.may_send_as("alice@example.test", Some(&m("sales@example.test"))));
+        assert!(p.may_send_as("alice@example.test", None));
+        assert!(!p.may_send_as("alice@example.test", Some(&m("bob@example.test"))));
+        assert!(!p.may_send_as("alice@example.test", Some(&m("ceo@remote.test"))));
     }
 }

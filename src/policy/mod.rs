@@ -1,6 +1,8 @@
 //! Decisions about a transaction: which recipients are local, who exists, where
-//! aliases lead, and what may be relayed.
+//! aliases lead, who may relay, passwords and abuse limits.
 
+pub mod limits;
 pub mod local;
+pub mod users;
 
 pub use local::LocalPolicy;

@@ -7,29 +7,100 @@ use crate::policy::local::Route;
 use crate::smtp::Reply;
 use crate::smtp::address::Mailbox;
 use crate::smtp::params::{Body, Ret};
+use crate::smtp::sasl::Secret;
 use crate::smtp::session::Message;
 use crate::spool::{Envelope, RcptState, Recipient};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The key under which a client's messages and recipients are counted, or `None`
+/// for trusted networks (exempt).
+fn rate_key(ctx: &Context, client: IpAddr, user: Option<&str>) -> Option<String> {
+    match user {
+        Some(user) => Some(format!("user:{user}")),
+        None if ctx.trusted(client) => None,
+        None => Some(format!("ip:{client}")),
+    }
+}
+
+fn rate_limited(what: &str) -> Reply {
+    Reply::new(451, (4, 7, 1), format!("Rate limit exceeded: too many {what}, try again later"))
+}
+
+/// MAIL: an authenticated user may only use its own addresses; every client is held
+/// to the message rate.
+pub fn sender(ctx: &Context, from: Option<&Mailbox>, user: Option<&str>, client: IpAddr) -> Result<(), Reply> {
+    if let Some(user) = user
+        && ctx.config.auth.sender_must_match
+        && !ctx.policy.may_send_as(user, from)
+    {
+        let from = from.map(Mailbox::to_string).unwrap_or_default();
+        tracing::info!(%client, user, %from, "sender not owned by the authenticated user");
+        return Err(Reply::new(553, (5, 7, 1), format!("Sender address rejected: not owned by user {user}")));
+    }
+    match rate_key(ctx, client, user) {
+        Some(key) if !ctx.rates.message(&key) => {
+            tracing::warn!(%client, key, "message rate limit reached");
+            Err(rate_limited("messages"))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// RCPT: local recipients resolve to mailboxes; other domains are relayed only for
-/// clients in `[relay] networks`. The decision is made on the parsed address (source
-/// routes dropped, domain canonical), so no address trick turns into relaying.
-pub fn recipient(ctx: &Context, to: &Mailbox, client: IpAddr) -> Result<Vec<String>, Reply> {
-    if !to.domain.is_empty() && !ctx.policy.is_local(to) {
-        if ctx.config.relay.networks.iter().any(|n| n.contains(&client)) {
-            return Ok(vec![to.to_string()]);
+/// authenticated users and clients in `[relay] networks`. The decision is made on the
+/// parsed address (source route dropped, domain canonical), so no address trick turns
+/// into relaying.
+pub fn recipient(ctx: &Context, to: &Mailbox, client: IpAddr, user: Option<&str>) -> Result<Vec<String>, Reply> {
+    let routes = if !to.domain.is_empty() && !ctx.policy.is_local(to) {
+        if user.is_none() && !ctx.trusted(client) {
+            return Err(Reply::new(554, (5, 7, 1), "Relay access denied"));
         }
-        return Err(Reply::new(554, (5, 7, 1), "Relay access denied"));
+        vec![to.to_string()]
+    } else {
+        ctx.policy.resolve(to)?.iter().map(Route::address).collect()
+    };
+    match rate_key(ctx, client, user) {
+        Some(key) if !ctx.rates.recipient(&key) => {
+            tracing::warn!(%client, key, "recipient rate limit reached");
+            Err(rate_limited("recipients"))
+        }
+        _ => Ok(routes),
     }
-    let routes = ctx.policy.resolve(to)?;
-    Ok(routes.iter().map(Route::address).collect())
+}
+
+/// AUTH: checks the password (argon2, off the async threads). Failures are answered
+/// more slowly each time; too many from one IP shut it out for a while.
+pub async fn authenticate(ctx: &Context, user: String, password: Secret, client: IpAddr) -> Result<String, Reply> {
+    let banned = || Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later");
+    if ctx.auth_failures.is_banned(client) {
+        return Err(banned());
+    }
+    let users = ctx.users.clone();
+    let name = user.clone();
+    let verified = tokio::task::spawn_blocking(move || users.verify(&name, &password.0)).await.ok().flatten();
+    if let Some(canonical) = verified {
+        tracing::info!(%client, user = %canonical, "authenticated");
+        return Ok(canonical);
+    }
+    let failures = ctx.auth_failures.failed(client);
+    tracing::warn!(%client, %user, failures, "authentication failed");
+    tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.min(6)))).await;
+    if ctx.auth_failures.is_banned(client) {
+        return Err(banned());
+    }
+    Err(Reply::new(535, (5, 7, 8), "Authentication credentials invalid"))
 }
 
 /// End of message: adds the trace header, stores durably, queues. Returns the queue id.
 pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<String, Reply> {
     let id = ctx.spool.new_id();
     let mut content = received_header(&message, peer, &ctx.config.hostname, &id).into_bytes();
+    if message.user.is_some() {
+        // RFC 6409 §8.2 and §8.3: submitted mail gets the Date and Message-ID it lacks.
+        content.extend_from_slice(missing_headers(&message.content, &id, &ctx.config.hostname).as_bytes());
+    }
     content.extend_from_slice(&message.content);
     let mut recipients = Vec::new();
     for rcpt in &message.rcpts {
@@ -77,5 +148,37 @@ pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<St
             tracing::error!(id, error = %e, client = %peer, "cannot store message; refused with 452");
             Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
         }
+    }
+}
+
+/// `Date:` and `Message-ID:` lines for whichever of the two the header block lacks.
+fn missing_headers(content: &[u8], id: &str, hostname: &str) -> String {
+    let end = memchr::memmem::find(content, b"\r\n\r\n").map_or(content.len(), |i| i + 2);
+    let has = |name: &[u8]| {
+        content[..end]
+            .split(|&b| b == b'\n')
+            .any(|line| line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name))
+    };
+    let mut out = String::new();
+    if !has(b"date:") {
+        out.push_str(&format!("Date: {}\r\n", chrono::Local::now().to_rfc2822()));
+    }
+    if !has(b"message-id:") {
+        out.push_str(&format!("Message-ID: <{id}@{hostname}>\r\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_headers;
+
+    #[test]
+    fn adds_only_what_is_missing() {
+        let both = missing_headers(b"Subject: x\r\n\r\nDate: in body\r\n", "ID1", "mx.test");
+        assert!(both.starts_with("Date: ") && both.contains("Message-ID: <ID1@mx.test>"));
+        let none =
+            missing_headers(b"DATE: Mon, 1 Jan 2024 00:00:00 +0000\r\nmessage-id: <a@b>\r\n\r\nx", "ID1", "mx.test");
+        assert_eq!(none, "");
     }
 }

@@ -1,6 +1,9 @@
-//! One client connection: feeds bytes to the SMTP session and writes its replies.
+//! One client connection: feeds bytes to the SMTP session, answers its questions and
+//! writes its replies; upgrades to TLS on STARTTLS (or at once for implicit TLS).
 
 use super::{Context, checks};
+use crate::config::ListenMode;
+use crate::net::Stream;
 use crate::smtp::Reply;
 use crate::smtp::reply::common;
 use crate::smtp::session::{Check, Event, Session};
@@ -13,6 +16,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
 const READ_BUFFER: usize = 64 * 1024;
+/// The data rate is judged only after a message has been arriving this long.
+const DATA_RATE_GRACE: Duration = Duration::from_secs(30);
 
 /// Why a connection ended, for the log.
 enum End {
@@ -20,64 +25,132 @@ enum End {
     ClientGone,
     Timeout,
     Shutdown,
-    Error(std::io::Error),
+    Error(String),
 }
 
-pub async fn handle(ctx: Arc<Context>, mut stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
-    tracing::info!(client = %peer, "connect");
-    let _ = stream.set_nodelay(true);
-    let end = converse(&ctx, &mut stream, peer, &mut shutdown).await;
-    let _ = stream.shutdown().await;
+pub async fn handle(
+    ctx: Arc<Context>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mode: ListenMode,
+    stop: watch::Receiver<bool>,
+) {
+    let limits = &ctx.config.limits;
+    let ip = peer.ip();
+    let trusted = ctx.trusted(ip);
+    let per_ip = (!trusted).then_some(limits.max_connections_per_ip);
+    let Some(_slot) = ctx.connections.open(ip, limits.max_connections, per_ip) else {
+        tracing::info!(client = %peer, "refused: too many connections");
+        let _ = refuse(tcp, Reply::new(421, (4, 7, 0), "Too many connections, try again later")).await;
+        return;
+    };
+    if ctx.auth_failures.is_banned(ip) {
+        tracing::info!(client = %peer, "refused: too many failed authentications");
+        let _ = refuse(tcp, Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later")).await;
+        return;
+    }
+    tracing::info!(client = %peer, %mode, "connect");
+    let end = match pregreet(&tcp, limits.greeting_delay).await {
+        true => {
+            tracing::info!(client = %peer, "client sent data before the greeting");
+            let _ = refuse(tcp, common::pipelining_violation()).await;
+            End::Closed
+        }
+        false => {
+            let _ = tcp.set_nodelay(true);
+            let mut stream: Box<dyn Stream> = Box::new(tcp);
+            let end = converse(&ctx, &mut stream, peer, mode, stop).await;
+            let _ = stream.shutdown().await;
+            end
+        }
+    };
     match end {
         End::Closed => tracing::info!(client = %peer, "disconnect"),
-        End::ClientGone => {
-            tracing::info!(client = %peer, "disconnect: client closed the connection")
-        }
+        End::ClientGone => tracing::info!(client = %peer, "disconnect: client closed the connection"),
         End::Timeout => tracing::info!(client = %peer, "disconnect: timeout"),
         End::Shutdown => tracing::info!(client = %peer, "disconnect: server shutting down"),
         End::Error(e) => tracing::info!(client = %peer, error = %e, "disconnect: connection error"),
     }
 }
 
-async fn send(stream: &mut TcpStream, out: &mut Vec<u8>, limit: Duration) -> Result<(), End> {
+/// Answers with one reply and hangs up.
+async fn refuse(mut tcp: TcpStream, reply: Reply) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    reply.encode(&mut out);
+    timeout(Duration::from_secs(10), tcp.write_all(&out)).await??;
+    tcp.shutdown().await
+}
+
+/// True when the client talks before the greeting (RFC 5321 §3.1), waiting up to
+/// `delay` for it to give itself away.
+async fn pregreet(tcp: &TcpStream, delay: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    if delay.is_zero() {
+        return matches!(tcp.try_read(&mut byte), Ok(n) if n > 0);
+    }
+    matches!(timeout(delay, tcp.peek(&mut byte)).await, Ok(Ok(n)) if n > 0)
+}
+
+async fn send(stream: &mut Box<dyn Stream>, out: &mut Vec<u8>, limit: Duration) -> Result<(), End> {
     if out.is_empty() {
         return Ok(());
     }
-    let result = timeout(limit, stream.write_all(out)).await;
+    let result = timeout(limit, async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    })
+    .await;
     out.clear();
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(End::Error(e)),
+        Ok(Err(e)) => Err(End::Error(e.to_string())),
         Err(_) => Err(End::Timeout),
     }
 }
 
-async fn say(stream: &mut TcpStream, reply: Reply, limit: Duration) -> Result<(), End> {
+async fn say(stream: &mut Box<dyn Stream>, reply: Reply, limit: Duration) -> Result<(), End> {
     let mut out = Vec::new();
     reply.encode(&mut out);
     send(stream, &mut out, limit).await
 }
 
+/// Upgrades the connection to TLS; returns the description for the session.
+async fn start_tls(ctx: &Context, stream: &mut Box<dyn Stream>) -> Result<String, End> {
+    let tls = ctx.tls.as_ref().ok_or_else(|| End::Error("TLS is not configured".into()))?;
+    let plain = std::mem::replace(stream, crate::net::closed());
+    match timeout(ctx.config.limits.command_timeout, tls.accept(plain)).await {
+        Ok(Ok((encrypted, description))) => {
+            *stream = encrypted;
+            Ok(description)
+        }
+        Ok(Err(e)) => Err(End::Error(format!("TLS handshake failed: {e}"))),
+        Err(_) => Err(End::Timeout),
+    }
+}
+
 async fn converse(
     ctx: &Context,
-    stream: &mut TcpStream,
+    stream: &mut Box<dyn Stream>,
     peer: SocketAddr,
-    shutdown: &mut watch::Receiver<bool>,
+    mode: ListenMode,
+    mut stop: watch::Receiver<bool>,
 ) -> End {
     let limits = &ctx.config.limits;
     let deadline = Instant::now() + limits.session_timeout;
-    let mut session = Session::new(ctx.session_config.clone());
-    let mut buf = vec![0u8; READ_BUFFER];
-    // A client that talks before the greeting is not speaking SMTP (RFC 5321 §3.1).
-    if matches!(stream.try_read(&mut buf), Ok(n) if n > 0) {
-        tracing::info!(client = %peer, "client sent data before the greeting");
-        let _ = say(stream, common::pipelining_violation(), limits.command_timeout).await;
-        return End::Closed;
+    let mut session = Session::new(ctx.session_config(mode, peer.ip()));
+    if mode == ListenMode::Submissions {
+        match start_tls(ctx, stream).await {
+            Ok(description) => session.tls_started(description),
+            Err(end) => return end,
+        }
     }
     if let Err(end) = say(stream, session.greeting(), limits.command_timeout).await {
         return end;
     }
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut out = Vec::new();
+    // (start, bytes) of the message content being received, for the minimum data rate.
+    let mut transfer: Option<(Instant, u64)> = None;
     loop {
         while let Some(event) = session.poll() {
             match event {
@@ -90,12 +163,26 @@ async fn converse(
                 Event::Close => {
                     return send(stream, &mut out, limits.command_timeout).await.err().unwrap_or(End::Closed);
                 }
-                Event::Check(Check::Mail { from, params }) => {
-                    let from = from.map(|m| m.to_string()).unwrap_or_default();
-                    tracing::debug!(client = %peer, %from, size = ?params.size, "MAIL");
-                    session.answer_mail(Ok(()));
+                Event::StartTls => {
+                    if let Err(end) = send(stream, &mut out, limits.command_timeout).await {
+                        return end;
+                    }
+                    match start_tls(ctx, stream).await {
+                        Ok(description) => session.tls_started(description),
+                        Err(end) => return end,
+                    }
                 }
-                Event::Check(Check::Rcpt { to }) => session.answer_rcpt(checks::recipient(ctx, &to, peer.ip())),
+                Event::Check(Check::Mail { from, params, user }) => {
+                    tracing::debug!(client = %peer, from = ?from.as_ref().map(|m| m.to_string()), size = ?params.size, "MAIL");
+                    session.answer_mail(checks::sender(ctx, from.as_ref(), user.as_deref(), peer.ip()));
+                }
+                Event::Check(Check::Rcpt { to }) => {
+                    let user = session.user().map(str::to_string);
+                    session.answer_rcpt(checks::recipient(ctx, &to, peer.ip(), user.as_deref()));
+                }
+                Event::Check(Check::Auth { user, password }) => {
+                    session.answer_auth(checks::authenticate(ctx, user, password, peer.ip()).await);
+                }
                 Event::Check(Check::Message(message)) => {
                     let outcome = checks::message(ctx, *message, peer.ip()).await;
                     session.answer_message(outcome);
@@ -113,12 +200,28 @@ async fn converse(
                     .await;
             return End::Timeout;
         }
+        if !session.in_message() {
+            transfer = None;
+        } else if let Some((start, bytes)) = transfer {
+            let elapsed = start.elapsed();
+            if elapsed > DATA_RATE_GRACE && bytes < limits.min_data_rate * elapsed.as_secs() {
+                let _ =
+                    say(stream, Reply::new(421, (4, 4, 2), "Data rate too low, closing"), limits.command_timeout).await;
+                return End::Timeout;
+            }
+        }
         let wait = limits.command_timeout.min(left);
         tokio::select! {
             read = timeout(wait, stream.read(&mut buf)) => match read {
                 Ok(Ok(0)) => return End::ClientGone,
-                Ok(Ok(n)) => session.receive(&buf[..n]),
-                Ok(Err(e)) => return End::Error(e),
+                Ok(Ok(n)) => {
+                    if session.in_message() {
+                        let t = transfer.get_or_insert((Instant::now(), 0));
+                        t.1 += n as u64;
+                    }
+                    session.receive(&buf[..n]);
+                }
+                Ok(Err(e)) => return End::Error(e.to_string()),
                 Err(_) => {
                     let _ = say(stream, Reply::new(421, (4, 4, 2), "Timeout, closing connection"), limits.command_timeout).await;
                     return End::Timeout;
@@ -126,7 +229,7 @@ async fn converse(
             },
             // Between transactions a shutdown closes at once; a message being received
             // is finished first (within the grace period).
-            _ = shutdown.changed(), if !session.in_message() => {
+            _ = stop.changed(), if !session.in_message() => {
                 let _ = say(stream, Reply::new(421, (4, 3, 2), "Service shutting down, try again later"), limits.command_timeout).await;
                 return End::Shutdown;
             }

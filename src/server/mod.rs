@@ -5,14 +5,18 @@ mod connection;
 pub mod control;
 mod received;
 mod routing;
+pub mod tls;
 
-use crate::config::Config;
+use crate::config::{Config, ListenMode};
 use crate::delivery::remote::{Hop, RemoteConfig, TlsClient};
 use crate::dns::Dns;
 use crate::policy::LocalPolicy;
+use crate::policy::limits::{AuthFailures, Connections, Rates};
+use crate::policy::users::Users;
 use crate::queue::{Queue, QueueConfig, Shared};
 use crate::smtp::session::SessionConfig;
 use crate::spool::Spool;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -24,7 +28,35 @@ pub struct Context {
     pub policy: Arc<LocalPolicy>,
     pub spool: Spool,
     pub queue: Queue,
-    pub session_config: SessionConfig,
+    pub users: Arc<Users>,
+    pub tls: Option<Arc<tls::ServerTls>>,
+    pub connections: Arc<Connections>,
+    pub rates: Rates,
+    pub auth_failures: AuthFailures,
+}
+
+impl Context {
+    /// Clients in `[relay] networks`: may relay, exempt from per-client limits.
+    pub fn trusted(&self, ip: IpAddr) -> bool {
+        self.config.relay.networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The session settings for a listener of `mode` and a client at `ip`.
+    pub fn session_config(&self, mode: ListenMode, ip: IpAddr) -> SessionConfig {
+        let c = &self.config;
+        let tls = self.tls.is_some();
+        SessionConfig {
+            hostname: c.hostname.clone(),
+            max_message_size: c.limits.max_message_size,
+            max_recipients: c.limits.max_recipients,
+            max_bad_commands: c.limits.max_bad_commands,
+            max_header_size: c.limits.max_header_size,
+            starttls: tls && mode != ListenMode::Submissions,
+            auth: tls || c.auth.allow_plaintext_loopback,
+            auth_without_tls: c.auth.allow_plaintext_loopback && ip.is_loopback(),
+            require_auth: mode != ListenMode::Smtp,
+        }
+    }
 }
 
 /// Runs the server until SIGTERM or SIGINT, then stops gracefully.
@@ -39,7 +71,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
         listeners.push((listener, l.mode));
     }
     let dns = Dns::new(&config.dns)?;
-    let policy = Arc::new(LocalPolicy::new(&config));
+    let users = Arc::new(Users::open(config.users_file()));
+    let policy = Arc::new(LocalPolicy::new(&config, users.clone()));
+    let tls = Some(Arc::new(tls::ServerTls::new(&config)?));
     let own_addrs = listeners.iter().filter_map(|(l, _)| l.local_addr().ok()).collect();
     let shared = Shared {
         spool: spool.clone(),
@@ -50,14 +84,22 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let (queue, queue_task) = Queue::start(shared, pending);
     let control = control::start(&config.data_dir, queue.clone())
         .map_err(|e| format!("cannot open control socket in {}: {e}", config.data_dir.display()))?;
-    let session_config = SessionConfig {
-        hostname: config.hostname.clone(),
-        max_message_size: config.limits.max_message_size,
-        max_recipients: config.limits.max_recipients,
-        max_bad_commands: config.limits.max_bad_commands,
-    };
     let grace = config.limits.shutdown_grace;
-    let ctx = Arc::new(Context { policy, config, spool, queue: queue.clone(), session_config });
+    let limits = &config.limits;
+    let rates = Rates::new(limits.rate_window, limits.max_messages_per_window, limits.max_recipients_per_window);
+    let a = &config.auth;
+    let auth_failures = AuthFailures::new(a.max_failures, a.failure_window, a.ban_time);
+    let ctx = Arc::new(Context {
+        policy,
+        config,
+        spool,
+        queue: queue.clone(),
+        users,
+        tls,
+        connections: Arc::new(Connections::default()),
+        rates,
+        auth_failures,
+    });
 
     let addrs: Vec<String> = listeners
         .iter()
@@ -74,7 +116,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a clone of `alive`; when all are gone, `all_gone` returns.
     let (alive, mut all_gone) = mpsc::channel::<()>(1);
-    for (listener, _mode) in listeners {
+    for (listener, mode) in listeners {
         let (ctx, mut stop, alive) = (ctx.clone(), stop_rx.clone(), alive.clone());
         tokio::spawn(async move {
             loop {
@@ -83,7 +125,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
                         Ok((stream, peer)) => {
                             let (ctx, stop, alive) = (ctx.clone(), stop.clone(), alive.clone());
                             tokio::spawn(async move {
-                                connection::handle(ctx, stream, peer, stop).await;
+                                connection::handle(ctx, stream, peer, mode, stop).await;
                                 drop(alive);
                             });
                         }
@@ -101,9 +143,18 @@ pub async fn serve(config: Config) -> Result<(), String> {
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => break tracing::info!("SIGINT: stopping"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the certificate");
+                if let Some(tls) = &ctx.tls {
+                    tls.reload();
+                }
+            }
+        }
     }
     let _ = stop_tx.send(true);
     if tokio::time::timeout(grace, all_gone.recv()).await.is_err() {

@@ -5,12 +5,21 @@ use std::net::IpAddr;
 
 /// `Received: from <helo> ([ip]) by <host> (Tern) with <protocol> id <id> for <rcpt>; <date>`
 pub fn received_header(message: &Message, peer: IpAddr, hostname: &str, id: &str) -> String {
-    // RFC 3848 and RFC 6531 §3.7.3 name the protocol.
-    let protocol = match (message.hello.extended, message.params.smtputf8) {
+    // RFC 3848 and RFC 6531 §3.7.3 name the protocol: ESMTP, then S for TLS and A
+    // for AUTH (ESMTPSA), UTF8SMTP… when SMTPUTF8 was used.
+    let base = match (message.hello.extended, message.params.smtputf8) {
         (false, _) => "SMTP",
         (true, false) => "ESMTP",
         (true, true) => "UTF8SMTP",
     };
+    let mut protocol = base.to_string();
+    if message.hello.extended && message.tls.is_some() {
+        protocol.push('S');
+    }
+    if message.hello.extended && message.user.is_some() {
+        protocol.push('A');
+    }
+    let tls = message.tls.as_ref().map(|t| format!("\r\n\t(using {t})")).unwrap_or_default();
     let ip = match peer {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("IPv6:{v6}"),
@@ -23,6 +32,6 @@ pub fn received_header(message: &Message, peer: IpAddr, hostname: &str, id: &str
     };
     let date = chrono::Local::now().to_rfc2822();
     format!(
-        "Received: from {helo} ([{ip}])\r\n\tby {hostname} (Tern) with {protocol} id {id}{recipient};\r\n\t{date}\r\n"
+        "Received: from {helo} ([{ip}]){tls}\r\n\tby {hostname} (Tern) with {protocol} id {id}{recipient};\r\n\t{date}\r\n"
     )
 }

@@ -6,6 +6,7 @@ pub mod body;
 pub mod command;
 pub mod params;
 pub mod reply;
+pub mod sasl;
 pub mod session;
 
 pub use reply::Reply;

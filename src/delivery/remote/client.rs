@@ -2,8 +2,9 @@
 //! RFC 3030 BDAT), over any byte stream.
 
 use super::tls::{TlsClient, TlsLevel};
+pub use crate::net::Stream;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 
 /// Longest reply line accepted (RFC 5321 §4.5.3.1.5 says 512; be lenient).
@@ -36,9 +37,6 @@ impl RemoteReply {
 /// What went wrong on the connection itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnError(pub String);
-
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Parses one reply line: `NNN-text` or `NNN text` (or `NNN` alone).
 pub fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, String)> {
@@ -77,8 +75,7 @@ impl Client {
         if !self.io.buffer().is_empty() {
             return Err(ConnError("server sent data before the TLS handshake".into()));
         }
-        let closed: Box<dyn Stream> = Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()));
-        let plain = std::mem::replace(&mut self.io, BufReader::new(closed)).into_inner();
+        let plain = std::mem::replace(&mut self.io, BufReader::new(crate::net::closed())).into_inner();
         let (encrypted, level) = tls.handshake(plain, host).await?;
         self.io = BufReader::new(encrypted);
         Ok(level)

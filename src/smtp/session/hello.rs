@@ -21,6 +21,12 @@ impl Session {
                 "CHUNKING".into(),
                 "DSN".into(),
             ]);
+            if self.config.starttls && self.tls.is_none() {
+                lines.push("STARTTLS".into());
+            }
+            if self.auth_offered() && self.user.is_none() {
+                lines.push("AUTH PLAIN LOGIN".into());
+            }
         }
         self.hello = Some(Hello { name, extended });
         self.reply(Reply::plain(250, lines));

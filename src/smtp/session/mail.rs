@@ -14,6 +14,9 @@ impl Session {
         if self.txn.is_some() {
             return self.reject(common::bad_sequence("Nested MAIL command"));
         }
+        if self.config.require_auth && self.user.is_none() {
+            return self.reject(Reply::new(530, (5, 7, 0), "Authentication required"));
+        }
         if !hello.extended && params != MailParams::default() {
             return self.reject(Reply::new(555, (5, 5, 4), "Parameters need EHLO"));
         }
@@ -26,6 +29,6 @@ impl Session {
             return self.reject(Reply::new(553, (5, 6, 7), "UTF-8 address needs the SMTPUTF8 parameter"));
         }
         self.asked = Some(Command::Mail(from.clone(), params.clone()));
-        self.ask(Pending::Mail, Check::Mail { from, params });
+        self.ask(Pending::Mail, Check::Mail { from, params, user: self.user.clone() });
     }
 }

@@ -6,18 +6,21 @@
 //! stored) come out as [`Event::Check`]; the session then waits until the caller answers
 //! with [`Session::answer_mail`], [`Session::answer_rcpt`] or [`Session::answer_message`].
 
+mod auth;
 mod bdat;
 mod data;
 mod hello;
 mod mail;
 mod rcpt;
 mod simple;
+mod starttls;
 
 use super::address::Mailbox;
 use super::body::BodyReader;
 use super::command::{self, Command};
 use super::params::{MailParams, RcptParams};
 use super::reply::{Reply, common};
+use super::sasl::Secret;
 use std::collections::VecDeque;
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
@@ -30,6 +33,16 @@ pub struct SessionConfig {
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_bad_commands: u32,
+    /// Largest header block accepted, in bytes.
+    pub max_header_size: u64,
+    /// STARTTLS can be offered (a certificate is configured and TLS is not active).
+    pub starttls: bool,
+    /// AUTH can be offered once the connection is encrypted.
+    pub auth: bool,
+    /// AUTH is offered even without TLS (loopback clients, when configured).
+    pub auth_without_tls: bool,
+    /// MAIL needs a successful AUTH first (submission, RFC 6409 §4.3).
+    pub require_auth: bool,
 }
 
 /// What the client said in EHLO/HELO.
@@ -51,6 +64,10 @@ pub struct Recipient {
 #[derive(Debug, Clone)]
 pub struct Message {
     pub hello: Hello,
+    /// `TLSv1.3 with cipher …` when the session is encrypted.
+    pub tls: Option<String>,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
     pub from: Option<Mailbox>,
     pub params: MailParams,
     pub rcpts: Vec<Recipient>,
@@ -60,8 +77,20 @@ pub struct Message {
 /// A question for the layers above the protocol.
 #[derive(Debug, Clone)]
 pub enum Check {
-    Mail { from: Option<Mailbox>, params: MailParams },
-    Rcpt { to: Mailbox },
+    /// May this user (authenticated or not) send from this address?
+    Mail {
+        from: Option<Mailbox>,
+        params: MailParams,
+        user: Option<String>,
+    },
+    /// Is this password right? (SASL PLAIN or LOGIN.)
+    Auth {
+        user: String,
+        password: Secret,
+    },
+    Rcpt {
+        to: Mailbox,
+    },
     Message(Box<Message>),
 }
 
@@ -71,6 +100,9 @@ pub enum Event {
     Reply(Reply),
     /// Decide, then answer the session.
     Check(Check),
+    /// Send the replies so far, then start the TLS handshake and call
+    /// [`Session::tls_started`] (RFC 3207).
+    StartTls,
     /// Close the connection once the replies before it are sent.
     Close,
 }
@@ -87,6 +119,8 @@ enum Mode {
         last: bool,
         refusal: Option<Reply>,
     },
+    /// Waiting for a SASL response line (after a 334 challenge).
+    Auth(auth::Step),
 }
 
 /// The open mail transaction (between MAIL and the end of the message).
@@ -105,6 +139,7 @@ enum Pending {
     Mail,
     Rcpt,
     Message,
+    Auth,
 }
 
 pub struct Session {
@@ -119,6 +154,10 @@ pub struct Session {
     events: VecDeque<Event>,
     bad_commands: u32,
     closed: bool,
+    /// Set once TLS is established: `TLSv1.3 with cipher …`.
+    tls: Option<String>,
+    /// Set by a successful AUTH.
+    user: Option<String>,
 }
 
 impl Session {
@@ -134,7 +173,14 @@ impl Session {
             events: VecDeque::new(),
             bad_commands: 0,
             closed: false,
+            tls: None,
+            user: None,
         }
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     pub fn greeting(&self) -> Reply {
@@ -167,6 +213,7 @@ impl Session {
                 Mode::SkipLine => self.skip_line(),
                 Mode::Data(_) => self.read_data(),
                 Mode::Bdat { .. } => self.read_chunk(),
+                Mode::Auth(_) => self.read_auth_response(),
             };
             if !progressed {
                 return None;
@@ -199,32 +246,49 @@ impl Session {
         self.events.push_back(Event::Check(check));
     }
 
-    /// Takes one command line from the input and handles it.
-    fn next_command(&mut self) -> bool {
+    /// Takes one line (CRLF-terminated, within the limit) from the input. `Err(true)`
+    /// means a malformed line was consumed and refused; `Err(false)` that more input
+    /// is needed.
+    fn next_line(&mut self) -> Result<Vec<u8>, bool> {
         let Some(lf) = memchr::memchr(b'\n', &self.input) else {
             if self.input.len() >= MAX_LINE {
                 // No line end within the limit: refuse, then drop the rest of the line.
                 self.input.clear();
                 self.mode = Mode::SkipLine;
                 self.reject(common::line_syntax("Line too long"));
-                return true;
+                return Err(true);
             }
-            return false;
+            return Err(false);
         };
-        let line: Vec<u8> = self.input.drain(..=lf).collect();
+        let mut line: Vec<u8> = self.input.drain(..=lf).collect();
         if line.len() > MAX_LINE {
             self.reject(common::line_syntax("Line too long"));
-            return true;
+            return Err(true);
         }
-        let Some(text) = line.strip_suffix(b"\r\n") else {
+        if !line.ends_with(b"\r\n") {
             self.reject(common::line_syntax("Line must end with CRLF"));
-            return true;
-        };
-        if text.contains(&b'\r') {
+            return Err(true);
+        }
+        line.truncate(line.len() - 2);
+        if line.contains(&b'\r') {
             self.reject(common::line_syntax("Bare CR in command"));
+            return Err(true);
+        }
+        Ok(line)
+    }
+
+    /// Takes one command line from the input and handles it.
+    fn next_command(&mut self) -> bool {
+        let line = match self.next_line() {
+            Ok(line) => line,
+            Err(progressed) => return progressed,
+        };
+        // Postfix's smtpd_forbidden_commands: a web client talking to the mail port.
+        if self.hello.is_none() && is_http_request(&line) {
+            self.close_with(Reply::new(554, (5, 5, 1), "This is a mail server, not a web server"));
             return true;
         }
-        match command::parse(text) {
+        match command::parse(&line) {
             Ok(cmd) => self.dispatch(cmd),
             Err(reply) => self.reject(reply),
         }
@@ -259,7 +323,8 @@ impl Session {
             Command::Vrfy => self.on_vrfy(),
             Command::Expn => self.on_expn(),
             Command::Help => self.on_help(),
-            Command::StartTls | Command::Auth(_) => self.reject(Reply::new(502, (5, 5, 1), "Command not implemented")),
+            Command::StartTls => self.on_starttls(),
+            Command::Auth(arg) => self.on_auth(&arg),
         }
     }
 
@@ -284,8 +349,15 @@ impl Session {
             self.reply(Reply::new(550, (5, 6, 0), "Message contains bare CR, refused"));
             return;
         }
+        let header_end = memchr::memmem::find(&txn.content, b"\r\n\r\n").map_or(txn.content.len(), |i| i + 2);
+        if header_end as u64 > self.config.max_header_size {
+            self.reply(Reply::new(552, (5, 3, 4), "Message header size exceeds limit"));
+            return;
+        }
         let message = Message {
             hello: self.hello.clone().expect("transaction without hello"),
+            tls: self.tls.clone(),
+            user: self.user.clone(),
             from: txn.from,
             params: txn.params,
             rcpts: txn.rcpts,
@@ -339,3 +411,10 @@ impl Session {
 
 #[cfg(test)]
 mod tests;
+
+/// An HTTP request line (`GET / HTTP/1.1`, `POST …`) sent to the SMTP port.
+fn is_http_request(line: &[u8]) -> bool {
+    ["GET ", "POST ", "HEAD ", "PUT ", "CONNECT ", "OPTIONS "]
+        .iter()
+        .any(|m| line.len() >= m.len() && line[..m.len()].eq_ignore_ascii_case(m.as_bytes()))
+}

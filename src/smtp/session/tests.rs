@@ -6,17 +6,31 @@ struct Driver {
     session: Session,
     messages: Vec<Message>,
     closed: bool,
+    /// STARTTLS handshakes requested.
+    handshakes: usize,
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        hostname: "mx.test".into(),
+        max_message_size: 1000,
+        max_recipients: 3,
+        max_bad_commands: 8,
+        max_header_size: 200,
+        starttls: false,
+        auth: false,
+        auth_without_tls: false,
+        require_auth: false,
+    }
 }
 
 impl Driver {
     fn new() -> Driver {
-        let config = SessionConfig {
-            hostname: "mx.test".into(),
-            max_message_size: 1000,
-            max_recipients: 3,
-            max_bad_commands: 8,
-        };
-        Driver { session: Session::new(config), messages: Vec::new(), closed: false }
+        Driver::with(config())
+    }
+
+    fn with(config: SessionConfig) -> Driver {
+        Driver { session: Session::new(config), messages: Vec::new(), closed: false, handshakes: 0 }
     }
 
     /// Feeds `input` and returns the replies as `code status` strings; recipients whose
@@ -31,6 +45,15 @@ impl Driver {
                     None => r.code.to_string(),
                 }),
                 Event::Close => self.closed = true,
+                Event::StartTls => {
+                    self.handshakes += 1;
+                    self.session.tls_started("TLSv1.3 with cipher TEST".into());
+                }
+                Event::Check(Check::Auth { user, password }) => {
+                    let ok = user == "alice@x.test" && password.0 == "pw";
+                    let verdict = if ok { Ok(user) } else { Err(Reply::new(535, (5, 7, 8), "bad")) };
+                    self.session.answer_auth(verdict)
+                }
                 Event::Check(Check::Mail { .. }) => self.session.answer_mail(Ok(())),
                 Event::Check(Check::Rcpt { to, .. }) => {
                     let verdict = if to.local == "unknown" {
@@ -235,4 +258,76 @@ fn utf8_addresses_need_smtputf8() {
     assert_eq!(d.send("MAIL FROM:<jösé@x.test>\r\n".as_bytes()), ["553 5.6.7"]);
     assert_eq!(d.send("MAIL FROM:<jösé@x.test> SMTPUTF8\r\n".as_bytes()), ["250 2.1.0"]);
     assert_eq!(d.send("RCPT TO:<ünï@bücher.test>\r\n".as_bytes()), ["250 2.1.5"]);
+}
+
+fn secure() -> SessionConfig {
+    SessionConfig { starttls: true, auth: true, require_auth: true, ..config() }
+}
+
+/// The EHLO reply's keywords.
+fn ehlo(d: &mut Driver) -> Vec<String> {
+    d.session.receive(b"EHLO c.test\r\n");
+    match d.session.poll() {
+        Some(Event::Reply(r)) => r.lines[1..].to_vec(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn starttls_resets_and_then_offers_auth() {
+    let mut d = Driver::with(secure());
+    let before = ehlo(&mut d);
+    assert!(before.contains(&"STARTTLS".to_string()));
+    assert!(!before.iter().any(|k| k.starts_with("AUTH")), "no AUTH before TLS");
+    assert_eq!(d.send(b"AUTH PLAIN AGFsaWNlQHgudGVzdABwdw==\r\n"), ["538 5.7.11"]);
+    assert_eq!(d.send(b"MAIL FROM:<alice@x.test>\r\n"), ["530 5.7.0"]);
+    assert_eq!(d.send(b"STARTTLS\r\n"), ["220 2.0.0"]);
+    assert_eq!(d.handshakes, 1);
+    assert_eq!(d.send(b"MAIL FROM:<alice@x.test>\r\n"), ["503 5.5.1"], "EHLO again after TLS");
+    let after = ehlo(&mut d);
+    assert!(!after.contains(&"STARTTLS".to_string()));
+    assert!(after.contains(&"AUTH PLAIN LOGIN".to_string()));
+    assert_eq!(d.send(b"STARTTLS\r\n"), ["503 5.5.1"]);
+}
+
+#[test]
+fn plaintext_after_starttls_is_never_executed() {
+    let mut d = Driver::with(secure());
+    ehlo(&mut d);
+    assert_eq!(d.send(b"STARTTLS\r\nMAIL FROM:<evil@x.test>\r\n"), ["554 5.5.0"]);
+    assert!(d.closed);
+    assert_eq!(d.handshakes, 0);
+}
+
+#[test]
+fn auth_plain_and_login() {
+    let mut d = Driver::with(SessionConfig { auth_without_tls: true, ..secure() });
+    ehlo(&mut d);
+    assert_eq!(d.send(b"AUTH PLAIN AGFsaWNlQHgudGVzdAB3cm9uZw==\r\n"), ["535 5.7.8"]);
+    assert_eq!(d.send(b"AUTH CRAM-MD5\r\n"), ["504 5.5.4"]);
+    assert_eq!(d.send(b"AUTH PLAIN\r\n"), ["334"]);
+    assert_eq!(d.send(b"*\r\n"), ["501 5.0.0"]);
+    assert_eq!(d.send(b"AUTH LOGIN\r\n"), ["334"]);
+    assert_eq!(d.send(b"YWxpY2VAeC50ZXN0\r\n"), ["334"]);
+    assert_eq!(d.send(b"cHc=\r\n"), ["235 2.7.0"]);
+    assert_eq!(d.session.user(), Some("alice@x.test"));
+    assert_eq!(d.send(b"AUTH PLAIN AGFsaWNlQHgudGVzdABwdw==\r\n"), ["503 5.5.1"]);
+    assert_eq!(d.send(b"MAIL FROM:<alice@x.test>\r\n"), ["250 2.1.0"]);
+}
+
+#[test]
+fn http_requests_are_dropped() {
+    let mut d = Driver::new();
+    assert_eq!(d.send(b"GET / HTTP/1.1\r\n"), ["554 5.5.1"]);
+    assert!(d.closed);
+}
+
+#[test]
+fn oversized_header_block_is_refused() {
+    let mut d = Driver::greeted();
+    d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
+    d.send(b"DATA\r\n");
+    let big = format!("Subject: {}\r\n\r\nbody\r\n.\r\n", "x".repeat(300));
+    assert_eq!(d.send(big.as_bytes()), ["552 5.3.4"]);
+    assert!(d.messages.is_empty());
 }

@@ -1,0 +1,183 @@
+//! The users file: address → argon2id password hash (PHC string). Read again when it
+//! changes on disk, so `tern user …` takes effect without a restart.
+//!
+//! ```toml
+//! [users]
+//! "alice@example.test" = "$argon2id$v=19$m=19456,t=2,p=1$…"
+//! ```
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::SystemTime;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: BTreeMap<String, String>,
+}
+
+/// The canonical form of a user name: a lower-case address with an A-label domain.
+pub fn canonical(address: &str) -> Option<String> {
+    let m = crate::smtp::address::Mailbox::parse(address).ok()?;
+    Some(format!("{}@{}", m.local_unquoted().to_lowercase(), m.canonical_domain()?))
+}
+
+fn read(path: &Path) -> Result<UsersFile, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let file: UsersFile = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+            let users = file.users.into_iter().filter_map(|(a, h)| Some((canonical(&a)?, h))).collect();
+            Ok(UsersFile { users })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsersFile::default()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The users, kept fresh from the file.
+pub struct Users {
+    path: PathBuf,
+    state: RwLock<(Option<SystemTime>, BTreeMap<String, String>)>,
+}
+
+impl Users {
+    pub fn open(path: PathBuf) -> Users {
+        let users = Users { path, state: RwLock::new((None, BTreeMap::new())) };
+        users.refresh();
+        users
+    }
+
+    /// Re-reads the file if it changed; a broken file keeps the previous users.
+    fn refresh(&self) {
+        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        if self.state.read().expect("users lock").0 == mtime && mtime.is_some() {
+            return;
+        }
+        match read(&self.path) {
+            Ok(file) => *self.state.write().expect("users lock") = (mtime, file.users),
+            Err(e) => tracing::error!(error = %e, "cannot read users file; keeping the previous users"),
+        }
+    }
+
+    pub fn contains(&self, address: &str) -> bool {
+        self.refresh();
+        canonical(address).is_some_and(|a| self.state.read().expect("users lock").1.contains_key(&a))
+    }
+
+    /// Checks a password (slow on purpose); returns the canonical user name.
+    pub fn verify(&self, user: &str, password: &str) -> Option<String> {
+        self.refresh();
+        let name = canonical(user)?;
+        let hash = self.state.read().expect("users lock").1.get(&name).cloned();
+        // An unknown user costs as much time as a known one, so timing tells nothing.
+        let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
+        let parsed = PasswordHash::new(&hash).ok()?;
+        let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+        (ok && hash != DUMMY_HASH).then_some(name)
+    }
+}
+
+/// A valid hash of a random password, verified for unknown users.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9sTbSlTio3Biev89thdrlKKiCaYsjjYVJxGAL3swxpg";
+
+pub fn hash(password: &str) -> Result<String, String> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness for the salt: {e}"))?;
+    let salt = SaltString::encode_b64(&bytes).map_err(|e| e.to_string())?;
+    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+}
+
+/// Replaces the file atomically: write a temporary file, sync it, rename it over.
+fn write(path: &Path, file: &UsersFile) -> Result<(), String> {
+    let text = toml::to_string(file).map_err(|e| e.to_string())?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("users")));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(b"# Tern users: address = argon2id hash. Edit with `tern user add|passwd|del`.\n")?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", path.display())
+    })
+}
+
+/// What `set_password` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    Added,
+    Updated,
+}
+
+/// Adds a user or changes a password. `must_exist` is for `passwd`, `!must_exist` for `add`.
+pub fn set_password(path: &Path, address: &str, password: &str, must_exist: bool) -> Result<Change, String> {
+    let name = canonical(address).ok_or_else(|| format!("{address:?} is not an address"))?;
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    let mut file = read(path)?;
+    let exists = file.users.contains_key(&name);
+    if must_exist && !exists {
+        return Err(format!("no user {name}"));
+    }
+    if !must_exist && exists {
+        return Err(format!("user {name} exists already (use `tern user passwd`)"));
+    }
+    file.users.insert(name, hash(password)?);
+    write(path, &file)?;
+    Ok(if exists { Change::Updated } else { Change::Added })
+}
+
+pub fn remove(path: &Path, address: &str) -> Result<(), String> {
+    let name = canonical(address).ok_or_else(|| format!("{address:?} is not an address"))?;
+    let mut file = read(path)?;
+    if file.users.remove(&name).is_none() {
+        return Err(format!("no user {name}"));
+    }
+    write(path, &file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_change_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let users = Users::open(path.clone());
+        assert!(!users.contains("alice@example.test"));
+        assert_eq!(set_password(&path, "Alice@Example.TEST", "s3cret", false), Ok(Change::Added));
+        assert!(set_password(&path, "alice@example.test", "x", false).is_err());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("$argon2id$") && !text.contains("s3cret"));
+        // The running reader sees the change (mtime granularity aside).
+        let users = Users::open(path.clone());
+        assert_eq!(users.verify("alice@example.test", "s3cret").as_deref(), Some("alice@example.test"));
+        assert_eq!(users.verify("alice@example.test", "wrong"), None);
+        assert_eq!(users.verify("nobody@example.test", "s3cret"), None);
+        assert_eq!(set_password(&path, "alice@example.test", "new", true), Ok(Change::Updated));
+        assert!(Users::open(path.clone()).verify("alice@example.test", "new").is_some());
+        remove(&path, "alice@example.test").unwrap();
+        assert!(!Users::open(path.clone()).contains("alice@example.test"));
+        assert!(remove(&path, "alice@example.test").is_err());
+    }
+
+    #[test]
+    fn dummy_hash_parses() {
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+    }
+}

@@ -1,0 +1,115 @@
+//! The server's TLS: certificate loading (or a self-signed one made at first start),
+//! reloading on SIGHUP, and handshakes for STARTTLS and implicit TLS.
+
+use crate::net::Stream;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
+use rustls::sign::CertifiedKey;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio_rustls::TlsAcceptor;
+
+/// Serves whichever certificate was loaded last.
+#[derive(Debug)]
+struct Current(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().expect("certificate lock").clone())
+    }
+}
+
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    current: Arc<Current>,
+    provider: Arc<CryptoProvider>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn load(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate found", cert.display()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let signing = provider.key_provider.load_private_key(key_der).map_err(|e| format!("{}: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| format!("{} does not match {}: {e}", key.display(), cert.display()))?;
+    Ok(certified)
+}
+
+/// Makes a self-signed certificate for `hostname` in `dir` unless one is there.
+fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), String> {
+    let (cert, key) = (dir.join("self-signed.crt"), dir.join("self-signed.key"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let made = rcgen::generate_simple_self_signed(vec![hostname.to_string()]).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let write = |path: &Path, text: String, mode: u32| -> Result<(), String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    write(&key, made.signing_key.serialize_pem(), 0o600)?;
+    write(&cert, made.cert.pem(), 0o644)?;
+    tracing::warn!(cert = %cert.display(), hostname, "no [tls] certificate configured: made a self-signed one");
+    Ok((cert, key))
+}
+
+impl ServerTls {
+    /// The configured certificate, or a self-signed one kept in `<data_dir>/tls/`.
+    pub fn new(config: &crate::config::Config) -> Result<ServerTls, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (cert, key) = match (&config.tls.cert, &config.tls.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => self_signed(&config.data_dir.join("tls"), &config.hostname)?,
+        };
+        let current = Arc::new(Current(RwLock::new(Arc::new(load(&provider, &cert, &key)?))));
+        // TLS 1.2 and 1.3 only: rustls implements nothing older.
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(current.clone());
+        Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(server)), current, provider, cert, key })
+    }
+
+    /// Reads the certificate again (SIGHUP); sessions keep running, new handshakes
+    /// use the new certificate. On error the old one stays.
+    pub fn reload(&self) {
+        match load(&self.provider, &self.cert, &self.key) {
+            Ok(key) => {
+                *self.current.0.write().expect("certificate lock") = Arc::new(key);
+                tracing::info!(cert = %self.cert.display(), "certificate reloaded");
+            }
+            Err(e) => tracing::error!(error = %e, "certificate reload failed; keeping the old one"),
+        }
+    }
+
+    /// Runs the server side of a handshake; returns the stream and a description
+    /// like `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`.
+    pub async fn accept(&self, stream: Box<dyn Stream>) -> std::io::Result<(Box<dyn Stream>, String)> {
+        let tls = self.acceptor.accept(stream).await?;
+        let (_, conn) = tls.get_ref();
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+            other => format!("{other:?}"),
+        };
+        let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+        Ok((Box::new(tls), format!("{version} with cipher {cipher}")))
+    }
+}
