@@ -143,6 +143,7 @@ fn serve(config: Config, log_format: LogFormat) -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -156,6 +157,18 @@ fn serve(config: Config, log_format: LogFormat) -> ExitCode {
             eprintln!("tern: {e}");
             tracing::error!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every connection takes a file descriptor: use all the hard limit allows.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

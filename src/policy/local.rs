@@ -20,12 +20,17 @@ pub enum Route {
 }
 
 impl Route {
-    /// The address this route delivers to.
+    /// The address this route delivers to: `mailbox@domain` for a local mailbox (the
+    /// Maildir's two directory names), the address as given for a remote one.
     pub fn address(&self) -> String {
         match self {
             Route::Mailbox { domain, mailbox } => format!("{mailbox}@{domain}"),
             Route::Remote(a) => a.clone(),
         }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Route::Mailbox { .. })
     }
 }
 

@@ -3,12 +3,11 @@
 
 use super::Context;
 use super::received::received_header;
-use crate::policy::local::Route;
 use crate::smtp::Reply;
 use crate::smtp::address::Mailbox;
 use crate::smtp::params::{Body, Ret};
 use crate::smtp::sasl::Secret;
-use crate::smtp::session::Message;
+use crate::smtp::session::{Destination, Message};
 use crate::spool::{Envelope, RcptState, Recipient};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -52,14 +51,15 @@ pub fn sender(ctx: &Context, from: Option<&Mailbox>, user: Option<&str>, client:
 /// authenticated users and clients in `[relay] networks`. The decision is made on the
 /// parsed address (source route dropped, domain canonical), so no address trick turns
 /// into relaying.
-pub fn recipient(ctx: &Context, to: &Mailbox, client: IpAddr, user: Option<&str>) -> Result<Vec<String>, Reply> {
+pub fn recipient(ctx: &Context, to: &Mailbox, client: IpAddr, user: Option<&str>) -> Result<Vec<Destination>, Reply> {
     let routes = if !to.domain.is_empty() && !ctx.policy.is_local(to) {
         if user.is_none() && !ctx.trusted(client) {
             return Err(Reply::new(554, (5, 7, 1), "Relay access denied"));
         }
-        vec![to.to_string()]
+        vec![Destination { address: to.to_string(), local: false }]
     } else {
-        ctx.policy.resolve(to)?.iter().map(Route::address).collect()
+        let routes = ctx.policy.resolve(to)?;
+        routes.iter().map(|r| Destination { address: r.address(), local: r.is_local() }).collect()
     };
     match rate_key(ctx, client, user) {
         Some(key) if !ctx.rates.recipient(&key) => {
@@ -103,12 +103,16 @@ pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<St
     }
     content.extend_from_slice(&message.content);
     let mut recipients = Vec::new();
+    // `alice@x`, `Alice@X.` and `alice+tag@x` in one transaction get one copy.
+    let mut seen = std::collections::HashSet::new();
     for rcpt in &message.rcpts {
         for route in &rcpt.routes {
-            let local = Mailbox::parse(route).is_ok_and(|m| ctx.policy.is_local(&m));
+            if !seen.insert(route) {
+                continue;
+            }
             recipients.push(Recipient {
-                address: route.clone(),
-                local,
+                address: route.address.clone(),
+                local: route.local,
                 original: rcpt.to.to_string(),
                 orcpt: rcpt.params.orcpt.clone(),
                 notify: rcpt.params.notify.map(|n| {

@@ -8,7 +8,7 @@ mod routing;
 pub mod tls;
 
 use crate::config::{Config, ListenMode};
-use crate::delivery::remote::{Hop, RemoteConfig, TlsClient};
+use crate::delivery::remote::{Hop, Pool, RemoteConfig, TlsClient};
 use crate::dns::Dns;
 use crate::policy::LocalPolicy;
 use crate::policy::limits::{AuthFailures, Connections, Rates};
@@ -191,6 +191,7 @@ fn queue_config(config: &Config, own_addrs: Vec<std::net::SocketAddr>) -> Result
         smarthost_tls: config.relay.tls,
         starttls: out.starttls,
         tls: Arc::new(TlsClient::new(out.ca_file.as_deref())?),
+        pool: Arc::new(Pool::new(out.max_connections_per_host)),
         own_addrs,
     };
     Ok(QueueConfig {

@@ -1,7 +1,6 @@
 //! Routing of addresses for the queue's notices, from the local policy.
 
 use crate::policy::LocalPolicy;
-use crate::policy::local::Route;
 use crate::queue::Router;
 use crate::smtp::address::Mailbox;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ impl Router for PolicyRouter {
             return vec![(address.to_string(), false)];
         }
         match self.0.resolve(&mailbox) {
-            Ok(routes) => routes.iter().map(|r| (r.address(), matches!(r, Route::Mailbox { .. }))).collect(),
+            Ok(routes) => routes.iter().map(|r| (r.address(), r.is_local())).collect(),
             Err(_) => Vec::new(),
         }
     }

@@ -42,8 +42,8 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         if arg.trim().is_empty() { Ok(cmd) } else { Err(common::syntax("Syntax error, no parameters allowed")) }
     };
     match verb.to_ascii_uppercase().as_str() {
-        "EHLO" => Ok(Command::Ehlo(hello_name(arg)?)),
-        "HELO" => Ok(Command::Helo(hello_name(arg)?)),
+        "EHLO" => Ok(Command::Ehlo(hello_name(arg, "EHLO")?)),
+        "HELO" => Ok(Command::Helo(hello_name(arg, "HELO")?)),
         "MAIL" => {
             let rest = strip_keyword(arg, "FROM:").ok_or_else(|| common::syntax("Syntax: MAIL FROM:<address>"))?;
             let (from, params) = parse_path(rest.trim_start(), true).map_err(path_error)?;
@@ -53,7 +53,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
             let rest = strip_keyword(arg, "TO:").ok_or_else(|| common::syntax("Syntax: RCPT TO:<address>"))?;
             let rest = rest.trim_start();
             // RFC 5321 §4.1.1.3: "<Postmaster>" with no domain is always valid.
-            if rest.len() >= 12 && rest[..12].eq_ignore_ascii_case("<postmaster>") {
+            if rest.get(..12).is_some_and(|head| head.eq_ignore_ascii_case("<postmaster>")) {
                 let mailbox = Mailbox { local: rest[1..11].to_string(), domain: String::new() };
                 return Ok(Command::Rcpt(mailbox, RcptParams::parse(&rest[12..])?));
             }
@@ -74,10 +74,10 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
     }
 }
 
-fn hello_name(arg: &str) -> Result<String, Reply> {
+fn hello_name(arg: &str, verb: &str) -> Result<String, Reply> {
     let name = arg.trim();
     if name.is_empty() || name.contains(' ') {
-        return Err(common::syntax("Syntax: EHLO hostname"));
+        return Err(common::syntax(&format!("Syntax: {verb} hostname")));
     }
     Ok(name.to_string())
 }
@@ -144,5 +144,9 @@ mod tests {
         assert_eq!(parse(b"MAIL FROM:<a@b.test>SIZE=1").unwrap_err().code, 501);
         assert_eq!(parse(b"MAIL FROM:<a\x00@b.test>").unwrap_err().code, 500);
         assert_eq!(parse(b"MAIL FROM:<\xff@b.test>").unwrap_err().code, 500);
+        // Multi-byte characters where a keyword or "<Postmaster>" is expected.
+        assert_eq!(parse("RCPT TO:\u{2039}postmaste\u{20ac}@x.test>".as_bytes()).unwrap_err().code, 501);
+        assert_eq!(parse("RCPT TO:12345678901\u{e9}".as_bytes()).unwrap_err().code, 501);
+        assert_eq!(parse("MAIL FR\u{e9}M:<a@b.test>".as_bytes()).unwrap_err().code, 501);
     }
 }

@@ -2,11 +2,13 @@
 //! transaction for all recipients of a message that go to the same destination.
 
 mod client;
+mod pool;
 pub mod route;
 mod tls;
 mod transaction;
 
 pub use client::{RemoteReply, dot_stuff, parse_reply_line};
+pub use pool::Pool;
 pub use route::Hop;
 pub use tls::{TlsClient, TlsLevel};
 
@@ -44,6 +46,8 @@ pub struct RemoteConfig {
     pub tls: Arc<TlsClient>,
     /// The addresses Tern listens on, so that it never connects to itself.
     pub own_addrs: Vec<SocketAddr>,
+    /// Open connections and the per-server limit.
+    pub pool: Arc<Pool>,
 }
 
 /// A message and the recipients to deliver it to at one destination.
@@ -103,14 +107,35 @@ pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'
     all(job, Err(last))
 }
 
-/// One connection. `Err` means "try the next server" (connection failure, or a
-/// 4xx/5xx greeting); `Ok` carries the recipients' results.
+/// One server. `Err` means "try the next server" (connection failure, or a 4xx/5xx
+/// greeting); `Ok` carries the recipients' results. An idle connection to the same
+/// server is reused when it still answers RSET.
 async fn attempt(config: &RemoteConfig, hop: &Hop, addr: SocketAddr, job: &Job<'_>) -> Result<Outcome, Failure> {
     let conn_fail = |what: String| Failure::temporary(format!("4.4.1 {} [{}]: {what}", hop.host, addr.ip()));
+    let key = format!("{}|{addr}", hop.host);
+    let _slot = config.pool.slot(&key).await;
+    let mut reused = None;
+    while let Some(mut conn) = config.pool.take(&key) {
+        if conn.client.command("RSET").await.is_ok_and(|r| r.code == 250) {
+            reused = Some(conn);
+            break;
+        }
+    }
+    let mut conn = match reused {
+        Some(conn) => conn,
+        None => connect(config, hop, addr).await.map_err(conn_fail)?,
+    };
+    let outcome = transaction::send(config, &mut conn, job).await.map_err(|e| conn_fail(e.0))?;
+    config.pool.put(&key, conn);
+    Ok(outcome)
+}
+
+/// Connects, reads the greeting and says hello (with TLS as the hop needs).
+async fn connect(config: &RemoteConfig, hop: &Hop, addr: SocketAddr) -> Result<transaction::Connection, String> {
     let tcp = timeout(config.connect_timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| conn_fail("connection timed out".into()))?
-        .map_err(|e| conn_fail(format!("cannot connect: {e}")))?;
+        .map_err(|_| "connection timed out".to_string())?
+        .map_err(|e| format!("cannot connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let mut stream: Box<dyn Stream> = Box::new(tcp);
     let smarthost = config.smarthost.as_ref() == Some(hop);
@@ -126,18 +151,18 @@ async fn attempt(config: &RemoteConfig, hop: &Hop, addr: SocketAddr, job: &Job<'
     if smarthost && config.smarthost_tls == SmarthostTls::Implicit {
         let (tls, l) = timeout(config.connect_timeout, config.tls.handshake(stream, &hop.host))
             .await
-            .map_err(|_| conn_fail("TLS handshake timed out".into()))?
-            .map_err(|e| conn_fail(e.0))?;
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| e.0)?;
         stream = tls;
         level = l;
     }
     let mut client = Client::new(stream, config.command_timeout);
     // RFC 5321 §4.5.3.2.1: the greeting may take as long as the connection.
-    let greeting = client.read_reply_within(config.connect_timeout).await.map_err(|e| conn_fail(e.0))?;
+    let greeting = client.read_reply_within(config.connect_timeout).await.map_err(|e| e.0)?;
     if greeting.code != 220 {
-        return Err(conn_fail(format!("greeting {}", greeting.text())));
+        return Err(format!("greeting {}", greeting.text()));
     }
     let peer = format!("{} [{}]", hop.host, addr.ip());
     let session = transaction::Session { peer: &peer, host: &hop.host, policy, level };
-    transaction::run(config, &mut client, session, job).await.map_err(|e| conn_fail(e.0))
+    transaction::open(config, client, session).await.map_err(|e| e.0)
 }

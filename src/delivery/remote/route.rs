@@ -72,10 +72,13 @@ pub async fn addresses(config: &RemoteConfig, dns: &Dns, hop: &Hop) -> Result<Ve
     if addrs.iter().any(|a| config.own_addrs.iter().any(|own| is_same_listener(own, a))) {
         return Err(Failure::permanent(format!("5.4.6 mail for {} loops back to myself", hop.host)));
     }
+    // A next hop from the configuration (a local filter on 127.0.0.1, say) is trusted;
+    // one that came from DNS may not point at this machine.
+    let configured = config.smarthost.as_ref() == Some(hop) || config.routes.values().any(|h| h == hop);
     let usable: Vec<SocketAddr> = addrs
         .iter()
         .copied()
-        .filter(|a| config.allow_loopback || !(a.ip().is_loopback() || a.ip().is_unspecified()))
+        .filter(|a| configured || config.allow_loopback || !(a.ip().is_loopback() || a.ip().is_unspecified()))
         .collect();
     if usable.is_empty() {
         return Err(Failure::temporary(format!(

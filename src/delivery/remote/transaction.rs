@@ -87,21 +87,25 @@ async fn hello(config: &RemoteConfig, client: &mut Client) -> Result<Capabilitie
     Ok(Capabilities::default())
 }
 
-pub async fn run(
-    config: &RemoteConfig,
-    client: &mut Client,
-    session: Session<'_>,
-    job: &Job<'_>,
-) -> Result<Outcome, ConnError> {
-    let peer = session.peer;
-    let mut caps = hello(config, client).await?;
+/// An open, greeted connection ready for mail transactions.
+pub struct Connection {
+    pub client: Client,
+    caps: Capabilities,
+    level: TlsLevel,
+    /// `host [ip]`, for messages.
+    peer: String,
+}
+
+/// EHLO, STARTTLS when wanted, AUTH at a smarthost.
+pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_>) -> Result<Connection, ConnError> {
+    let mut caps = hello(config, &mut client).await?;
     let mut level = session.level;
     if level == TlsLevel::None && caps.starttls && session.policy != TlsPolicy::Off {
         let reply = client.command("STARTTLS").await?;
         if reply.code == 220 {
             level = client.start_tls(&config.tls, session.host).await?;
             // RFC 3207 §4.2: everything learned before TLS is forgotten.
-            caps = hello(config, client).await?;
+            caps = hello(config, &mut client).await?;
         } else if session.policy == TlsPolicy::Required {
             return Err(ConnError(format!("STARTTLS refused: {}", reply.text())));
         }
@@ -111,17 +115,22 @@ pub async fn run(
         return Err(ConnError(format!("TLS with a verified certificate is required, got: {level}")));
     }
     if let Some((user, password)) = &config.auth {
-        authenticate(client, &caps, user, password).await?;
+        authenticate(&mut client, &caps, user, password).await?;
     }
+    Ok(Connection { client, caps, level, peer: session.peer.to_string() })
+}
+
+/// One mail transaction. The connection is left between transactions (never QUIT),
+/// so that it can carry the next message after an RSET.
+pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -> Result<Outcome, ConnError> {
+    let (client, caps, level, peer) = (&mut conn.client, &conn.caps, conn.level, conn.peer.as_str());
     // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
     if job.smtputf8 && !caps.smtputf8 {
-        let _ = client.command("QUIT").await;
         let f = Failure::permanent(format!("5.6.7 {peer} does not support SMTPUTF8, needed by this message"));
         return Ok(everyone(job, Err(f)));
     }
     let size = job.content.len() as u64;
     if caps.size.is_some_and(|max| size > max) {
-        let _ = client.command("QUIT").await;
         let f =
             Failure::permanent(format!("5.3.4 message too big for {peer} (limit {} bytes)", caps.size.unwrap_or(0)));
         return Ok(everyone(job, Err(f)));
@@ -186,7 +195,6 @@ pub async fn run(
 
     let mail_reply = &replies[0];
     if !mail_reply.is_positive() {
-        let _ = client.command("QUIT").await;
         return Ok(everyone(job, Err(remote_failure(peer, mail_reply))));
     }
     let mut outcome = Vec::new();
@@ -200,7 +208,6 @@ pub async fn run(
     }
     if accepted.is_empty() {
         // A pipelined DATA was refused by the server as well; nothing to send.
-        let _ = client.command("QUIT").await;
         return Ok(outcome);
     }
     let final_reply = if use_bdat {
@@ -211,7 +218,6 @@ pub async fn run(
     } else {
         let data_reply = &replies[replies.len() - 1];
         if data_reply.code != 354 {
-            let _ = client.command("QUIT").await;
             outcome.extend(accepted.iter().map(|i| (*i, Err(remote_failure(peer, data_reply)))));
             return Ok(outcome);
         }
@@ -225,7 +231,6 @@ pub async fn run(
         Err(remote_failure(peer, &final_reply))
     };
     outcome.extend(accepted.iter().map(|i| (*i, result.clone())));
-    let _ = client.command("QUIT").await;
     Ok(outcome)
 }
 

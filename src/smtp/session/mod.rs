@@ -52,12 +52,20 @@ pub struct Hello {
     pub extended: bool,
 }
 
-/// An accepted recipient and where the policy layer said it goes.
+/// Where the policy layer said a recipient goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Destination {
+    pub address: String,
+    /// A local mailbox rather than another server.
+    pub local: bool,
+}
+
+/// An accepted recipient and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     pub to: Mailbox,
     pub params: RcptParams,
-    pub routes: Vec<String>,
+    pub routes: Vec<Destination>,
 }
 
 /// A complete transaction, handed out when the message content has arrived.
@@ -380,7 +388,7 @@ impl Session {
     }
 
     /// The verdict on the RCPT command handed out in [`Check::Rcpt`]: where it goes.
-    pub fn answer_rcpt(&mut self, verdict: Result<Vec<String>, Reply>) {
+    pub fn answer_rcpt(&mut self, verdict: Result<Vec<Destination>, Reply>) {
         assert_eq!(self.pending.take(), Some(Pending::Rcpt));
         let Some(Command::Rcpt(to, params)) = self.asked.take() else { unreachable!() };
         match verdict {
@@ -403,9 +411,10 @@ impl Session {
         }
     }
 
-    /// A policy refusal: permanent ones count towards the bad-command limit.
+    /// A policy refusal (unknown user, relay denied…). It does not count towards the
+    /// bad-command limit, which is for protocol errors.
     fn refuse(&mut self, reply: Reply) {
-        if reply.code >= 500 { self.reject(reply) } else { self.reply(reply) }
+        self.reply(reply);
     }
 }
 

@@ -59,7 +59,7 @@ impl Driver {
                     let verdict = if to.local == "unknown" {
                         Err(Reply::new(550, (5, 1, 1), "User unknown"))
                     } else {
-                        Ok(vec![to.to_string()])
+                        Ok(vec![Destination { address: to.to_string(), local: false }])
                     };
                     self.session.answer_rcpt(verdict)
                 }
@@ -87,7 +87,7 @@ fn plain_transaction() {
     assert_eq!(d.send(b"DATA\r\n"), ["354 2.0.0"]);
     assert_eq!(d.send(b"Subject: hi\r\n\r\n..dot\r\n.\r\n"), ["250 2.0.0"]);
     assert_eq!(d.messages[0].content, b"Subject: hi\r\n\r\n.dot\r\n");
-    assert_eq!(d.messages[0].rcpts[0].routes, ["b@y.test"]);
+    assert_eq!(d.messages[0].rcpts[0].routes[0].address, "b@y.test");
     assert_eq!(d.send(b"QUIT\r\n"), ["221 2.0.0"]);
     assert!(d.closed);
 }
