@@ -77,6 +77,10 @@ pub fn canonical_domain(d: &str) -> Option<String> {
         return None;
     }
     let ascii = idna::domain_to_ascii(d).ok()?;
+    // The limit applies to the A-label form, which is what goes into DNS.
+    if ascii.len() > 253 {
+        return None;
+    }
     let ok = ascii.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
