@@ -50,7 +50,9 @@ pub async fn handle(
         return;
     }
     tracing::info!(client = %peer, %mode, "connect");
-    let end = match pregreet(&tcp, limits.greeting_delay).await {
+    // With implicit TLS the client speaks first (its ClientHello).
+    let talked_first = mode != ListenMode::Submissions && pregreet(&tcp, limits.greeting_delay).await;
+    let end = match talked_first {
         true => {
             tracing::info!(client = %peer, "client sent data before the greeting");
             let _ = refuse(tcp, common::pipelining_violation()).await;

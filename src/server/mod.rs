@@ -65,9 +65,14 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let (spool, pending) =
         Spool::open(&spool_dir).map_err(|e| format!("cannot open spool {}: {e}", spool_dir.display()))?;
     let recovered = pending.len();
+    // Signals are caught from the start, so that an early SIGTERM or SIGHUP never
+    // kills the process the default way.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut listeners = Vec::new();
     for l in &config.listen {
-        let listener = TcpListener::bind(l.addr).await.map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
+        let listener = listen(l.addr).map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
         listeners.push((listener, l.mode));
     }
     let dns = Dns::new(&config.dns)?;
@@ -141,9 +146,6 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     drop(alive);
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
             _ = term.recv() => break tracing::info!("SIGTERM: stopping"),
@@ -203,4 +205,12 @@ fn queue_config(config: &Config, own_addrs: Vec<std::net::SocketAddr>) -> Result
         hostname: config.hostname.clone(),
         remote,
     })
+}
+
+/// A listening socket with room for bursts of new connections.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

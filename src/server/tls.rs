@@ -49,7 +49,10 @@ fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), String>
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
-    let made = rcgen::generate_simple_self_signed(vec![hostname.to_string()]).map_err(|e| e.to_string())?;
+    let key_pair = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()]).map_err(|e| e.to_string())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, hostname);
+    let made = params.self_signed(&key_pair).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let write = |path: &Path, text: String, mode: u32| -> Result<(), String> {
         use std::io::Write;
@@ -63,8 +66,8 @@ fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), String>
             .map_err(|e| format!("{}: {e}", path.display()))?;
         f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
     };
-    write(&key, made.signing_key.serialize_pem(), 0o600)?;
-    write(&cert, made.cert.pem(), 0o644)?;
+    write(&key, key_pair.serialize_pem(), 0o600)?;
+    write(&cert, made.pem(), 0o644)?;
     tracing::warn!(cert = %cert.display(), hostname, "no [tls] certificate configured: made a self-signed one");
     Ok((cert, key))
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod outbound;
+pub mod security;
 
 use std::fs;
 use std::io::{Read, Write};

@@ -30,6 +30,8 @@ impl Session {
         self.input.clear();
         self.hello = None;
         self.txn = None;
+        // A plaintext AUTH (allowed on loopback) is forgotten as well.
+        self.user = None;
         self.mode = Mode::Command;
         self.tls = Some(description);
     }

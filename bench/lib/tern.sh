@@ -1,0 +1,80 @@
+# shellcheck shell=bash
+# Tern under test: one fresh server (fresh data_dir) per measured run.
+#
+# Interface shared by every server module (tern, postfix, sink):
+#   <srv>_start SCENARIO RUNDIR   start it; sets <SRV>_PORT; non-zero on failure
+#   <srv>_delivered               (servers that store mail) messages delivered so far
+#   <srv>_stop                    stop it and everything it started
+# Scenario A: accept for local domain "localhost", deliver every recipient to
+# its own Maildir. Scenario B (relay to a downstream smtp-sink) is not written yet.
+
+TERN_PID=
+TERN_PORT=
+TERN_RUN=
+
+tern_write_config() { # SCENARIO RUNDIR PORT
+    local scenario=$1 run=$2 port=$3
+    case $scenario in
+    A)
+        cat >"$run/tern.toml" <<EOF
+hostname = "tern-bench.localhost"
+data_dir = "$run/data"
+
+[[listen]]
+addr = "127.0.0.1:$port"
+mode = "smtp"
+
+[local]
+domains = ["localhost"]
+mail_root = "$run/mail"
+accept_unknown = true
+
+[limits]
+max_message_size = 52428800
+EOF
+        ;;
+    *)
+        log "tern: scenario $scenario is not implemented"
+        return 1
+        ;;
+    esac
+}
+
+tern_start() { # SCENARIO RUNDIR
+    local scenario=$1 run=$2
+    TERN_RUN=$run
+    free_port
+    TERN_PORT=$FREE_PORT
+        mkdir -p "$run"
+    tern_write_config "$scenario" "$run" "$TERN_PORT" || return 1
+    if ! "$TERN_BIN" config check --config "$run/tern.toml" >"$run/config-check.log" 2>&1; then
+        log "tern: config check failed:"
+        sed 's/^/    /' "$run/config-check.log" >&2
+        return 1
+    fi
+    "$TERN_BIN" serve --config "$run/tern.toml" >"$run/tern.out" 2>"$run/tern.log" &
+    TERN_PID=$!
+    if ! smtp_ready "$TERN_PORT" 30 "$TERN_PID"; then
+        log "tern: not answering EHLO on 127.0.0.1:$TERN_PORT; last log lines:"
+        tail -n 20 "$run/tern.log" >&2
+        tern_stop
+        return 1
+    fi
+}
+
+tern_delivered() { count_maildir_new "$TERN_RUN/mail"; }
+
+# Peak resident set size so far (VmHWM), in MiB.
+tern_peak_rss() {
+    [[ -n $TERN_PID && -r /proc/$TERN_PID/status ]] || { echo "-"; return; }
+    awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$TERN_PID/status"
+}
+
+tern_stop() {
+    [[ -n $TERN_PID ]] || return 0
+    stop_pid "$TERN_PID" tern 30
+    if [[ $STOP_RC != 0 ]]; then
+        log "warning: tern exited with status $STOP_RC after SIGTERM (expected 0)"
+    fi
+    TERN_PID=
+}
