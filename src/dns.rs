@@ -54,8 +54,14 @@ impl Dns {
         options.timeout = Duration::from_secs(5);
         options.attempts = 2;
         let builder = if config.nameservers.is_empty() {
-            Resolver::builder(TokioRuntimeProvider::default())
-                .map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?
+            Resolver::builder(TokioRuntimeProvider::default()).unwrap_or_else(|e| {
+                // Local delivery still works; remote mail waits until DNS is configured.
+                tracing::warn!(error = %e, "cannot read /etc/resolv.conf; set [dns] nameservers for remote delivery");
+                Resolver::builder_with_config(
+                    ResolverConfig::from_name_servers(Vec::new()),
+                    TokioRuntimeProvider::default(),
+                )
+            })
         } else {
             let servers = config
                 .nameservers
