@@ -96,6 +96,14 @@ stop_pid() {
     STOP_RC=$?
 }
 
+# count_lines FIXED_STRING FILE: number of lines of FILE containing FIXED_STRING
+# (0 when the file does not exist yet).
+count_lines() {
+    local n
+    n=$(grep -c -F -e "$1" "$2" 2>/dev/null)
+    echo "${n:-0}"
+}
+
 # count_maildir_new ROOT: number of messages in every */new/ directory under ROOT.
 count_maildir_new() {
     local root=$1
@@ -121,15 +129,16 @@ wait_count() {
     return 1
 }
 
-# run_source PORT SESSIONS COUNT SIZE LOGFILE: drive the load, bounded in time.
-# Returns smtp-source's exit status (124/137 when it had to be stopped). It runs
-# in the background so that a signal to this script is handled at once.
+# run_source PORT SESSIONS COUNT SIZE LOGFILE [RCPT]: drive the load, bounded in
+# time; RCPT defaults to user@localhost. Returns smtp-source's exit status (124/137
+# when it had to be stopped). It runs in the background so that a signal to this
+# script is handled at once.
 SOURCE_PID=
 run_source() {
-    local port=$1 sessions=$2 count=$3 size=$4 logf=$5 rc
+    local port=$1 sessions=$2 count=$3 size=$4 logf=$5 rcpt=${6:-user@localhost} rc
     timeout --kill-after=5 "$BENCH_SOURCE_TIMEOUT" \
         /usr/sbin/smtp-source -s "$sessions" -m "$count" -l "$size" \
-        -f bench@localhost -t user@localhost "127.0.0.1:$port" >"$logf" 2>&1 &
+        -f bench@localhost -t "$rcpt" "127.0.0.1:$port" >"$logf" 2>&1 &
     SOURCE_PID=$!
     wait "$SOURCE_PID"
     rc=$?

@@ -8,17 +8,35 @@
 # virtual(8) refuses regexp substitution ($1) in virtual_mailbox_maps, so the map
 # lists the bench recipient explicitly (texthash, no postmap needed).
 #
+# Scenario B: no local or virtual delivery at all (mydestination empty); every
+# message, from clients in mynetworks (127.0.0.0/8), goes to
+# relayhost = [127.0.0.1]:DOWNSTREAM_PORT, the downstream smtp-sink. Delivered =
+# lines with status=sent in the instance's maillog.
+#
 # Everything else is left at Postfix's defaults (compatibility_level 3.6), including
 # in_flow_delay, which slows smtpd down when the queue manager falls behind.
 
 PF_DIR=
 POSTFIX_PORT=
 PF_MASTER_PID=
+PF_SCENARIO=
 
 postfix_configure() { # SCENARIO DIR PORT
     local scenario=$1 d=$2 port=$3
+    local -a scenario_conf
     case $scenario in
-    A) ;;
+    A)
+        scenario_conf=(
+            "virtual_mailbox_domains = localhost"
+            "virtual_mailbox_base = $d/mail"
+            "virtual_mailbox_maps = texthash:$d/etc/vmailbox"
+            "virtual_uid_maps = static:$(id -u nobody)"
+            "virtual_gid_maps = static:$(id -g nobody)"
+        )
+        ;;
+    B)
+        scenario_conf=("relayhost = [127.0.0.1]:$DOWNSTREAM_PORT")
+        ;;
     *)
         log "postfix: scenario $scenario is not implemented"
         return 1
@@ -47,11 +65,7 @@ postfix_configure() { # SCENARIO DIR PORT
         "mynetworks = 127.0.0.0/8" \
         "alias_maps =" \
         "alias_database =" \
-        "virtual_mailbox_domains = localhost" \
-        "virtual_mailbox_base = $d/mail" \
-        "virtual_mailbox_maps = texthash:$d/etc/vmailbox" \
-        "virtual_uid_maps = static:$(id -u nobody)" \
-        "virtual_gid_maps = static:$(id -g nobody)" || return 1
+        "${scenario_conf[@]}" || return 1
     # No port 25 listener and no chroot (the chroot jail would need a copy of /etc);
     # smtpd listens on the chosen loopback port instead.
     postconf -c "$d/etc" -M# smtp/inet || return 1
@@ -63,6 +77,7 @@ postfix_start() { # SCENARIO RUNDIR
     local scenario=$1 run=$2 d
     d=$run/pf
     PF_DIR=$d
+    PF_SCENARIO=$scenario
     free_port
     POSTFIX_PORT=$FREE_PORT
     PF_MASTER_PID=
@@ -92,7 +107,12 @@ postfix_start() { # SCENARIO RUNDIR
     fi
 }
 
-postfix_delivered() { count_maildir_new "$PF_DIR/mail/localhost"; }
+postfix_delivered() {
+    case $PF_SCENARIO in
+    B) count_lines 'status=sent' "$PF_DIR/maillog" ;;
+    *) count_maildir_new "$PF_DIR/mail/localhost" ;;
+    esac
+}
 
 # pids of processes belonging to the instance: the master and every Postfix daemon
 # (they all run with the instance's queue directory as working directory).

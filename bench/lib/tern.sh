@@ -6,11 +6,18 @@
 #   <srv>_delivered               (servers that store mail) messages delivered so far
 #   <srv>_stop                    stop it and everything it started
 # Scenario A: accept for local domain "localhost", deliver every recipient to
-# its own Maildir. Scenario B (relay to a downstream smtp-sink) is not written yet.
+# its own Maildir.
+# Scenario B: relay every message for remote.test (allowed from 127.0.0.0/8 by
+# the default [relay] networks) to the downstream smtp-sink on
+# 127.0.0.1:DOWNSTREAM_PORT through [relay.routes]; "localhost" stays the only
+# local domain. Delivered = lines with status="delivered" in tern.log (one per
+# recipient the downstream server answered 250 to).
+# BENCH_TERN_OUTBOUND_CONNS, when set, overrides [outbound] max_connections_per_host.
 
 TERN_PID=
 TERN_PORT=
 TERN_RUN=
+TERN_SCENARIO=
 
 tern_write_config() { # SCENARIO RUNDIR PORT
     local scenario=$1 run=$2 port=$3
@@ -33,6 +40,29 @@ accept_unknown = true
 max_message_size = 52428800
 EOF
         ;;
+    B)
+        cat >"$run/tern.toml" <<EOF
+hostname = "tern-bench.localhost"
+data_dir = "$run/data"
+
+[[listen]]
+addr = "127.0.0.1:$port"
+mode = "smtp"
+
+[local]
+domains = ["localhost"]
+mail_root = "$run/mail"
+
+[limits]
+max_message_size = 52428800
+
+[relay.routes]
+"remote.test" = "127.0.0.1:$DOWNSTREAM_PORT"
+EOF
+        if [[ -n ${BENCH_TERN_OUTBOUND_CONNS:-} ]]; then
+            printf '\n[outbound]\nmax_connections_per_host = %s\n' "$BENCH_TERN_OUTBOUND_CONNS" >>"$run/tern.toml"
+        fi
+        ;;
     *)
         log "tern: scenario $scenario is not implemented"
         return 1
@@ -43,9 +73,10 @@ EOF
 tern_start() { # SCENARIO RUNDIR
     local scenario=$1 run=$2
     TERN_RUN=$run
+    TERN_SCENARIO=$scenario
     free_port
     TERN_PORT=$FREE_PORT
-        mkdir -p "$run"
+    mkdir -p "$run"
     tern_write_config "$scenario" "$run" "$TERN_PORT" || return 1
     if ! "$TERN_BIN" config check --config "$run/tern.toml" >"$run/config-check.log" 2>&1; then
         log "tern: config check failed:"
@@ -62,7 +93,12 @@ tern_start() { # SCENARIO RUNDIR
     fi
 }
 
-tern_delivered() { count_maildir_new "$TERN_RUN/mail"; }
+tern_delivered() {
+    case $TERN_SCENARIO in
+    B) count_lines 'status="delivered"' "$TERN_RUN/tern.log" ;;
+    *) count_maildir_new "$TERN_RUN/mail" ;;
+    esac
+}
 
 # Peak resident set size so far (VmHWM), in MiB.
 tern_peak_rss() {

@@ -80,6 +80,7 @@ impl Queue {
             ready: VecDeque::new(),
             in_flight: HashSet::new(),
             done_tx,
+            held: 0,
         };
         let handle = tokio::spawn(scheduler.run(rx, done_rx));
         (queue, handle)
@@ -124,7 +125,13 @@ struct Scheduler {
     ready: VecDeque<String>,
     in_flight: HashSet<String>,
     done_tx: mpsc::UnboundedSender<attempt::Finished>,
+    /// Bytes of message content kept in memory by waiting entries.
+    held: usize,
 }
+
+/// Waiting messages keep their content in memory up to this much in all; beyond it
+/// their first attempt reads the content back from the spool.
+const CONTENT_BUDGET: usize = 64 << 20;
 
 impl Scheduler {
     async fn run(
@@ -197,11 +204,20 @@ impl Scheduler {
         } else {
             self.timers.insert((due, id.clone()));
         }
+        let content = content.filter(|c| self.held + c.len() <= CONTENT_BUDGET);
+        self.held += content.as_ref().map_or(0, |c| c.len());
         self.entries.insert(id, Entry { stored, content, due });
     }
 
+    /// Takes a waiting message out of the scheduler's hands.
+    fn take(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        self.held -= entry.content.as_ref().map_or(0, |c| c.len());
+        Some(entry)
+    }
+
     fn start_attempt(&mut self, id: &str) {
-        let Some(entry) = self.entries.remove(id) else { return };
+        let Some(entry) = self.take(id) else { return };
         self.in_flight.insert(id.to_string());
         let shared = self.shared.clone();
         let done = self.done_tx.clone();
@@ -225,7 +241,7 @@ impl Scheduler {
         if self.in_flight.contains(id) {
             return Err(format!("{id} is being delivered right now; try again in a moment"));
         }
-        let Some(entry) = self.entries.remove(id) else { return Err(format!("{id} is not in the queue")) };
+        let Some(entry) = self.take(id) else { return Err(format!("{id} is not in the queue")) };
         self.timers.remove(&(entry.due, id.to_string()));
         self.ready.retain(|r| r != id);
         if bounce {
