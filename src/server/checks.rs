@@ -5,7 +5,7 @@ use super::Context;
 use super::received::received_header;
 use crate::smtp::Reply;
 use crate::smtp::address::Mailbox;
-use crate::smtp::params::{Body, Ret};
+use crate::smtp::params::Body;
 use crate::smtp::sasl::Secret;
 use crate::smtp::session::{Destination, Message};
 use crate::spool::{Envelope, RcptState, Recipient};
@@ -115,11 +115,7 @@ pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<St
                 local: route.local,
                 original: rcpt.to.to_string(),
                 orcpt: rcpt.params.orcpt.clone(),
-                notify: rcpt.params.notify.map(|n| {
-                    let words =
-                        [(n.never, "NEVER"), (n.success, "SUCCESS"), (n.failure, "FAILURE"), (n.delay, "DELAY")];
-                    words.iter().filter(|(on, _)| *on).map(|(_, w)| *w).collect::<Vec<_>>().join(",")
-                }),
+                notify: rcpt.params.notify.map(|n| n.to_string()),
                 state: RcptState::Queued,
             });
         }
@@ -131,7 +127,7 @@ pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<St
         size: content.len() as u64,
         smtputf8: message.params.smtputf8,
         eight_bit: message.params.body == Body::EightBitMime,
-        ret: message.params.ret.map(|r| if r == Ret::Full { "FULL".into() } else { "HDRS".into() }),
+        ret: message.params.ret.map(|r| r.to_string()),
         envid: message.params.envid.clone(),
         recipients,
     };

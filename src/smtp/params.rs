@@ -2,6 +2,7 @@
 
 use super::reply::Reply;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// BODY= (RFC 6152).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +38,22 @@ pub struct Notify {
     pub success: bool,
     pub failure: bool,
     pub delay: bool,
+}
+
+/// The parameter values, as written on the wire.
+impl fmt::Display for Ret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if *self == Ret::Full { "FULL" } else { "HDRS" })
+    }
+}
+
+impl fmt::Display for Notify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let words =
+            [(self.never, "NEVER"), (self.success, "SUCCESS"), (self.failure, "FAILURE"), (self.delay, "DELAY")];
+        let on: Vec<&str> = words.iter().filter(|(on, _)| *on).map(|(_, w)| *w).collect();
+        f.write_str(&on.join(","))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +215,7 @@ mod tests {
         let p = RcptParams::parse(" NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@x.test").unwrap();
         assert!(p.notify.unwrap().success && p.notify.unwrap().failure);
         assert_eq!(p.orcpt.as_deref(), Some("rfc822;bob@x.test"));
+        assert_eq!(p.notify.unwrap().to_string(), "SUCCESS,FAILURE");
         assert!(RcptParams::parse(" NOTIFY=NEVER,SUCCESS").is_err());
         assert!(RcptParams::parse(" ORCPT=bob").is_err());
     }
