@@ -3,6 +3,12 @@
 //! Every key has a default, so an empty file is a valid configuration. Unknown keys are
 //! errors (a typo must never silently fall back to a default).
 
+mod antispam;
+mod mail_auth;
+
+pub use antispam::{Antispam, Greylisting};
+pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
+
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,6 +55,13 @@ pub struct Config {
     pub tls: Tls,
     #[serde(default)]
     pub auth: Auth,
+    #[serde(default)]
+    pub auth_checks: AuthChecks,
+    /// DKIM signing keys, one per domain (and selector).
+    #[serde(default)]
+    pub dkim: Vec<DkimKey>,
+    #[serde(default)]
+    pub antispam: Antispam,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -419,6 +432,17 @@ impl Config {
         if self.queue.concurrency == 0 {
             return Err("queue.concurrency: must be at least 1".into());
         }
+        for key in &self.dkim {
+            crate::smtp::address::canonical_domain(&key.domain)
+                .ok_or_else(|| format!("dkim: domain {:?} is not a domain name", key.domain))?;
+            if key.selector.is_empty() || crate::smtp::address::canonical_domain(&key.selector).is_none() {
+                return Err(format!("dkim: selector {:?} is not a DNS label", key.selector));
+            }
+        }
+        for zone in self.antispam.dnsbl.iter().chain(&self.antispam.dnswl) {
+            crate::smtp::address::canonical_domain(zone)
+                .ok_or_else(|| format!("antispam: {zone:?} is not a DNS zone"))?;
+        }
         Ok(())
     }
 
@@ -467,7 +491,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 }
 
 /// Serde adapters for durations written like "5m" or "30s".
-mod humantime_serde {
+pub(crate) mod humantime_serde {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 

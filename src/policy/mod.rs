@@ -1,6 +1,7 @@
 //! Decisions about a transaction: which recipients are local, who exists, where
 //! aliases lead, who may relay, passwords and abuse limits.
 
+pub mod dkim;
 pub mod limits;
 pub mod local;
 pub mod users;

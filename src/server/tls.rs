@@ -75,7 +75,7 @@ fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), String>
 impl ServerTls {
     /// The configured certificate, or a self-signed one kept in `<data_dir>/tls/`.
     pub fn new(config: &crate::config::Config) -> Result<ServerTls, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let (cert, key) = match (&config.tls.cert, &config.tls.key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => self_signed(&config.data_dir.join("tls"), &config.hostname)?,

@@ -88,7 +88,7 @@ impl fmt::Debug for TlsClient {
 impl TlsClient {
     /// Trust roots: the system's, plus the certificates in `ca_file` if given.
     pub fn new(ca_file: Option<&Path>) -> Result<TlsClient, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert);

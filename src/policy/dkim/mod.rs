@@ -1,0 +1,3 @@
+//! DKIM signing of mail Tern sends (RFC 6376, RFC 8463).
+
+pub mod key;
