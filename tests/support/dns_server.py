@@ -5,7 +5,10 @@ Usage: dns_server.py PORT ZONEFILE
 The zone file is JSON: {"name.": [["MX", 10, "mx.name."], ["A", "127.0.0.2"],
 ["AAAA", "::1"], ["TXT", "v=spf1 -all"], ["SERVFAIL"]], ...}. Names not in the
 table answer NXDOMAIN; a name listed with no record of the asked type answers
-NOERROR with no records. The zone file is re-read when it changes. Prints
+NOERROR with no records. A TXT value is a string (sent as 255-byte pieces of
+one record) or a list of strings (the pieces as given). ["TIMEOUT"] makes every
+question about the name go unanswered. A UDP answer longer than the client's
+buffer (EDNS, else 512 bytes) is sent truncated, so the client asks over TCP. The zone file is re-read when it changes. Prints
 "ready" once both sockets listen. Stops by itself after --lifetime seconds.
 """
 import json
@@ -34,6 +37,15 @@ def zone():
     return _zone["data"]
 
 
+def udp_limit(data):
+    """The largest UDP answer the client takes (RFC 6891 §6.2.5)."""
+    request = DNSRecord.parse(data)
+    for rr in request.ar:
+        if rr.rtype == QTYPE.OPT:
+            return max(512, rr.rclass)
+    return 512
+
+
 def answer(data):
     request = DNSRecord.parse(data)
     reply = request.reply()
@@ -48,6 +60,8 @@ def answer(data):
         if kind == "SERVFAIL":
             reply.header.rcode = RCODE.SERVFAIL
             return reply.pack()
+        if kind == "TIMEOUT":
+            return None
         if kind != qtype:
             continue
         if kind == "MX":
@@ -57,7 +71,13 @@ def answer(data):
         elif kind == "AAAA":
             rdata = AAAA(rec[1])
         elif kind == "TXT":
-            rdata = TXT(rec[1])
+            value = rec[1]
+            if isinstance(value, str):
+                raw = value.encode()
+                value = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
+            else:
+                value = [v.encode() for v in value]
+            rdata = TXT(value)
         else:
             continue
         reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=rdata, ttl=60))
@@ -68,7 +88,15 @@ class Udp(socketserver.BaseRequestHandler):
     def handle(self):
         data, sock = self.request
         try:
-            sock.sendto(answer(data), self.client_address)
+            out = answer(data)
+            if out is None:
+                return
+            if len(out) > udp_limit(data):
+                truncated = DNSRecord.parse(out)
+                truncated.rr = []
+                truncated.header.tc = 1
+                out = truncated.pack()
+            sock.sendto(out, self.client_address)
         except Exception as e:  # a malformed query gets no answer
             print("bad query:", e, file=sys.stderr)
 
@@ -84,7 +112,8 @@ class Tcp(socketserver.BaseRequestHandler):
                     return
                 data += chunk
             out = answer(data)
-            self.request.sendall(len(out).to_bytes(2, "big") + out)
+            if out is not None:
+                self.request.sendall(len(out).to_bytes(2, "big") + out)
         except Exception as e:
             print("bad query:", e, file=sys.stderr)
 
