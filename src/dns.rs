@@ -1,5 +1,5 @@
 //! The resolver (hickory), configured from `[dns]`: MX and address lookups for
-//! outbound delivery.
+//! outbound delivery, TXT lookups for `tern dns check`.
 
 use crate::config;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -116,12 +116,54 @@ impl Dns {
         Ok(Mx::Hosts(hosts))
     }
 
+    /// A mail-auth authenticator (SPF, DKIM, DMARC) asking the same nameservers.
+    pub fn authenticator(&self) -> mail_auth::MessageAuthenticator {
+        mail_auth::MessageAuthenticator(self.resolver.clone())
+    }
+
+    /// The TXT records of a name, each one's strings joined (RFC 7208 §3.3); empty
+    /// when the name exists without TXT records.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let lookup = match self.resolver.txt_lookup(Self::fqdn(name)).await {
+            Ok(l) => l,
+            Err(e) => {
+                return match classify(e) {
+                    DnsError::NoRecords => Ok(Vec::new()),
+                    other => Err(other),
+                };
+            }
+        };
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(String::from_utf8_lossy(&txt.txt_data.concat()).into_owned()),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// IPv6 and IPv4 addresses of a host (IPv6 first).
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         let lookup = self.resolver.lookup_ip(Self::fqdn(host)).await.map_err(classify)?;
         let mut ips: Vec<IpAddr> = lookup.iter().collect();
         ips.sort_by_key(|ip| ip.is_ipv4());
         ips.dedup();
+        if ips.is_empty() { Err(DnsError::NoRecords) } else { Ok(ips) }
+    }
+
+    /// The IPv4 addresses (A records) of a name, as they are: no sorting, no
+    /// search domain, CNAMEs followed. For DNS list queries (RFC 5782 §2.1).
+    pub async fn a_records(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
+        let lookup = self.resolver.ipv4_lookup(Self::fqdn(name)).await.map_err(classify)?;
+        let ips: Vec<std::net::Ipv4Addr> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
         if ips.is_empty() { Err(DnsError::NoRecords) } else { Ok(ips) }
     }
 }

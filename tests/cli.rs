@@ -236,3 +236,28 @@ fn serve_without_config_uses_embedded_defaults() {
     assert_eq!(list_files(&new).len(), 1, "no mail in {}", new.display());
     drop(guard);
 }
+
+#[test]
+fn config_check_reads_the_dkim_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tern.toml");
+    let key = dir.path().join("a.pem");
+    let config = format!(
+        "data_dir = \"{}\"\n[[dkim]]\ndomain = \"a.test\"\nselector = \"s1\"\nkey = \"{}\"\nalgorithm = \"ed25519-sha256\"\n",
+        dir.path().join("data").display(),
+        key.display()
+    );
+    fs::write(&cfg, &config).unwrap();
+    let check = || tern(&["config", "check", "--config", cfg.to_str().unwrap()], dir.path());
+    let missing = check();
+    assert!(!missing.success() && missing.all().contains("a.pem"), "missing key accepted: {}", missing.all());
+    let made = tern(
+        &["dkim", "keygen", "a.test", "--selector", "s1", "--algorithm", "rsa", "--out", key.to_str().unwrap()],
+        dir.path(),
+    );
+    made.assert_success("tern dkim keygen");
+    let wrong = check();
+    assert!(!wrong.success() && wrong.all().contains("ed25519"), "an RSA key passed as Ed25519: {}", wrong.all());
+    fs::write(&cfg, config.replace("ed25519-sha256", "rsa-sha256")).unwrap();
+    check().assert_success("tern config check with an RSA key");
+}

@@ -120,7 +120,7 @@ fn swaks_pipelining() {
 
 #[test]
 fn raw_pipelined_batch_gets_ordered_replies() {
-    let t = Tern::start(&format!("{LOCAL_OPEN}{NO_RELAY}"));
+    let t = Tern::start(&format!("{LOCAL_OPEN}{NO_RELAY}{NO_AUTH_CHECKS}"));
     let mut c = t.raw();
     let ehlo = c.ehlo();
     assert!(ehlo.has("PIPELINING"), "{ehlo:?}");

@@ -1,9 +1,11 @@
 //! The `tern` command line.
 
+mod dkim;
+mod dns;
 mod queue;
 mod user;
 
-use crate::config::Config;
+use crate::config::{Config, DkimAlgorithm};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +43,38 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
+    /// DNS records of the domains Tern serves.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Make a new key (mode 0600) and print the DNS TXT record that publishes it.
+    Keygen {
+        domain: String,
+        /// Selector; default `s` and the current year, like `s2026`.
+        #[arg(long)]
+        selector: Option<String>,
+        #[arg(long, value_enum, default_value_t = KeyAlgorithm::Rsa)]
+        algorithm: KeyAlgorithm,
+        /// Where to write the key; default `<data_dir>/dkim/DOMAIN.SELECTOR.pem`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCommand {
+    /// Compare the MX, SPF, DKIM and DMARC records of a served domain with what DNS returns.
+    Check { domain: String },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +119,14 @@ enum QueueCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum KeyAlgorithm {
+    /// RSA, 2048 bits (rsa-sha256).
+    Rsa,
+    /// Ed25519 (ed25519-sha256, RFC 8463).
+    Ed25519,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -117,6 +159,11 @@ pub fn main() -> ExitCode {
         Command::Serve { log_format } => serve(config, log_format),
         Command::Config { command: ConfigCommand::Check } => {
             let origin = cli.config.as_ref().map_or("embedded default".to_string(), |p| p.display().to_string());
+            // The DKIM keys are read as `serve` reads them, so a bad key shows up here.
+            if let Err(e) = crate::policy::dkim::Signer::load(&config.dkim) {
+                eprintln!("tern: {origin}: {e}");
+                return ExitCode::from(2);
+            }
             println!("{origin}: configuration is valid");
             ExitCode::SUCCESS
         }
@@ -133,6 +180,14 @@ pub fn main() -> ExitCode {
                 queue::control(&config, &format!("delete {id}{}", if bounce { " bounce" } else { "" }))
             }
         },
+        Command::Dkim { command: DkimCommand::Keygen { domain, selector, algorithm, out } } => {
+            let algorithm = match algorithm {
+                KeyAlgorithm::Rsa => DkimAlgorithm::RsaSha256,
+                KeyAlgorithm::Ed25519 => DkimAlgorithm::Ed25519Sha256,
+            };
+            dkim::keygen(&config, &domain, selector.as_deref(), algorithm, out)
+        }
+        Command::Dns { command: DnsCommand::Check { domain } } => dns::check(&config, &domain),
     }
 }
 

@@ -24,7 +24,8 @@ pub struct AuthChecks {
     pub temp_error: TempErrorAction,
     /// Also add a `Received-SPF` header (RFC 7208 §9.1).
     pub received_spf: bool,
-    /// Time allowed for all DNS lookups of one message's checks.
+    /// Time allowed for the SPF check (which starts at MAIL and runs while the message
+    /// arrives), and again for the DKIM, ARC and DMARC checks at the end of the message.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
 }

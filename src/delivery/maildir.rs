@@ -37,34 +37,52 @@ fn create_dir_synced(dir: &Path, parent: &Path) -> io::Result<()> {
     }
 }
 
-/// Creates `<root>/<domain>/<mailbox>/{tmp,new,cur}` as far as it is missing.
-fn ensure_maildir(root: &Path, domain: &str, mailbox: &str) -> io::Result<PathBuf> {
-    let dir = root.join(domain).join(mailbox);
+/// Creates `<dir>/{tmp,new,cur}` as far as it is missing.
+fn ensure_subdirs(dir: &Path) -> io::Result<()> {
+    for sub in ["tmp", "new", "cur"] {
+        create_dir_synced(&dir.join(sub), dir)?;
+    }
+    Ok(())
+}
+
+/// Creates `<root>/<domain>/<mailbox>/{tmp,new,cur}` as far as it is missing, and the
+/// Maildir++ folder `.<folder>/` in it when one is asked for.
+fn ensure_maildir(root: &Path, domain: &str, mailbox: &str, folder: Option<&str>) -> io::Result<PathBuf> {
+    let inbox = root.join(domain).join(mailbox);
+    let dir = match folder {
+        Some(name) => inbox.join(format!(".{name}")),
+        None => inbox.clone(),
+    };
     if ["tmp", "new", "cur"].iter().all(|s| dir.join(s).is_dir()) {
         return Ok(dir);
     }
     fs::create_dir_all(root)?;
     create_dir_synced(&root.join(domain), root)?;
-    create_dir_synced(&dir, &root.join(domain))?;
-    for sub in ["tmp", "new", "cur"] {
-        create_dir_synced(&dir.join(sub), &dir)?;
+    create_dir_synced(&inbox, &root.join(domain))?;
+    ensure_subdirs(&inbox)?;
+    if folder.is_some() {
+        create_dir_synced(&dir, &inbox)?;
+        // Dovecot and Courier recognise a Maildir++ folder by this empty file.
+        File::create(dir.join("maildirfolder"))?;
+        ensure_subdirs(&dir)?;
     }
     Ok(dir)
 }
 
-/// Delivers `header` followed by `content` into the Maildir `<root>/<domain>/<mailbox>`.
-/// Returns the path of the new message.
+/// Delivers `header` followed by `content` into the Maildir `<root>/<domain>/<mailbox>`,
+/// or into its folder `folder` (such as `Junk`). Returns the path of the new message.
 pub fn deliver(
     root: &Path,
     domain: &str,
     mailbox: &str,
+    folder: Option<&str>,
     host: &str,
     header: &[u8],
     content: &[u8],
 ) -> Result<PathBuf, Failure> {
     let fail =
         |what: &str, e: io::Error| Failure::temporary(format!("4.3.0 cannot {what} Maildir {domain}/{mailbox}: {e}"));
-    let dir = ensure_maildir(root, domain, mailbox).map_err(|e| fail("create", e))?;
+    let dir = ensure_maildir(root, domain, mailbox, folder).map_err(|e| fail("create", e))?;
     let name = unique_name(host, header.len() + content.len());
     let tmp = dir.join("tmp").join(&name);
     let write = || -> io::Result<()> {
@@ -93,15 +111,25 @@ mod tests {
     #[test]
     fn delivers_into_new() {
         let root = tempfile::tempdir().unwrap();
-        let path =
-            deliver(root.path(), "example.test", "alice", "mx", b"Return-Path: <a@b>\r\n", b"Subject: x\r\n\r\nhi\r\n")
-                .unwrap();
+        let path = deliver(
+            root.path(),
+            "example.test",
+            "alice",
+            None,
+            "mx",
+            b"Return-Path: <a@b>\r\n",
+            b"Subject: x\r\n\r\nhi\r\n",
+        )
+        .unwrap();
         assert!(path.starts_with(root.path().join("example.test/alice/new")));
         assert_eq!(fs::read(&path).unwrap(), b"Return-Path: <a@b>\r\nSubject: x\r\n\r\nhi\r\n");
         assert!(root.path().join("example.test/alice/cur").is_dir());
         assert_eq!(fs::read_dir(root.path().join("example.test/alice/tmp")).unwrap().count(), 0);
-        let second = deliver(root.path(), "example.test", "alice", "mx", b"", b"x").unwrap();
+        let second = deliver(root.path(), "example.test", "alice", None, "mx", b"", b"x").unwrap();
         assert_ne!(path, second);
+        let junk = deliver(root.path(), "example.test", "alice", Some("Junk"), "mx", b"", b"x").unwrap();
+        assert!(junk.starts_with(root.path().join("example.test/alice/.Junk/new")));
+        assert!(root.path().join("example.test/alice/.Junk/maildirfolder").is_file());
     }
 
     #[test]
@@ -109,7 +137,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         fs::create_dir_all(root.path().join("example.test")).unwrap();
         fs::write(root.path().join("example.test/alice"), b"not a directory").unwrap();
-        let err = deliver(root.path(), "example.test", "alice", "mx", b"", b"x").unwrap_err();
+        let err = deliver(root.path(), "example.test", "alice", None, "mx", b"", b"x").unwrap_err();
         assert!(err.temporary);
         assert!(err.reason.starts_with("4.3.0"), "{}", err.reason);
     }

@@ -124,7 +124,7 @@ async fn deliver(shared: &Arc<Shared>, envelope: &Envelope, pending: &[usize], c
         let local_results = tokio::task::spawn_blocking(move || {
             local
                 .iter()
-                .map(|&i| (i, deliver_local(&shared, &envelope.sender, &envelope.recipients[i], &content)))
+                .map(|&i| (i, deliver_local(&shared, &envelope, &envelope.recipients[i], &content)))
                 .collect::<Results>()
         })
         .await
@@ -153,14 +153,15 @@ async fn deliver(shared: &Arc<Shared>, envelope: &Envelope, pending: &[usize], c
     results
 }
 
-fn deliver_local(shared: &Shared, sender: &str, rcpt: &Recipient, content: &[u8]) -> Result<Delivered, Failure> {
+fn deliver_local(shared: &Shared, envelope: &Envelope, rcpt: &Recipient, content: &[u8]) -> Result<Delivered, Failure> {
     let (mailbox, domain) = rcpt
         .address
         .rsplit_once('@')
         .ok_or_else(|| Failure::permanent(format!("5.1.3 bad mailbox {}", rcpt.address)))?;
-    let header = format!("Return-Path: <{sender}>\r\nDelivered-To: {}\r\n", rcpt.address);
+    let header = format!("Return-Path: <{}>\r\nDelivered-To: {}\r\n", envelope.sender, rcpt.address);
     let host = maildir::host_for_names(&shared.config.hostname);
-    let path = maildir::deliver(&shared.config.mail_root, domain, mailbox, &host, header.as_bytes(), content)?;
+    let folder = envelope.quarantine.then_some("Junk");
+    let path = maildir::deliver(&shared.config.mail_root, domain, mailbox, folder, &host, header.as_bytes(), content)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     Ok(Delivered { reply: format!("delivered to maildir as {name}"), relayed: false, dsn_passed_on: false })
 }
@@ -196,6 +197,7 @@ async fn notify(
         eight_bit: true,
         ret: None,
         envid: None,
+        quarantine: false,
         recipients: destinations
             .into_iter()
             .map(|(address, local)| Recipient {

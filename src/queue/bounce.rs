@@ -207,6 +207,7 @@ mod tests {
             eight_bit: false,
             ret: None,
             envid: Some("E1".into()),
+            quarantine: false,
             recipients: vec![r.clone()],
         };
         let reason = "5.1.1 mx.remote.test [127.0.0.2] said: 550 5.1.1 no such user";

@@ -3,6 +3,9 @@
 
 use super::Context;
 use super::received::received_header;
+use crate::policy::auth::results::strip_forged;
+use crate::policy::auth::{Action, SpfCheck};
+use crate::policy::greylist::Verdict;
 use crate::smtp::Reply;
 use crate::smtp::address::Mailbox;
 use crate::smtp::params::Body;
@@ -50,8 +53,17 @@ pub fn sender(ctx: &Context, from: Option<&Mailbox>, user: Option<&str>, client:
 /// RCPT: local recipients resolve to mailboxes; other domains are relayed only for
 /// authenticated users and clients in `[relay] networks`. The decision is made on the
 /// parsed address (source route dropped, domain canonical), so no address trick turns
-/// into relaying.
-pub fn recipient(ctx: &Context, to: &Mailbox, client: IpAddr, user: Option<&str>) -> Result<Vec<Destination>, Reply> {
+/// into relaying. A recipient accepted from a stranger is then greylisted when
+/// `greylist` is set (an `smtp` listener, a client on no DNS allow list), with `from`
+/// the transaction's reverse-path.
+pub fn recipient(
+    ctx: &Context,
+    to: &Mailbox,
+    client: IpAddr,
+    user: Option<&str>,
+    greylist: bool,
+    from: Option<&Mailbox>,
+) -> Result<Vec<Destination>, Reply> {
     let routes = if !to.domain.is_empty() && !ctx.policy.is_local(to) {
         if user.is_none() && !ctx.trusted(client) {
             return Err(Reply::new(554, (5, 7, 1), "Relay access denied"));
@@ -61,6 +73,14 @@ pub fn recipient(ctx: &Context, to: &Mailbox, client: IpAddr, user: Option<&str>
         let routes = ctx.policy.resolve(to)?;
         routes.iter().map(|r| Destination { address: r.address(), local: r.is_local() }).collect()
     };
+    if let Some(list) = ctx.greylist.as_ref().filter(|_| greylist && user.is_none() && !ctx.trusted(client))
+        && let Verdict::Defer(wait) = list.check(client, from, to)
+    {
+        let from = from.map(Mailbox::to_string).unwrap_or_default();
+        tracing::info!(%client, %from, %to, "greylisted");
+        let secs = wait.as_millis().div_ceil(1000).max(1);
+        return Err(Reply::new(451, (4, 7, 1), format!("Greylisted, try again in {secs} seconds")));
+    }
     match rate_key(ctx, client, user) {
         Some(key) if !ctx.rates.recipient(&key) => {
             tracing::warn!(%client, key, "recipient rate limit reached");
@@ -93,13 +113,43 @@ pub async fn authenticate(ctx: &Context, user: String, password: Secret, client:
     Err(Reply::new(535, (5, 7, 8), "Authentication credentials invalid"))
 }
 
-/// End of message: adds the trace header, stores durably, queues. Returns the queue id.
-pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<String, Reply> {
+/// End of message: checks how the sender is authenticated (strangers on port 25) or
+/// signs the message (users and relay networks), adds the trace headers, stores
+/// durably, queues. Returns the queue id.
+pub async fn message(
+    ctx: &Context,
+    mut message: Message,
+    peer: IpAddr,
+    spf: Option<SpfCheck>,
+) -> Result<String, Reply> {
     let id = ctx.spool.new_id();
-    let mut content = received_header(&message, peer, &ctx.config.hostname, &id).into_bytes();
+    let hostname = &ctx.config.hostname;
+    let ours = message.user.is_some() || ctx.trusted(peer);
+    // RFC 8601 §5: results that arrive claiming to come from us are forged.
+    if !ours && let Some(clean) = strip_forged(&message.content, hostname) {
+        tracing::info!(id, client = %peer, "removed forged Authentication-Results");
+        message.content = clean;
+    }
+    let mut content = received_header(&message, peer, hostname, &id).into_bytes();
+    let mut quarantine = false;
+    if let (Some(spf), Some(checker)) = (&spf, &ctx.auth) {
+        let verdict = checker.message(spf, &message.content).await;
+        tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
+        match verdict.action {
+            Action::Refuse(reply) => return Err(reply),
+            Action::Quarantine => quarantine = true,
+            Action::Accept => {}
+        }
+        content.extend_from_slice(verdict.headers.as_bytes());
+    }
     if message.user.is_some() {
         // RFC 6409 §8.2 and §8.3: submitted mail gets the Date and Message-ID it lacks.
-        content.extend_from_slice(missing_headers(&message.content, &id, &ctx.config.hostname).as_bytes());
+        let missing = missing_headers(&message.content, &id, hostname);
+        message.content.splice(0..0, missing.into_bytes());
+    }
+    if ours && !ctx.signer.is_empty() {
+        // Signed before it is queued, so that every retry sends the same signature.
+        content.extend_from_slice(ctx.signer.sign(&message.content).as_bytes());
     }
     content.extend_from_slice(&message.content);
     let mut recipients = Vec::new();
@@ -129,6 +179,7 @@ pub async fn message(ctx: &Context, message: Message, peer: IpAddr) -> Result<St
         eight_bit: message.params.body == Body::EightBitMime,
         ret: message.params.ret.map(|r| r.to_string()),
         envid: message.params.envid.clone(),
+        quarantine,
         recipients,
     };
     match ctx.spool.store(&envelope, &content).await {

@@ -4,6 +4,8 @@
 use super::{Context, checks};
 use crate::config::ListenMode;
 use crate::net::Stream;
+use crate::policy::auth::SpfCheck;
+use crate::policy::dnsbl;
 use crate::smtp::Reply;
 use crate::smtp::reply::common;
 use crate::smtp::session::{Check, Event, Session};
@@ -50,18 +52,33 @@ pub async fn handle(
         return;
     }
     tracing::info!(client = %peer, %mode, "connect");
+    // DNS lists are asked about strangers on port 25 while the greeting is held back.
+    let lists = async {
+        if mode != ListenMode::Smtp || trusted {
+            return dnsbl::Verdict::Clean;
+        }
+        let antispam = &ctx.config.antispam;
+        dnsbl::check(&ctx.dns, ip, &antispam.dnswl, &antispam.dnsbl).await
+    };
     // With implicit TLS the client speaks first (its ClientHello).
-    let talked_first = mode != ListenMode::Submissions && pregreet(&tcp, limits.greeting_delay).await;
-    let end = match talked_first {
-        true => {
+    let early = async { mode != ListenMode::Submissions && pregreet(&tcp, limits.greeting_delay).await };
+    let (talked_first, listed) = tokio::join!(early, lists);
+    let end = match (talked_first, listed) {
+        (true, _) => {
             tracing::info!(client = %peer, "client sent data before the greeting");
             let _ = refuse(tcp, common::pipelining_violation()).await;
             End::Closed
         }
-        false => {
+        (false, dnsbl::Verdict::Blocked { zone, .. }) => {
+            let text = format!("Service unavailable; client [{}] blocked using {zone}", ip.to_canonical());
+            let _ = refuse(tcp, Reply::new(554, (5, 7, 1), text)).await;
+            End::Closed
+        }
+        (false, listed) => {
             let _ = tcp.set_nodelay(true);
             let mut stream: Box<dyn Stream> = Box::new(tcp);
-            let end = converse(&ctx, &mut stream, peer, mode, stop).await;
+            let allowlisted = matches!(listed, dnsbl::Verdict::Allowed { .. });
+            let end = converse(&ctx, &mut stream, peer, mode, stop, allowlisted).await;
             let _ = stream.shutdown().await;
             end
         }
@@ -131,11 +148,12 @@ async fn start_tls(ctx: &Context, stream: &mut Box<dyn Stream>) -> Result<String
 }
 
 async fn converse(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     stream: &mut Box<dyn Stream>,
     peer: SocketAddr,
     mode: ListenMode,
     mut stop: watch::Receiver<bool>,
+    allowlisted: bool,
 ) -> End {
     let limits = &ctx.config.limits;
     let deadline = Instant::now() + limits.session_timeout;
@@ -153,6 +171,8 @@ async fn converse(
     let mut out = Vec::new();
     // (start, bytes) of the message content being received, for the minimum data rate.
     let mut transfer: Option<(Instant, u64)> = None;
+    // The SPF check of the open transaction, for mail that is checked.
+    let mut spf: Option<tokio::task::JoinHandle<SpfCheck>> = None;
     loop {
         while let Some(event) = session.poll() {
             match event {
@@ -176,17 +196,44 @@ async fn converse(
                 }
                 Event::Check(Check::Mail { from, params, user }) => {
                     tracing::debug!(client = %peer, from = ?from.as_ref().map(|m| m.to_string()), size = ?params.size, "MAIL");
-                    session.answer_mail(checks::sender(ctx, from.as_ref(), user.as_deref(), peer.ip()));
+                    let verdict = checks::sender(ctx, from.as_ref(), user.as_deref(), peer.ip());
+                    if let Some(earlier) = spf.take() {
+                        earlier.abort();
+                    }
+                    // RFC 7208 §2.4: SPF starts at MAIL and runs while the recipients and
+                    // the message arrive; its verdict is needed at the end of the message.
+                    if verdict.is_ok() && ctx.checks_mail_from(mode, peer.ip(), user.as_deref()).is_some() {
+                        let (ctx, helo) = (ctx.clone(), session.hello_name().unwrap_or_default().to_string());
+                        spf = Some(tokio::spawn(async move {
+                            let checker = ctx.auth.as_ref().expect("checks are on");
+                            checker.spf(peer.ip(), &helo, from.as_ref()).await
+                        }));
+                    }
+                    session.answer_mail(verdict);
                 }
                 Event::Check(Check::Rcpt { to }) => {
                     let user = session.user().map(str::to_string);
-                    session.answer_rcpt(checks::recipient(ctx, &to, peer.ip(), user.as_deref()));
+                    // Greylisting is for strangers on port 25, not for clients on an allow list.
+                    let greylist = mode == ListenMode::Smtp && !allowlisted;
+                    let verdict = checks::recipient(ctx, &to, peer.ip(), user.as_deref(), greylist, session.sender());
+                    session.answer_rcpt(verdict);
                 }
                 Event::Check(Check::Auth { user, password }) => {
                     session.answer_auth(checks::authenticate(ctx, user, password, peer.ip()).await);
                 }
                 Event::Check(Check::Message(message)) => {
-                    let outcome = checks::message(ctx, *message, peer.ip()).await;
+                    let spf = match spf.take() {
+                        None => None,
+                        Some(task) => match task.await {
+                            Ok(check) => Some(check),
+                            Err(e) => {
+                                tracing::error!(client = %peer, error = %e, "SPF check failed to run");
+                                session.answer_message(Err(Reply::new(451, (4, 3, 0), "Local error, try again later")));
+                                continue;
+                            }
+                        },
+                    };
+                    let outcome = checks::message(ctx, *message, peer.ip(), spf).await;
                     session.answer_message(outcome);
                 }
             }

@@ -11,6 +11,9 @@ use crate::config::{Config, ListenMode};
 use crate::delivery::remote::{Hop, Pool, RemoteConfig, TlsClient};
 use crate::dns::Dns;
 use crate::policy::LocalPolicy;
+use crate::policy::auth::Checker;
+use crate::policy::dkim::Signer;
+use crate::policy::greylist::Greylist;
 use crate::policy::limits::{AuthFailures, Connections, Rates};
 use crate::policy::users::Users;
 use crate::queue::{Queue, QueueConfig, Shared};
@@ -33,12 +36,25 @@ pub struct Context {
     pub connections: Arc<Connections>,
     pub rates: Rates,
     pub auth_failures: AuthFailures,
+    /// Tern's resolver, for the DNS block and allow lists.
+    pub dns: Dns,
+    /// Present when `[antispam.greylisting] enabled`.
+    pub greylist: Option<Greylist>,
+    /// SPF, DKIM, ARC and DMARC checks; present when `[auth_checks] enabled`.
+    pub auth: Option<Checker>,
+    /// DKIM keys for mail from users and relay networks.
+    pub signer: Signer,
 }
 
 impl Context {
     /// Clients in `[relay] networks`: may relay, exempt from per-client limits.
     pub fn trusted(&self, ip: IpAddr) -> bool {
         self.config.relay.networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Mail from strangers on port 25 is checked for SPF, DKIM, ARC and DMARC.
+    pub fn checks_mail_from(&self, mode: ListenMode, ip: IpAddr, user: Option<&str>) -> Option<&Checker> {
+        self.auth.as_ref().filter(|_| mode == ListenMode::Smtp && user.is_none() && !self.trusted(ip))
     }
 
     /// The session settings for a listener of `mode` and a client at `ip`.
@@ -70,6 +86,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let signer = Signer::load(&config.dkim)?;
     let mut listeners = Vec::new();
     for l in &config.listen {
         let listener = listen(l.addr).map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
@@ -83,7 +100,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let shared = Shared {
         spool: spool.clone(),
         config: queue_config(&config, own_addrs)?,
-        dns,
+        dns: dns.clone(),
         router: Box::new(routing::PolicyRouter(policy.clone())),
     };
     let (queue, queue_task) = Queue::start(shared, pending);
@@ -94,6 +111,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let rates = Rates::new(limits.rate_window, limits.max_messages_per_window, limits.max_recipients_per_window);
     let a = &config.auth;
     let auth_failures = AuthFailures::new(a.max_failures, a.failure_window, a.ban_time);
+    let grey = &config.antispam.greylisting;
+    let greylist = grey.enabled.then(|| Greylist::open(config.data_dir.join("greylist"), grey));
+    let auth =
+        config.auth_checks.enabled.then(|| Checker::new(&config.hostname, &config.auth_checks, dns.authenticator()));
     let ctx = Arc::new(Context {
         policy,
         config,
@@ -104,6 +125,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
         connections: Arc::new(Connections::default()),
         rates,
         auth_failures,
+        dns,
+        greylist,
+        auth,
+        signer,
     });
 
     let addrs: Vec<String> = listeners

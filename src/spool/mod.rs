@@ -38,6 +38,10 @@ pub struct Envelope {
     pub ret: Option<String>,
     #[serde(default)]
     pub envid: Option<String>,
+    /// Local copies go to the Junk folder: the sender's DMARC policy asked for
+    /// quarantine (RFC 7489 §6.3).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantine: bool,
     pub recipients: Vec<Recipient>,
 }
 

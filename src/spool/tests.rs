@@ -10,6 +10,7 @@ fn envelope(spool: &Spool, rcpts: usize) -> Envelope {
         eight_bit: false,
         ret: None,
         envid: None,
+        quarantine: false,
         recipients: (0..rcpts)
             .map(|i| Recipient {
                 address: format!("u{i}@localhost"),

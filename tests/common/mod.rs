@@ -6,6 +6,7 @@
 //! when its owner is dropped.
 #![allow(dead_code)]
 
+pub mod auth_results;
 pub mod outbound;
 pub mod security;
 
@@ -45,6 +46,11 @@ pub fn loopback_only(dead_port: u16) -> String {
 /// Clients on loopback may relay by default; this makes them strangers, as
 /// on a public port 25.
 pub const NO_RELAY: &str = "\n[relay]\nnetworks = []\n";
+
+/// Mail from strangers is checked for SPF, DKIM and DMARC, which needs DNS; tests
+/// about other things turn the checks off (tests/mail_auth.rs and tests/dkim.rs
+/// test them with a DNS server).
+pub const NO_AUTH_CHECKS: &str = "\n[auth_checks]\nenabled = false\n";
 
 /// How long `Tern::start` waits for the 220 greeting.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -456,23 +462,30 @@ impl Tern {
     }
 
     /// Waits (bounded by `timeout`) until `<maildir>/new` holds at least `n`
-    /// files, then a little longer to catch extra deliveries, and returns
-    /// the contents of all files there. Panics with the logs on time-out.
+    /// files; see `wait_files_within`.
     #[track_caller]
     pub fn wait_mail_within(&self, domain: &str, user: &str, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
-        let dir = self.maildir(domain, user).join("new");
+        self.wait_files_within(&self.maildir(domain, user).join("new"), n, timeout)
+    }
+
+    /// Waits (bounded by `timeout`) until `dir` holds at least `n` files,
+    /// then a little longer to catch extra deliveries, and returns the
+    /// contents of all files there. Panics with the logs on time-out.
+    #[track_caller]
+    pub fn wait_files_within(&self, dir: &Path, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let files = list_files(&dir);
+            let files = list_files(dir);
             if files.len() >= n {
                 thread::sleep(Duration::from_millis(300));
-                return list_files(&dir).iter().map(|p| fs::read(p).expect("read mail file")).collect();
+                return list_files(dir).iter().map(|p| fs::read(p).expect("read mail file")).collect();
             }
             if Instant::now() > deadline {
                 panic!(
-                    "expected {n} message(s) in {}, found {} after {timeout:?}\nqueue list:\n{}\n{}",
+                    "expected {n} message(s) in {}, found {} after {timeout:?}\nall delivered: {:?}\nqueue list:\n{}\n{}",
                     dir.display(),
                     files.len(),
+                    self.all_delivered(),
                     self.queue_list().all(),
                     self.logs()
                 );
@@ -661,13 +674,16 @@ impl Reply {
     }
 }
 
-/// A plain TCP connection for protocol violations no real client makes
-/// (bare LF/CR, pipelining abuse, overlong lines, smuggling, BDAT).
-pub struct Raw {
-    stream: TcpStream,
+/// A raw SMTP connection for protocol violations no real client makes
+/// (bare LF/CR, pipelining abuse, overlong lines, smuggling, BDAT): plain
+/// TCP here; `security::Smtp` runs it over TLS as well.
+pub struct Raw<S = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
     /// Set when the server closed the connection.
     pub closed: bool,
+    /// How long `reply` waits.
+    reply_timeout: Duration,
 }
 
 impl Raw {
@@ -675,7 +691,15 @@ impl Raw {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream.set_read_timeout(Some(Duration::from_millis(200))).expect("read timeout");
         stream.set_write_timeout(Some(Duration::from_secs(20))).expect("write timeout");
-        Raw { stream, buf: Vec::new(), closed: false }
+        Raw::over(stream, Duration::from_secs(10))
+    }
+}
+
+impl<S: Read + Write> Raw<S> {
+    /// SMTP over `stream`, whose reads must time out after a short while;
+    /// `reply` waits up to `reply_timeout`.
+    pub fn over(stream: S, reply_timeout: Duration) -> Raw<S> {
+        Raw { stream, buf: Vec::new(), closed: false, reply_timeout }
     }
 
     /// Writes all bytes in one call. Errors (e.g. the server already closed)
@@ -685,9 +709,12 @@ impl Raw {
         self.stream.flush()
     }
 
-    /// Sends one command line with CRLF.
+    /// Sends one command line with CRLF and reads the reply.
+    #[track_caller]
     pub fn cmd(&mut self, line: &str) -> Reply {
-        self.send(format!("{line}\r\n").as_bytes()).unwrap_or_else(|e| panic!("sending {line:?}: {e}"));
+        if let Err(e) = self.send(format!("{line}\r\n").as_bytes()) {
+            panic!("sending {line:?}: {e}");
+        }
         self.reply()
     }
 
@@ -743,13 +770,14 @@ impl Raw {
         }
     }
 
-    /// Reads one reply (10 s bound); panics if none arrives.
+    /// Reads one reply (bounded by the reply timeout); panics if none arrives.
     #[track_caller]
     pub fn reply(&mut self) -> Reply {
-        match self.try_reply(Duration::from_secs(10)) {
+        match self.try_reply(self.reply_timeout) {
             Some(r) => r,
             None => panic!(
-                "no SMTP reply within 10 s (closed: {}, pending: {:?})",
+                "no SMTP reply within {:?} (closed: {}, pending: {:?})",
+                self.reply_timeout,
                 self.closed,
                 String::from_utf8_lossy(&self.buf)
             ),

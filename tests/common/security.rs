@@ -151,6 +151,7 @@ impl Mta {
              [local.aliases]\n{aliases}\n\n\
              [queue]\nretry = [\"1s\"]\n\n\
              [relay]\n{networks}\n\n\
+             [auth_checks]\nenabled = false\n\n\
              [relay.routes]\n\"{REMOTE}\" = \"127.0.0.2:{hop_port}\"\n\"{REMOTE_ALABEL}\" = \"127.0.0.2:{hop_port}\"\n\n\
              [[listen]]\naddr = \"127.0.0.1:{submission}\"\nmode = \"submission\"\n\n\
              [[listen]]\naddr = \"127.0.0.1:{submissions}\"\nmode = \"submissions\"\n\n{extra}\n",
@@ -444,19 +445,58 @@ fn client_tls_config() -> Arc<ClientConfig> {
 
 const READ_POLL: Duration = Duration::from_millis(200);
 
-enum Conn {
+/// The stream under an `Smtp` session.
+pub enum Conn {
     Plain(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    /// During the TLS handshake, and after one failed.
     Gone,
 }
 
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+            Conn::Gone => Ok(0),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(data),
+            Conn::Tls(s) => s.write(data),
+            Conn::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+            Conn::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
 /// One SMTP connection, plain or TLS, for exact replies and for input no
-/// ordinary client sends.
-pub struct Smtp {
-    conn: Conn,
-    buf: Vec<u8>,
-    /// Set when the server closed the connection.
-    pub closed: bool,
+/// ordinary client sends. Replies are read as by `Raw` (15 s bound).
+pub struct Smtp(Raw<Conn>);
+
+impl std::ops::Deref for Smtp {
+    type Target = Raw<Conn>;
+
+    fn deref(&self) -> &Raw<Conn> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Smtp {
+    fn deref_mut(&mut self) -> &mut Raw<Conn> {
+        &mut self.0
+    }
 }
 
 impl Smtp {
@@ -465,7 +505,7 @@ impl Smtp {
         let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to {port}: {e}"));
         tcp.set_read_timeout(Some(READ_POLL)).expect("read timeout");
         tcp.set_write_timeout(Some(Duration::from_secs(20))).expect("write timeout");
-        Smtp { conn: Conn::Plain(tcp), buf: Vec::new(), closed: false }
+        Smtp(Raw::over(Conn::Plain(tcp), Duration::from_secs(15)))
     }
 
     /// A connection with TLS from the first byte (the greeting is not read yet).
@@ -477,7 +517,7 @@ impl Smtp {
 
     /// Runs the TLS handshake on the plain connection.
     pub fn upgrade(&mut self) -> Result<(), String> {
-        let Conn::Plain(mut tcp) = std::mem::replace(&mut self.conn, Conn::Gone) else {
+        let Conn::Plain(mut tcp) = std::mem::replace(&mut self.stream, Conn::Gone) else {
             return Err("not a plain connection".into());
         };
         self.buf.clear();
@@ -491,7 +531,7 @@ impl Smtp {
             }
         }
         tcp.set_read_timeout(Some(READ_POLL)).map_err(|e| e.to_string())?;
-        self.conn = Conn::Tls(Box::new(StreamOwned::new(tls, tcp)));
+        self.stream = Conn::Tls(Box::new(StreamOwned::new(tls, tcp)));
         Ok(())
     }
 
@@ -507,7 +547,7 @@ impl Smtp {
 
     /// `TLSv1_3` and the like, once TLS is active.
     pub fn tls_version(&self) -> Option<String> {
-        match &self.conn {
+        match &self.stream {
             Conn::Tls(s) => s.conn.protocol_version().map(|v| format!("{v:?}")),
             _ => None,
         }
@@ -515,24 +555,15 @@ impl Smtp {
 
     /// The server's certificate (DER), once TLS is active.
     pub fn peer_certificate(&self) -> Option<Vec<u8>> {
-        match &self.conn {
+        match &self.stream {
             Conn::Tls(s) => s.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
             _ => None,
         }
     }
 
-    /// Writes all bytes at once; an error (the server closed) is returned.
-    pub fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
-        match &mut self.conn {
-            Conn::Plain(s) => s.write_all(data).and_then(|_| s.flush()),
-            Conn::Tls(s) => s.write_all(data).and_then(|_| s.flush()),
-            Conn::Gone => Err(std::io::ErrorKind::NotConnected.into()),
-        }
-    }
-
     /// Closes the writing half (a half-open connection).
     pub fn shutdown_write(&mut self) {
-        match &mut self.conn {
+        match &mut self.stream {
             Conn::Plain(s) => {
                 let _ = s.shutdown(Shutdown::Write);
             }
@@ -543,117 +574,6 @@ impl Smtp {
             }
             Conn::Gone => {}
         }
-    }
-
-    /// Sends one line with CRLF and reads the reply.
-    #[track_caller]
-    pub fn cmd(&mut self, line: &str) -> Reply {
-        if let Err(e) = self.send(format!("{line}\r\n").as_bytes()) {
-            panic!("sending {line:?}: {e}");
-        }
-        self.reply()
-    }
-
-    fn fill(&mut self, deadline: Instant) -> bool {
-        let mut chunk = [0u8; 8192];
-        while Instant::now() < deadline {
-            let read = match &mut self.conn {
-                Conn::Plain(s) => s.read(&mut chunk),
-                Conn::Tls(s) => s.read(&mut chunk),
-                Conn::Gone => Ok(0),
-            };
-            match read {
-                Ok(0) => {
-                    self.closed = true;
-                    return false;
-                }
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return true;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
-                    ) => {}
-                Err(_) => {
-                    self.closed = true;
-                    return false;
-                }
-            }
-        }
-        false
-    }
-
-    fn take_line(&mut self) -> Option<String> {
-        let i = self.buf.iter().position(|&b| b == b'\n')?;
-        let line: Vec<u8> = self.buf.drain(..=i).collect();
-        Some(String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string())
-    }
-
-    /// One complete reply within `timeout`, or None.
-    pub fn try_reply(&mut self, timeout: Duration) -> Option<Reply> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = Vec::new();
-        loop {
-            while let Some(line) = self.take_line() {
-                let more = line.as_bytes().get(3) == Some(&b'-');
-                lines.push(line);
-                if !more {
-                    let code = lines[0].get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-                    return Some(Reply { code, lines });
-                }
-            }
-            if self.closed || Instant::now() >= deadline {
-                return None;
-            }
-            self.fill(deadline);
-        }
-    }
-
-    /// One reply (15 s bound); panics if none arrives.
-    #[track_caller]
-    pub fn reply(&mut self) -> Reply {
-        match self.try_reply(Duration::from_secs(15)) {
-            Some(r) => r,
-            None => panic!(
-                "no SMTP reply within 15 s (closed: {}, pending: {:?})",
-                self.closed,
-                String::from_utf8_lossy(&self.buf)
-            ),
-        }
-    }
-
-    /// Every reply until the server closes or nothing comes for `idle`
-    /// (overall bound 30 s).
-    pub fn replies_until_quiet(&mut self, idle: Duration) -> Vec<Reply> {
-        let mut out = Vec::new();
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            match self.try_reply(idle) {
-                Some(r) => out.push(r),
-                None => break,
-            }
-        }
-        out
-    }
-
-    /// Waits (bounded) for the server to close the connection; data is dropped.
-    pub fn wait_closed(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while !self.closed && Instant::now() < deadline {
-            if self.fill(deadline) {
-                self.buf.clear();
-            }
-        }
-        self.closed
-    }
-
-    #[track_caller]
-    pub fn ehlo(&mut self) -> Reply {
-        let r = self.cmd("EHLO client.test");
-        assert_eq!(r.code, 250, "EHLO: {r:?}");
-        r
     }
 
     /// AUTH LOGIN in three steps; the final reply.

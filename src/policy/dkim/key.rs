@@ -7,7 +7,7 @@ use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -15,12 +15,6 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 pub struct KeyFile {
     pub algorithm: DkimAlgorithm,
     der: PrivateKeyDer<'static>,
-}
-
-/// A key ready to sign with.
-pub enum SigningKey {
-    Rsa(RsaKey<Sha256>),
-    Ed25519(Ed25519Key),
 }
 
 impl KeyFile {
@@ -96,12 +90,12 @@ impl KeyFile {
         Ok(format!("v=DKIM1; k={k}; p={}", STANDARD.encode(self.public_key()?)))
     }
 
-    pub fn signing_key(&self) -> Result<SigningKey, String> {
+    pub fn signing_key(&self) -> Result<DkimKey, String> {
         let err = |e: mail_auth::Error| e.to_string();
         match (self.algorithm, &self.der) {
-            (DkimAlgorithm::RsaSha256, der) => Ok(SigningKey::Rsa(RsaKey::from_key_der(der.clone_key()).map_err(err)?)),
+            (DkimAlgorithm::RsaSha256, der) => Ok(DkimKey::Rsa(RsaKey::from_key_der(der.clone_key()).map_err(err)?)),
             (DkimAlgorithm::Ed25519Sha256, PrivateKeyDer::Pkcs8(d)) => {
-                Ok(SigningKey::Ed25519(Ed25519Key::from_pkcs8_maybe_unchecked_der(d.secret_pkcs8_der()).map_err(err)?))
+                Ok(DkimKey::Ed25519(Ed25519Key::from_pkcs8_maybe_unchecked_der(d.secret_pkcs8_der()).map_err(err)?))
             }
             _ => Err("unsupported key format".into()),
         }

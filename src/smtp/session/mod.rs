@@ -191,6 +191,17 @@ impl Session {
         self.user.as_deref()
     }
 
+    /// The reverse-path of the open transaction; `None` for the null sender or when
+    /// no transaction is open.
+    pub fn sender(&self) -> Option<&Mailbox> {
+        self.txn.as_ref().and_then(|t| t.from.as_ref())
+    }
+
+    /// The name the client gave in EHLO or HELO, once it has.
+    pub fn hello_name(&self) -> Option<&str> {
+        self.hello.as_ref().map(|h| h.name.as_str())
+    }
+
     pub fn greeting(&self) -> Reply {
         Reply::plain(220, vec![format!("{} ESMTP Tern", self.config.hostname)])
     }

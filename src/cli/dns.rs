@@ -1,0 +1,380 @@
+//! `tern dns check DOMAIN`: the MX, SPF, DKIM and DMARC records a domain Tern serves
+//! should publish, next to what DNS returns now (asked through `[dns]`).
+
+use super::dkim::{dkim_zone_line, txt_value};
+use crate::config::{Config, DkimKey};
+use crate::dns::{Dns, DnsError, Mx};
+use crate::policy::auth::spf::{is_spf, record_error};
+use crate::policy::dkim::key::KeyFile;
+use crate::smtp::address::canonical_domain;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use mail_auth::common::parse::TxtRecordParser;
+use mail_auth::common::verify::DomainKey;
+use mail_auth::dmarc::{Dmarc, Policy};
+use mail_auth::spf::{Mechanism, Qualifier, Spf};
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+/// Record text longer than this is cut in the table.
+const SHOWN_MAX: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Missing,
+    Wrong,
+    Error,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Missing => "missing",
+            Status::Wrong => "wrong",
+            Status::Error => "error",
+        }
+    }
+}
+
+/// One record: what DNS holds now and, when that is not right, what to publish.
+struct Row {
+    kind: &'static str,
+    name: String,
+    status: Status,
+    /// The record as DNS returns it now (shortened).
+    found: Option<String>,
+    /// Why the status is not ok.
+    reason: Option<String>,
+    /// Lines below the row: `(label, text)`.
+    notes: Vec<(&'static str, String)>,
+}
+
+impl Row {
+    fn new(kind: &'static str, name: String, status: Status) -> Row {
+        Row { kind, name, status, found: None, reason: None, notes: Vec::new() }
+    }
+
+    fn found(mut self, text: &str) -> Row {
+        self.found = Some(shorten(text));
+        self
+    }
+
+    fn reason(mut self, text: impl Into<String>) -> Row {
+        self.reason = Some(text.into());
+        self
+    }
+
+    fn note(mut self, label: &'static str, text: impl Into<String>) -> Row {
+        self.notes.push((label, text.into()));
+        self
+    }
+}
+
+pub fn check(config: &Config, domain: &str) -> ExitCode {
+    let Some(domain) = canonical_domain(domain) else {
+        eprintln!("tern: {domain:?} is not a domain name");
+        return ExitCode::from(2);
+    };
+    let same = |d: &str| canonical_domain(d).as_deref() == Some(domain.as_str());
+    let keys: Vec<&DkimKey> = config.dkim.iter().filter(|k| same(&k.domain)).collect();
+    if keys.is_empty() && !config.local.domains.iter().any(|d| same(d)) {
+        eprintln!("tern: {domain} is not a domain Tern serves: it is not in [local] domains and has no [[dkim]] key");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tern: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rows = runtime.block_on(async {
+        let dns = Dns::new(&config.dns)?;
+        let hostname = canonical_domain(&config.hostname)
+            .unwrap_or_else(|| config.hostname.trim_end_matches('.').to_ascii_lowercase());
+        let (mx, spf, dkim, dmarc) = tokio::join!(
+            mx_row(&dns, &domain, &hostname),
+            spf_row(&dns, &domain),
+            async {
+                let mut rows = Vec::new();
+                for key in &keys {
+                    rows.push(dkim_row(&dns, &domain, key).await);
+                }
+                rows
+            },
+            dmarc_row(&dns, &domain)
+        );
+        let mut rows = vec![mx, spf];
+        if dkim.is_empty() {
+            rows.push(
+                Row::new("DKIM", format!("_domainkey.{domain}."), Status::Missing)
+                    .reason(format!("no [[dkim]] key for {domain} in the configuration"))
+                    .note("run:", format!("tern dkim keygen {domain}")),
+            );
+        }
+        rows.extend(dkim);
+        rows.push(dmarc);
+        Ok::<_, String>(rows)
+    });
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", table(&rows));
+    if rows.iter().all(|r| r.status == Status::Ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The rows as an aligned table, one block per record.
+fn table(rows: &[Row]) -> String {
+    const KIND: usize = 7;
+    const STATUS: usize = 9;
+    let name_width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    for row in rows {
+        let detail = [row.found.clone(), row.reason.as_ref().map(|r| format!("({r})"))]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let line = format!("{:KIND$}{:name_width$}{:STATUS$}{detail}", row.kind, row.name, row.status.label());
+        let _ = writeln!(out, "{}", line.trim_end());
+        for (label, text) in &row.notes {
+            let _ = writeln!(out, "{:KIND$}{label:10}{text}", "");
+        }
+    }
+    out
+}
+
+/// TXT records of `name`; a name that does not exist has none.
+async fn txt(dns: &Dns, name: &str) -> Result<Vec<String>, String> {
+    match dns.txt(name).await {
+        Ok(records) => Ok(records),
+        Err(DnsError::NoSuchDomain | DnsError::NoRecords) => Ok(Vec::new()),
+        Err(DnsError::Temporary(e)) => Err(e),
+    }
+}
+
+async fn mx_row(dns: &Dns, domain: &str, hostname: &str) -> Row {
+    let name = format!("{domain}.");
+    let publish = format!("{domain}. IN MX 10 {hostname}.");
+    match dns.mx(domain).await {
+        Ok(Mx::Hosts(mut hosts)) => {
+            hosts.sort();
+            let shown = hosts.iter().map(|(pref, host)| format!("{pref} {host}.")).collect::<Vec<_>>().join(", ");
+            if hosts.iter().any(|(_, host)| host == hostname) {
+                Row::new("MX", name, Status::Ok).found(&shown)
+            } else {
+                Row::new("MX", name, Status::Wrong)
+                    .found(&shown)
+                    .reason(format!("none is {hostname}"))
+                    .note("expected:", format!("an MX pointing at {hostname}."))
+                    .note("publish:", publish)
+            }
+        }
+        Ok(Mx::Null) => Row::new("MX", name, Status::Wrong)
+            .found("0 .")
+            .reason("null MX: the domain takes no mail")
+            .note("expected:", format!("an MX pointing at {hostname}."))
+            .note("publish:", publish),
+        Ok(Mx::None) | Err(DnsError::NoSuchDomain | DnsError::NoRecords) => {
+            Row::new("MX", name, Status::Missing).note("publish:", publish)
+        }
+        Err(DnsError::Temporary(e)) => Row::new("MX", name, Status::Error).reason(format!("no answer: {e}")),
+    }
+}
+
+async fn spf_row(dns: &Dns, domain: &str) -> Row {
+    let name = format!("{domain}.");
+    let publish = format!("{domain}. IN TXT {}", txt_value("v=spf1 mx -all"));
+    let records = match txt(dns, domain).await {
+        Ok(r) => r,
+        Err(e) => return Row::new("SPF", name, Status::Error).reason(format!("no answer: {e}")),
+    };
+    let spf: Vec<&String> = records.iter().filter(|r| is_spf(r)).collect();
+    match spf.as_slice() {
+        [] => Row::new("SPF", name, Status::Missing).note("publish:", publish),
+        [one] => match Spf::parse(one.as_bytes()) {
+            Err(e) => Row::new("SPF", name, Status::Wrong)
+                .found(one)
+                .reason(format!("does not parse: {e}"))
+                .note("publish:", publish),
+            // What receivers would call a permanent error (RFC 7208 §4.6).
+            Ok(_) if let Some(problem) = record_error(&[one.to_string()]) => {
+                Row::new("SPF", name, Status::Wrong).found(one).reason(problem).note("publish:", publish)
+            }
+            Ok(parsed) => {
+                // Evaluation stops at the first `all` (RFC 7208 §5.1).
+                let all = parsed.directives.iter().find(|d| d.mechanism == Mechanism::All);
+                match all.map(|d| &d.qualifier) {
+                    Some(q @ (Qualifier::Pass | Qualifier::Neutral)) => Row::new("SPF", name, Status::Wrong)
+                        .found(one)
+                        .reason(format!(
+                            "{}all lets any host send as {domain}",
+                            if *q == Qualifier::Pass { "+" } else { "?" }
+                        ))
+                        .note("publish:", publish),
+                    _ => Row::new("SPF", name, Status::Ok).found(one),
+                }
+            }
+        },
+        several => several
+            .iter()
+            .fold(
+                Row::new("SPF", name, Status::Wrong)
+                    .reason(format!("{} v=spf1 records; there must be one", several.len())),
+                |row, r| row.note("found:", shorten(r)),
+            )
+            .note("publish:", publish),
+    }
+}
+
+/// The tags of a DKIM key record (RFC 6376 §3.6.1), names lower-cased.
+fn dkim_tags(record: &str) -> Vec<(String, String)> {
+    record
+        .split(';')
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect()
+}
+
+async fn dkim_row(dns: &Dns, domain: &str, key: &DkimKey) -> Row {
+    let selector = canonical_domain(&key.selector).unwrap_or_else(|| key.selector.clone());
+    let name = format!("{selector}._domainkey.{domain}.");
+    let path = key.key.display();
+    let read = std::fs::read(&key.key)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| KeyFile::parse_pem(&pem, key.algorithm))
+        .and_then(|k| Ok((k.dns_record()?, STANDARD.encode(k.public_key()?))));
+    let (record, public) = match read {
+        Ok(r) => r,
+        Err(e) => return Row::new("DKIM", name, Status::Error).reason(format!("cannot read the key {path}: {e}")),
+    };
+    let publish = dkim_zone_line(&name, &record);
+    let found = match txt(dns, &name).await {
+        Ok(r) => r,
+        Err(e) => return Row::new("DKIM", name, Status::Error).reason(format!("no answer: {e}")),
+    };
+    let wrong = |text: &str, reason: String| {
+        Row::new("DKIM", name.clone(), Status::Wrong).found(text).reason(reason).note("publish:", publish.clone())
+    };
+    let text = match found.as_slice() {
+        [] => return Row::new("DKIM", name.clone(), Status::Missing).note("publish:", publish.clone()),
+        [one] => one,
+        several => {
+            return several
+                .iter()
+                .fold(
+                    Row::new("DKIM", name.clone(), Status::Wrong)
+                        .reason(format!("{} TXT records; there must be one", several.len())),
+                    |row, r| row.note("found:", shorten(r)),
+                )
+                .note("publish:", publish.clone());
+        }
+    };
+    let tags = dkim_tags(text);
+    let tag = |t: &str| tags.iter().find(|(k, _)| k == t).map(|(_, v)| v.as_str());
+    let published: String = match tag("p") {
+        None => return wrong(text, "no p= tag".into()),
+        Some(p) => p.chars().filter(|c| !c.is_ascii_whitespace()).collect(),
+    };
+    if published.is_empty() {
+        return wrong(text, "the key is revoked: p= is empty".into());
+    }
+    if published != public {
+        return wrong(text, format!("public key differs from {path}"));
+    }
+    let kind = tag("k").unwrap_or("rsa").to_ascii_lowercase();
+    let want = key.algorithm.name().trim_end_matches("-sha256");
+    if kind != want {
+        return wrong(text, format!("k={kind}, but {path} is an {want} key"));
+    }
+    if let Err(e) = DomainKey::parse(text.as_bytes()) {
+        return wrong(text, format!("does not parse: {e}"));
+    }
+    Row::new("DKIM", name.clone(), Status::Ok).found(text)
+}
+
+/// `v=DMARC1` first (RFC 7489 §6.6.3), spaces around `=` allowed.
+fn is_dmarc(text: &str) -> bool {
+    let start: String = text.chars().filter(|c| !c.is_ascii_whitespace()).take(8).collect();
+    start.eq_ignore_ascii_case("v=DMARC1")
+}
+
+async fn dmarc_row(dns: &Dns, domain: &str) -> Row {
+    let name = format!("_dmarc.{domain}.");
+    let publish =
+        format!("{name} IN TXT {}", txt_value(&format!("v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}")));
+    let records = match txt(dns, &name).await {
+        Ok(r) => r,
+        Err(e) => return Row::new("DMARC", name, Status::Error).reason(format!("no answer: {e}")),
+    };
+    let dmarc: Vec<&String> = records.iter().filter(|r| is_dmarc(r)).collect();
+    match dmarc.as_slice() {
+        [] => Row::new("DMARC", name, Status::Missing).note("publish:", publish),
+        [one] => match Dmarc::parse(one.as_bytes()) {
+            // RFC 7489 §6.3: p= is required.
+            Ok(d) if d.p == Policy::Unspecified => {
+                Row::new("DMARC", name, Status::Wrong).found(one).reason("no p= tag").note("publish:", publish)
+            }
+            Ok(_) => Row::new("DMARC", name, Status::Ok).found(one),
+            Err(e) => Row::new("DMARC", name, Status::Wrong)
+                .found(one)
+                .reason(format!("does not parse: {e}"))
+                .note("publish:", publish),
+        },
+        several => several
+            .iter()
+            .fold(
+                Row::new("DMARC", name, Status::Wrong)
+                    .reason(format!("{} v=DMARC1 records; there must be one", several.len())),
+                |row, r| row.note("found:", shorten(r)),
+            )
+            .note("publish:", publish),
+    }
+}
+
+/// Record text cut to a width that fits a terminal line.
+fn shorten(text: &str) -> String {
+    if text.chars().count() <= SHOWN_MAX {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(SHOWN_MAX - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_kinds_are_recognized() {
+        assert!(is_spf("v=spf1 mx -all"));
+        assert!(is_spf("V=SPF1"));
+        assert!(!is_spf("v=spf10 mx"));
+        assert!(!is_spf("google-site-verification=abc"));
+        assert!(is_dmarc("v=DMARC1; p=none"));
+        assert!(is_dmarc("v = DMARC1;p=none"));
+        assert!(!is_dmarc("v=spf1 -all"));
+        let tags = dkim_tags("v=DKIM1; k=ed25519; p=ab cd\t ef");
+        assert_eq!(tags[2], ("p".to_string(), "ab cd\t ef".to_string()));
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = [
+            Row::new("MX", "example.test.".into(), Status::Ok).found("10 mx.example.test."),
+            Row::new("DMARC", "_dmarc.example.test.".into(), Status::Missing).note("publish:", "x"),
+        ];
+        assert_eq!(
+            table(&rows),
+            "MX     example.test.         ok       10 mx.example.test.\n\
+             DMARC  _dmarc.example.test.  missing\n       publish:  x\n"
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! Checks of received mail — SPF (RFC 7208), DKIM (RFC 6376), ARC (RFC 8617) and
+//! DMARC (RFC 7489) — through mail-auth and Tern's resolver, and what the verdict
+//! means for the message.
+
+pub mod cache;
+pub mod dmarc;
+pub mod results;
+pub mod spf;
+
+use crate::config::{AuthChecks, FailAction, TempErrorAction};
+use crate::smtp::Reply;
+use cache::Caches;
+use dmarc::{Identifiers, Outcome};
+use mail_auth::dmarc::Policy;
+use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, MessageAuthenticator, SpfResult};
+use results::Results;
+pub use spf::SpfCheck;
+use tokio::time::{Instant, timeout_at};
+
+/// What becomes of a checked message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Accept,
+    /// Accepted into the recipients' Junk folders.
+    Quarantine,
+    Refuse(Reply),
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Accept => f.write_str("accept"),
+            Action::Quarantine => f.write_str("quarantine"),
+            Action::Refuse(reply) => write!(f, "refuse: {reply}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Verdict {
+    /// `Authentication-Results` (and `Received-SPF`) lines to put on top.
+    pub headers: String,
+    pub action: Action,
+    /// One line for the log.
+    pub summary: String,
+}
+
+pub struct Checker {
+    resolver: MessageAuthenticator,
+    caches: Caches,
+    hostname: String,
+    config: AuthChecks,
+}
+
+fn timed_out() -> Error {
+    Error::Dns(DnsError::Resolver("time budget for the checks used up".into()))
+}
+
+impl Checker {
+    pub fn new(hostname: &str, config: &AuthChecks, resolver: MessageAuthenticator) -> Checker {
+        Checker { resolver, caches: Caches::default(), hostname: hostname.to_string(), config: config.clone() }
+    }
+
+    /// DKIM, ARC and DMARC for the message, run together within the time budget, and
+    /// the decision they lead to with the SPF verdict.
+    pub async fn message(&self, spf: &SpfCheck, content: &[u8]) -> Verdict {
+        let deadline = Instant::now() + self.config.timeout;
+        let message = AuthenticatedMessage::parse(content).unwrap_or_default();
+        let (dkim, arc) = tokio::join!(
+            timeout_at(deadline, self.resolver.verify_dkim(self.caches.with(&message))),
+            timeout_at(deadline, self.resolver.verify_arc(self.caches.with(&message))),
+        );
+        let dkim: Vec<DkimOutput> = dkim.unwrap_or_else(|_| {
+            message.dkim_headers.iter().map(|h| DkimOutput::temp_err(timed_out()).with_signature(&h.header)).collect()
+        });
+        let arc = arc.map(|a| a.result().clone()).unwrap_or_else(|_| DkimResult::TempError(timed_out()));
+        let ids = Identifiers {
+            spf: (spf.result, &spf.domain),
+            dkim: dkim.iter().filter_map(|o| o.signature().map(|s| (o.result(), s.d.to_ascii_lowercase()))).collect(),
+        };
+        let from_domains: Vec<String> =
+            message.from.iter().filter_map(|a| a.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase()).collect();
+        let dmarc = timeout_at(deadline, dmarc::evaluate(&self.resolver, &self.caches, &from_domains, &ids))
+            .await
+            .unwrap_or_else(|_| dmarc::Verdict {
+                outcome: Outcome::TempError,
+                domain: from_domains.first().cloned().unwrap_or_default(),
+                policy: None,
+            });
+        let results = Results {
+            hostname: &self.hostname,
+            spf: spf.result,
+            identity: &spf.identity,
+            dkim: &dkim,
+            arc: &arc,
+            dmarc: &dmarc,
+        };
+        let mut headers = results.header();
+        if self.config.received_spf {
+            headers.push_str(&results::received_spf(&self.hostname, spf.result, &spf.identity, spf.ip, &spf.helo));
+        }
+        let summary = headers
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with('\t'))
+            .map(|l| l.trim().trim_end_matches(';'))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Verdict { headers, action: self.decide(spf, &dmarc), summary }
+    }
+
+    fn decide(&self, spf: &SpfCheck, dmarc: &dmarc::Verdict) -> Action {
+        let c = &self.config;
+        let defer = c.temp_error == TempErrorAction::Defer;
+        match dmarc.outcome {
+            // RFC 7489 §6.3, §6.7: the domain owner's policy decides.
+            Outcome::Fail if c.enforce_dmarc => match dmarc.policy {
+                Some(Policy::Reject) => Action::Refuse(Reply::new(
+                    550,
+                    (5, 7, 1),
+                    format!("Message rejected: it fails the DMARC policy of {}", dmarc.domain),
+                )),
+                Some(Policy::Quarantine) => Action::Quarantine,
+                _ => Action::Accept,
+            },
+            Outcome::Fail | Outcome::Pass => Action::Accept,
+            // Never a permanent refusal for what may be a passing DNS problem.
+            Outcome::TempError if defer => Action::Refuse(Reply::new(
+                451,
+                (4, 7, 1),
+                format!("Temporary DNS error checking the DMARC policy of {}, try again later", dmarc.domain),
+            )),
+            Outcome::TempError => Action::Accept,
+            // Without a DMARC policy, SPF has the say.
+            Outcome::None | Outcome::PermError => match spf.result {
+                SpfResult::Fail if c.spf_fail == FailAction::Reject => Action::Refuse(Reply::new(
+                    550,
+                    (5, 7, 23),
+                    format!("SPF check failed: {} is not allowed to send mail for {}", spf.ip, spf.domain),
+                )),
+                SpfResult::TempError if defer => Action::Refuse(Reply::new(
+                    451,
+                    (4, 7, 24),
+                    format!("Temporary DNS error checking the SPF record of {}, try again later", spf.domain),
+                )),
+                _ => Action::Accept,
+            },
+        }
+    }
+}
