@@ -148,3 +148,74 @@ impl Checker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Dns;
+    use results::SpfIdentity;
+
+    fn checker(config: AuthChecks) -> Checker {
+        let dns = crate::dns::Dns::new(&Dns { nameservers: vec!["127.0.0.1:9".parse().unwrap()] }).unwrap();
+        Checker::new("mx.test", &config, dns.authenticator())
+    }
+
+    fn spf(result: SpfResult) -> SpfCheck {
+        SpfCheck {
+            result,
+            identity: SpfIdentity::MailFrom("a@a.test".into()),
+            domain: "a.test".into(),
+            ip: "192.0.2.1".parse().unwrap(),
+            helo: "client.test".into(),
+        }
+    }
+
+    fn dmarc(outcome: Outcome, policy: Option<Policy>) -> dmarc::Verdict {
+        dmarc::Verdict { outcome, domain: "a.test".into(), policy }
+    }
+
+    fn code(action: Action) -> Option<(u16, String)> {
+        match action {
+            Action::Refuse(r) => Some((r.code, r.to_string().split_whitespace().nth(1).unwrap_or("").to_string())),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_domain_owner_decides_then_spf() {
+        let c = checker(AuthChecks::default());
+        let reject = Some(Policy::Reject);
+        let fail = |p| c.decide(&spf(SpfResult::Fail), &dmarc(Outcome::Fail, p));
+        assert_eq!(code(fail(reject)), Some((550, "5.7.1".into())));
+        assert_eq!(fail(Some(Policy::Quarantine)), Action::Quarantine);
+        assert_eq!(fail(Some(Policy::None)), Action::Accept);
+        // A passing DMARC check outweighs an SPF failure (a forwarded, signed message).
+        assert_eq!(c.decide(&spf(SpfResult::Fail), &dmarc(Outcome::Pass, reject)), Action::Accept);
+        // No policy: SPF fail is refused, temporary errors deferred, the rest accepted.
+        let none = dmarc(Outcome::None, None);
+        assert_eq!(code(c.decide(&spf(SpfResult::Fail), &none)), Some((550, "5.7.23".into())));
+        assert_eq!(code(c.decide(&spf(SpfResult::TempError), &none)), Some((451, "4.7.24".into())));
+        for r in [SpfResult::SoftFail, SpfResult::Neutral, SpfResult::None, SpfResult::PermError, SpfResult::Pass] {
+            assert_eq!(c.decide(&spf(r), &none), Action::Accept, "{r:?}");
+        }
+        assert_eq!(
+            code(c.decide(&spf(SpfResult::Pass), &dmarc(Outcome::TempError, None))),
+            Some((451, "4.7.1".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_operator_can_soften_every_refusal() {
+        let c = checker(AuthChecks {
+            enforce_dmarc: false,
+            spf_fail: FailAction::Accept,
+            temp_error: TempErrorAction::Accept,
+            ..AuthChecks::default()
+        });
+        let none = dmarc(Outcome::None, None);
+        assert_eq!(c.decide(&spf(SpfResult::Fail), &dmarc(Outcome::Fail, Some(Policy::Reject))), Action::Accept);
+        assert_eq!(c.decide(&spf(SpfResult::Fail), &none), Action::Accept);
+        assert_eq!(c.decide(&spf(SpfResult::TempError), &none), Action::Accept);
+        assert_eq!(c.decide(&spf(SpfResult::Pass), &dmarc(Outcome::TempError, None)), Action::Accept);
+    }
+}
