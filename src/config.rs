@@ -439,6 +439,10 @@ impl Config {
                 return Err(format!("dkim: selector {:?} is not a DNS label", key.selector));
             }
         }
+        for sealer in &self.auth_checks.trusted_arc_sealers {
+            crate::smtp::address::canonical_domain(sealer)
+                .ok_or_else(|| format!("auth_checks.trusted_arc_sealers: {sealer:?} is not a domain name"))?;
+        }
         for zone in self.antispam.dnsbl.iter().chain(&self.antispam.dnswl) {
             crate::smtp::address::canonical_domain(zone)
                 .ok_or_else(|| format!("antispam: {zone:?} is not a DNS zone"))?;

@@ -848,3 +848,31 @@ fn arc_chain_with_the_body_changed_after_sealing_fails() {
     let (arc, header) = arc_verdict(tamper_body);
     assert_eq!(arc, "fail", "{header}");
 }
+
+#[test]
+fn a_trusted_forwarders_arc_seal_outweighs_a_dmarc_failure() {
+    // A list at fwd.test relays alice@a.test's mail under its own envelope sender:
+    // SPF passes for fwd.test, which is not aligned with a.test, and a.test says
+    // p=reject. The list sealed the chain; only a receiver that trusts it delivers.
+    require_dkimpy();
+    const SEALER: &str = "fwd.test";
+    let seal = keygen(SEALER, "arc", Alg::Rsa);
+    let dns = DnsServer::start(&zone(&[&seal], Some(DMARC_REJECT), &[SEALER]));
+    let received = [
+        format!("Authentication-Results: {SEALER}; spf=pass smtp.mailfrom={ALICE}; dmarc=pass\r\n").as_bytes(),
+        &message("via the list")[..],
+    ]
+    .concat();
+    let strict = receiver(&dns, "");
+    let sealed = dkimpy_seal(strict.path(), &received, &seal);
+    let refused = submit(&strict, "list@fwd.test", BOB, &sealed);
+    assert_eq!(refused.code, 550, "{refused:?}");
+    assert!(refused.has("5.7.1"), "{refused:?}");
+
+    let trusting = receiver(&dns, &format!("[auth_checks]\ntrusted_arc_sealers = [\"{SEALER}\"]\n"));
+    let stored = deliver(&trusting, "list@fwd.test", BOB, &sealed);
+    let header = values(&stored, "Authentication-Results").join("\n");
+    assert_eq!(verdict(&stored, "arc"), "pass", "{header}");
+    assert_eq!(verdict(&stored, "dmarc"), "fail", "{header}");
+    assert!(header.contains("sealed by trusted fwd.test"), "{header}");
+}

@@ -24,6 +24,10 @@ pub struct AuthChecks {
     pub temp_error: TempErrorAction,
     /// Also add a `Received-SPF` header (RFC 7208 §9.1).
     pub received_spf: bool,
+    /// Forwarders (mailing lists, say) whose ARC seal is trusted: a DMARC failure of
+    /// mail whose ARC chain passes and was last sealed by one of these domains is
+    /// delivered as if it had passed (RFC 8617 §7.2.1).
+    pub trusted_arc_sealers: Vec<String>,
     /// Time allowed for the SPF check (which starts at MAIL and runs while the message
     /// arrives), and again for the DKIM, ARC and DMARC checks at the end of the message.
     #[serde(with = "humantime_serde")]
@@ -38,6 +42,7 @@ impl Default for AuthChecks {
             spf_fail: FailAction::Reject,
             temp_error: TempErrorAction::Defer,
             received_spf: true,
+            trusted_arc_sealers: Vec::new(),
             timeout: Duration::from_secs(20),
         }
     }

@@ -73,6 +73,12 @@ impl Checker {
         let dkim: Vec<DkimOutput> = dkim.unwrap_or_else(|_| {
             message.dkim_headers.iter().map(|h| DkimOutput::temp_err(timed_out()).with_signature(&h.header)).collect()
         });
+        // The domain that sealed a passing ARC chain last, if it is one we trust.
+        let trusted_sealer = arc.as_ref().ok().filter(|a| *a.result() == DkimResult::Pass).and_then(|a| {
+            let newest = a.sets().iter().max_by_key(|set| set.seal.header.i)?;
+            let sealer = newest.seal.header.d.to_ascii_lowercase();
+            self.config.trusted_arc_sealers.iter().any(|t| t.eq_ignore_ascii_case(&sealer)).then_some(sealer)
+        });
         let arc = arc.map(|a| a.result().clone()).unwrap_or_else(|_| DkimResult::TempError(timed_out()));
         let ids = Identifiers {
             spf: (spf.result, &spf.domain),
@@ -94,6 +100,7 @@ impl Checker {
             dkim: &dkim,
             arc: &arc,
             dmarc: &dmarc,
+            arc_override: trusted_sealer.as_deref().filter(|_| dmarc.outcome == Outcome::Fail),
         };
         let mut headers = results.header();
         if self.config.received_spf {
@@ -106,13 +113,16 @@ impl Checker {
             .map(|l| l.trim().trim_end_matches(';'))
             .collect::<Vec<_>>()
             .join("; ");
-        Verdict { headers, action: self.decide(spf, &dmarc), summary }
+        Verdict { headers, action: self.decide(spf, &dmarc, trusted_sealer.is_some()), summary }
     }
 
-    fn decide(&self, spf: &SpfCheck, dmarc: &dmarc::Verdict) -> Action {
+    /// The action for the verdicts; `trusted_arc`: a trusted forwarder sealed a passing
+    /// ARC chain, which vouches for the message as it was before forwarding broke it.
+    fn decide(&self, spf: &SpfCheck, dmarc: &dmarc::Verdict, trusted_arc: bool) -> Action {
         let c = &self.config;
         let defer = c.temp_error == TempErrorAction::Defer;
         match dmarc.outcome {
+            Outcome::Fail if trusted_arc => Action::Accept,
             // RFC 7489 §6.3, §6.7: the domain owner's policy decides.
             Outcome::Fail if c.enforce_dmarc => match dmarc.policy {
                 Some(Policy::Reject) => Action::Refuse(Reply::new(
@@ -174,6 +184,12 @@ mod tests {
         dmarc::Verdict { outcome, domain: "a.test".into(), policy }
     }
 
+    impl Checker {
+        fn decide_for(&self, spf: &SpfCheck, dmarc: &dmarc::Verdict) -> Action {
+            self.decide(spf, dmarc, false)
+        }
+    }
+
     fn code(action: Action) -> Option<(u16, String)> {
         match action {
             Action::Refuse(r) => Some((r.code, r.to_string().split_whitespace().nth(1).unwrap_or("").to_string())),
@@ -185,21 +201,23 @@ mod tests {
     async fn the_domain_owner_decides_then_spf() {
         let c = checker(AuthChecks::default());
         let reject = Some(Policy::Reject);
-        let fail = |p| c.decide(&spf(SpfResult::Fail), &dmarc(Outcome::Fail, p));
+        let fail = |p| c.decide_for(&spf(SpfResult::Fail), &dmarc(Outcome::Fail, p));
         assert_eq!(code(fail(reject)), Some((550, "5.7.1".into())));
         assert_eq!(fail(Some(Policy::Quarantine)), Action::Quarantine);
         assert_eq!(fail(Some(Policy::None)), Action::Accept);
         // A passing DMARC check outweighs an SPF failure (a forwarded, signed message).
-        assert_eq!(c.decide(&spf(SpfResult::Fail), &dmarc(Outcome::Pass, reject)), Action::Accept);
+        assert_eq!(c.decide_for(&spf(SpfResult::Fail), &dmarc(Outcome::Pass, reject)), Action::Accept);
+        // So does a passing ARC chain sealed by a trusted forwarder (RFC 8617 §7.2.1).
+        assert_eq!(c.decide(&spf(SpfResult::Fail), &dmarc(Outcome::Fail, reject), true), Action::Accept);
         // No policy: SPF fail is refused, temporary errors deferred, the rest accepted.
         let none = dmarc(Outcome::None, None);
-        assert_eq!(code(c.decide(&spf(SpfResult::Fail), &none)), Some((550, "5.7.23".into())));
-        assert_eq!(code(c.decide(&spf(SpfResult::TempError), &none)), Some((451, "4.7.24".into())));
+        assert_eq!(code(c.decide_for(&spf(SpfResult::Fail), &none)), Some((550, "5.7.23".into())));
+        assert_eq!(code(c.decide_for(&spf(SpfResult::TempError), &none)), Some((451, "4.7.24".into())));
         for r in [SpfResult::SoftFail, SpfResult::Neutral, SpfResult::None, SpfResult::PermError, SpfResult::Pass] {
-            assert_eq!(c.decide(&spf(r), &none), Action::Accept, "{r:?}");
+            assert_eq!(c.decide_for(&spf(r), &none), Action::Accept, "{r:?}");
         }
         assert_eq!(
-            code(c.decide(&spf(SpfResult::Pass), &dmarc(Outcome::TempError, None))),
+            code(c.decide_for(&spf(SpfResult::Pass), &dmarc(Outcome::TempError, None))),
             Some((451, "4.7.1".into()))
         );
     }
@@ -213,9 +231,9 @@ mod tests {
             ..AuthChecks::default()
         });
         let none = dmarc(Outcome::None, None);
-        assert_eq!(c.decide(&spf(SpfResult::Fail), &dmarc(Outcome::Fail, Some(Policy::Reject))), Action::Accept);
-        assert_eq!(c.decide(&spf(SpfResult::Fail), &none), Action::Accept);
-        assert_eq!(c.decide(&spf(SpfResult::TempError), &none), Action::Accept);
-        assert_eq!(c.decide(&spf(SpfResult::Pass), &dmarc(Outcome::TempError, None)), Action::Accept);
+        assert_eq!(c.decide_for(&spf(SpfResult::Fail), &dmarc(Outcome::Fail, Some(Policy::Reject))), Action::Accept);
+        assert_eq!(c.decide_for(&spf(SpfResult::Fail), &none), Action::Accept);
+        assert_eq!(c.decide_for(&spf(SpfResult::TempError), &none), Action::Accept);
+        assert_eq!(c.decide_for(&spf(SpfResult::Pass), &dmarc(Outcome::TempError, None)), Action::Accept);
     }
 }

@@ -100,6 +100,8 @@ pub struct Results<'a> {
     pub dkim: &'a [DkimOutput<'a>],
     pub arc: &'a DkimResult,
     pub dmarc: &'a dmarc::Verdict,
+    /// The trusted ARC sealer whose chain outweighs a DMARC failure.
+    pub arc_override: Option<&'a str>,
 }
 
 impl Results<'_> {
@@ -140,6 +142,9 @@ impl Results<'_> {
         }
         let _ = write!(h, ";\r\n\tarc={}", arc_word(self.arc));
         let _ = write!(h, ";\r\n\tdmarc={}", dmarc_word(self.dmarc.outcome));
+        if let Some(sealer) = self.arc_override {
+            comment(&mut h, &format!("accepted: ARC chain sealed by trusted {sealer}"));
+        }
         if !self.dmarc.domain.is_empty() {
             h.push_str(" header.from=");
             pvalue(&mut h, &self.dmarc.domain);
