@@ -41,13 +41,12 @@ impl KeyFile {
         Ok(key)
     }
 
-    /// The key as PKCS#8 (or PKCS#1) PEM.
+    /// The key as PEM: PKCS#1 when it was read so, PKCS#8 otherwise (the only other
+    /// form `parse_pem` and `generate` make).
     pub fn to_pem(&self) -> String {
         let (label, der) = match &self.der {
             PrivateKeyDer::Pkcs1(d) => ("RSA PRIVATE KEY", d.secret_pkcs1_der()),
-            PrivateKeyDer::Pkcs8(d) => ("PRIVATE KEY", d.secret_pkcs8_der()),
-            PrivateKeyDer::Sec1(d) => ("EC PRIVATE KEY", d.secret_sec1_der()),
-            _ => ("PRIVATE KEY", &[][..]),
+            other => ("PRIVATE KEY", other.secret_der()),
         };
         let b64 = STANDARD.encode(der);
         let mut out = format!("-----BEGIN {label}-----\n");
