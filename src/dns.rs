@@ -1,5 +1,5 @@
 //! The resolver (hickory), configured from `[dns]`: MX and address lookups for
-//! outbound delivery, TXT lookups for `tern dns check`.
+//! outbound delivery, TXT lookups for SPF and `tern dns check`.
 
 use crate::config;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};

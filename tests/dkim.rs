@@ -272,24 +272,6 @@ impl Capture {
     }
 }
 
-/// Bytes of `msg` made ready for SMTP DATA (dot-stuffed, with the final dot).
-fn dot_stuffed(msg: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(msg.len() + 8);
-    let mut line_start = true;
-    for &b in msg {
-        if line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        line_start = b == b'\n';
-    }
-    if !line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
 /// One SMTP transaction on `t` from 127.0.0.1; returns the reply to the
 /// end of the message.
 #[track_caller]
@@ -302,7 +284,7 @@ fn submit(t: &Tern, sender: &str, rcpt: &str, msg: &[u8]) -> Reply {
     assert_eq!(r.code, 250, "RCPT TO:<{rcpt}>: {r:?}");
     let r = s.cmd("DATA");
     assert_eq!(r.code, 354, "DATA: {r:?}");
-    s.send(&dot_stuffed(msg)).expect("send the message");
+    s.send(&tern::delivery::remote::dot_stuff(msg)).expect("send the message");
     let r = s.try_reply(Duration::from_secs(30)).unwrap_or_else(|| panic!("no reply to the final dot\n{}", t.logs()));
     let _ = s.send(b"QUIT\r\n");
     r

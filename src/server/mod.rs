@@ -113,8 +113,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let auth_failures = AuthFailures::new(a.max_failures, a.failure_window, a.ban_time);
     let grey = &config.antispam.greylisting;
     let greylist = grey.enabled.then(|| Greylist::open(config.data_dir.join("greylist"), grey));
-    let auth =
-        config.auth_checks.enabled.then(|| Checker::new(&config.hostname, &config.auth_checks, dns.authenticator()));
+    let auth = config.auth_checks.enabled.then(|| Checker::new(&config.hostname, &config.auth_checks, &dns));
     let ctx = Arc::new(Context {
         policy,
         config,

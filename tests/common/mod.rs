@@ -574,7 +574,8 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
+/// Every file below `dir`, at most eight levels down.
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     if depth > 8 {
         return;
     }

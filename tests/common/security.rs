@@ -11,10 +11,8 @@
 use super::outbound::{peer_port, wait_greeting};
 use super::*;
 use base64::Engine;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{BufRead, BufReader};
 use std::process::ChildStdin;
 use std::sync::{Arc, Mutex, mpsc};
@@ -338,25 +336,9 @@ pub fn message(token: &str, to: &str) -> Vec<u8> {
 /// content holds `token`.
 pub fn find_token(root: &Path, token: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    walk_files(root, &mut files, 0);
+    walk(root, &mut files, 0);
     files.retain(|p| p.parent().and_then(|d| d.file_name()).is_some_and(|n| n == "new" || n == "cur"));
     files.into_iter().filter(|p| fs::read(p).is_ok_and(|b| contains(&b, token.as_bytes()))).collect()
-}
-
-fn walk_files(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
-    if depth > 8 {
-        return;
-    }
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.filter_map(|e| e.ok()) {
-            let p = e.path();
-            if p.is_dir() {
-                walk_files(&p, out, depth + 1);
-            } else {
-                out.push(p);
-            }
-        }
-    }
 }
 
 /// The unfolded `Received:` field Tern prepended (the first one).
@@ -393,52 +375,14 @@ pub fn header_values(msg: &[u8], name: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // An SMTP client with TLS.
 
-/// Accepts any server certificate: the servers under test use self-signed ones.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn client_tls_config() -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        // The servers under test use self-signed certificates.
+        .with_custom_certificate_verifier(Arc::new(tern::delivery::remote::AcceptAny::new(provider)))
         .with_no_client_auth();
     Arc::new(config)
 }

@@ -10,7 +10,7 @@ mod transaction;
 pub use client::{RemoteReply, dot_stuff, parse_reply_line};
 pub use pool::Pool;
 pub use route::Hop;
-pub use tls::{TlsClient, TlsLevel};
+pub use tls::{AcceptAny, TlsClient, TlsLevel};
 
 use super::{Delivered, Failure};
 use crate::config::SmarthostTls;

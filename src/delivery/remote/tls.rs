@@ -34,9 +34,16 @@ impl fmt::Display for TlsLevel {
     }
 }
 
-/// Accepts any certificate but still checks the handshake signatures.
+/// Accepts any certificate but still checks the handshake signatures: for
+/// opportunistic TLS, and for clients of servers with self-signed certificates.
 #[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
+pub struct AcceptAny(Arc<CryptoProvider>);
+
+impl AcceptAny {
+    pub fn new(provider: Arc<CryptoProvider>) -> AcceptAny {
+        AcceptAny(provider)
+    }
+}
 
 impl ServerCertVerifier for AcceptAny {
     fn verify_server_cert(

@@ -8,6 +8,7 @@ pub mod results;
 pub mod spf;
 
 use crate::config::{AuthChecks, FailAction, TempErrorAction};
+use crate::dns::Dns;
 use crate::smtp::Reply;
 use cache::Caches;
 use dmarc::{Identifiers, Outcome};
@@ -46,6 +47,8 @@ pub struct Verdict {
 }
 
 pub struct Checker {
+    /// Tern's resolver, and mail-auth's view of the same one.
+    dns: Dns,
     resolver: MessageAuthenticator,
     caches: Caches,
     hostname: String,
@@ -57,8 +60,14 @@ fn timed_out() -> Error {
 }
 
 impl Checker {
-    pub fn new(hostname: &str, config: &AuthChecks, resolver: MessageAuthenticator) -> Checker {
-        Checker { resolver, caches: Caches::default(), hostname: hostname.to_string(), config: config.clone() }
+    pub fn new(hostname: &str, config: &AuthChecks, dns: &Dns) -> Checker {
+        Checker {
+            dns: dns.clone(),
+            resolver: dns.authenticator(),
+            caches: Caches::default(),
+            hostname: hostname.to_string(),
+            config: config.clone(),
+        }
     }
 
     /// DKIM, ARC and DMARC for the message, run together within the time budget, and
@@ -162,12 +171,12 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Dns;
     use results::SpfIdentity;
 
     fn checker(config: AuthChecks) -> Checker {
-        let dns = crate::dns::Dns::new(&Dns { nameservers: vec!["127.0.0.1:9".parse().unwrap()] }).unwrap();
-        Checker::new("mx.test", &config, dns.authenticator())
+        let nameservers = vec!["127.0.0.1:9".parse().unwrap()];
+        let dns = Dns::new(&crate::config::Dns { nameservers }).unwrap();
+        Checker::new("mx.test", &config, &dns)
     }
 
     fn spf(result: SpfResult) -> SpfCheck {

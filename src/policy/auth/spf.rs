@@ -5,7 +5,6 @@
 use super::Checker;
 use super::results::{self, SpfIdentity};
 use crate::smtp::address::Mailbox;
-use hickory_resolver::proto::rr::RData;
 use mail_auth::SpfResult;
 use mail_auth::spf::verify::SpfParameters;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -45,11 +44,11 @@ impl Checker {
         let deadline = Instant::now() + self.config.timeout;
         let (verdict, records) = tokio::join!(
             timeout_at(deadline, self.resolver.verify_spf(self.caches.with(params))),
-            timeout_at(deadline, self.txt_records(&domain)),
+            timeout_at(deadline, self.dns.txt(&domain)),
         );
         let mut result = verdict.map_or(SpfResult::TempError, |o| o.result());
         if !matches!(result, SpfResult::TempError | SpfResult::None)
-            && let Ok(records) = records
+            && let Ok(Ok(records)) = records
             && let Some(problem) = record_error(&records)
         {
             tracing::info!(%ip, %domain, problem, "SPF record is invalid");
@@ -59,21 +58,6 @@ impl Checker {
             tracing::info!(%ip, %domain, result = results::spf_word(result), "SPF check did not conclude");
         }
         check(result)
-    }
-
-    /// The TXT records of `domain`, each one's strings joined; empty on any error.
-    async fn txt_records(&self, domain: &str) -> Vec<String> {
-        let Ok(lookup) = self.resolver.resolver().txt_lookup(format!("{domain}.")).await else {
-            return Vec::new();
-        };
-        lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(txt) => Some(String::from_utf8_lossy(&txt.txt_data.concat()).into_owned()),
-                _ => None,
-            })
-            .collect()
     }
 }
 
