@@ -669,13 +669,32 @@ fn results_forged_in_terns_name_are_not_kept() {
 
 #[test]
 fn mail_from_an_authenticated_user_is_signed() {
+    let msg = common::security::message("authenticated-signed", common::security::BOB);
+    submitted_and_signed(&msg);
+}
+
+#[test]
+fn headers_added_to_submitted_mail_are_signed_too() {
+    // Without Date and Message-ID Tern adds both (RFC 6409 §8.2, §8.3) before signing.
+    let full = common::security::message("added-and-signed", common::security::BOB);
+    let text = String::from_utf8(full).expect("ASCII message");
+    let bare: String =
+        text.split_inclusive("\r\n").filter(|l| !l.starts_with("Date:") && !l.starts_with("Message-ID:")).collect();
+    let stored = submitted_and_signed(bare.as_bytes());
+    assert_eq!(values(&stored, "Date").len(), 1, "{}", show(&stored));
+    assert_eq!(values(&stored, "Message-ID").len(), 1, "{}", show(&stored));
+}
+
+/// `msg` submitted by an authenticated user (relaying closed) and delivered to the
+/// next server: signed with the user's domain key, which dkimpy finds valid.
+fn submitted_and_signed(msg: &[u8]) -> Vec<u8> {
     use common::security::{ALICE as USER, BOB as PEER_USER, Mta, Opts, Port};
     require_dkimpy();
     let domain = USER.split_once('@').expect("address").1;
     let key = keygen(domain, "sub", Alg::Ed25519);
     // Loopback clients are strangers here: only the authentication counts.
     let m = Mta::start(Opts { extra: &key.config(), ..Opts::default() });
-    let file = m.write("msg.eml", &common::security::message("authenticated-signed", PEER_USER));
+    let file = m.write("msg.eml", msg);
     let out = m.swaks(
         Port::Submission,
         &[
@@ -702,6 +721,7 @@ fn mail_from_an_authenticated_user_is_signed() {
     assert_eq!(sig.get("s").map(String::as_str), Some("sub"), "{sig:?}");
     assert_eq!(sig.get("a").map(String::as_str), Some("ed25519-sha256"), "{sig:?}");
     assert_eq!(dkimpy_verify(m.t.path(), &stored[0], &key), "pass", "dkimpy on:\n{}", show(&stored[0]));
+    stored.into_iter().next().expect("one message")
 }
 
 #[test]

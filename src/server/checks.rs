@@ -142,15 +142,16 @@ pub async fn message(
         }
         content.extend_from_slice(verdict.headers.as_bytes());
     }
-    if message.user.is_some() {
-        // RFC 6409 §8.2 and §8.3: submitted mail gets the Date and Message-ID it lacks.
-        let missing = missing_headers(&message.content, &id, hostname);
-        message.content.splice(0..0, missing.into_bytes());
-    }
+    // RFC 6409 §8.2 and §8.3: submitted mail gets the Date and Message-ID it lacks.
+    let added = match message.user {
+        Some(_) => missing_headers(&message.content, &id, hostname),
+        None => String::new(),
+    };
     if ours && !ctx.signer.is_empty() {
         // Signed before it is queued, so that every retry sends the same signature.
-        content.extend_from_slice(ctx.signer.sign(&message.content).as_bytes());
+        content.extend_from_slice(ctx.signer.sign(added.as_bytes(), &message.content).as_bytes());
     }
+    content.extend_from_slice(added.as_bytes());
     content.extend_from_slice(&message.content);
     let mut recipients = Vec::new();
     // `alice@x`, `Alice@X.` and `alice+tag@x` in one transaction get one copy.

@@ -60,26 +60,23 @@ impl Signer {
         self.keys.is_empty()
     }
 
-    /// `DKIM-Signature` fields for `message` (header and body, CRLF lines), one per
-    /// key of the domain in its `From:` field; empty when that domain has no key.
-    pub fn sign(&self, message: &[u8]) -> String {
+    /// `DKIM-Signature` fields for the message made of the header fields `added`
+    /// followed by `message` (header and body, CRLF lines): one per key of the domain
+    /// in its single `From:` field, none when that domain has no key.
+    pub fn sign(&self, added: &[u8], message: &[u8]) -> String {
         let Some(parsed) = AuthenticatedMessage::parse(message) else {
             return String::new();
         };
         let [from] = parsed.from.as_slice() else {
             return String::new();
         };
-        let Some(keys) = from
-            .rsplit_once('@')
-            .and_then(|(_, d)| crate::smtp::address::canonical_domain(d))
-            .and_then(|d| self.keys.get(&d).map(|keys| (d, keys)))
-        else {
+        let domain = from.rsplit_once('@').and_then(|(_, d)| crate::smtp::address::canonical_domain(d));
+        let Some((domain, keys)) = domain.and_then(|d| self.keys.get(&d).map(|keys| (d, keys))) else {
             return String::new();
         };
-        let (domain, keys) = keys;
         let mut out = String::new();
         for key in keys {
-            match key.sign(message) {
+            match key.sign_chained([added, message]) {
                 Ok(signature) => out.push_str(&signature.to_header()),
                 Err(e) => tracing::warn!(domain, error = %e, "cannot sign message"),
             }
