@@ -62,6 +62,22 @@ pub struct Config {
     pub dkim: Vec<DkimKey>,
     #[serde(default)]
     pub antispam: Antispam,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+}
+
+/// How the spool lays out its files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// A segment file is closed and a new one started past this many bytes.
+    pub segment_size: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { segment_size: 64 << 20 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -431,6 +447,9 @@ impl Config {
         }
         if self.queue.concurrency == 0 {
             return Err("queue.concurrency: must be at least 1".into());
+        }
+        if self.spool.segment_size < 4096 {
+            return Err("spool.segment_size: must be at least 4096 bytes".into());
         }
         for key in &self.dkim {
             crate::smtp::address::canonical_domain(&key.domain)

@@ -25,8 +25,8 @@ pub async fn run(shared: &Arc<Shared>, mut stored: Stored, content: Option<Arc<V
     let content = match content {
         Some(c) => Ok(c),
         None => {
-            let (spool, body) = (shared.spool.clone(), stored.body);
-            tokio::task::spawn_blocking(move || spool.read_body(&body).map(Arc::new))
+            let (spool, stored) = (shared.spool.clone(), stored.clone());
+            tokio::task::spawn_blocking(move || spool.read_content(&stored).map(Arc::new))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         }
@@ -231,7 +231,7 @@ pub async fn bounce_all(
 ) -> Vec<(Stored, Arc<Vec<u8>>)> {
     let content = match content {
         Some(c) => c,
-        None => match shared.spool.read_body(&stored.body) {
+        None => match shared.spool.read_content(stored) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::error!(id = %stored.envelope.id, error = %e, "cannot read message for its bounce");

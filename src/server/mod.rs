@@ -18,7 +18,7 @@ use crate::policy::limits::{AuthFailures, Connections, Rates};
 use crate::policy::users::Users;
 use crate::queue::{Queue, QueueConfig, Shared};
 use crate::smtp::session::SessionConfig;
-use crate::spool::Spool;
+use crate::spool::{self, Spool};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -78,8 +78,10 @@ impl Context {
 /// Runs the server until SIGTERM or SIGINT, then stops gracefully.
 pub async fn serve(config: Config) -> Result<(), String> {
     let spool_dir = config.spool_dir();
-    let (spool, pending) =
-        Spool::open(&spool_dir).map_err(|e| format!("cannot open spool {}: {e}", spool_dir.display()))?;
+    let options = spool::Options { segment_size: config.spool.segment_size };
+    let open = |e: std::io::Error| format!("cannot open spool {}: {e}", spool_dir.display());
+    let spool = Spool::open(&spool_dir, options).map_err(open)?;
+    let pending = spool.load().await.map_err(open)?;
     let recovered = pending.len();
     // Signals are caught from the start, so that an early SIGTERM or SIGHUP never
     // kills the process the default way.

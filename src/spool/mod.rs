@@ -3,18 +3,23 @@
 //! Messages are appended to segment files (`<data_dir>/spool/seg-NNNNNNNNNN.log`) by one
 //! writer thread that commits in groups: all requests that arrive while one `fdatasync`
 //! runs share the next one, so concurrent sessions are not capped at one fsync each.
-//! A caller is answered only after its record is on disk. A segment is deleted once
-//! every message in it is finished; recovery on start reads the segments back.
+//! A caller is answered only after its record is on disk. What each segment still
+//! holds that is needed, and so when it may be deleted, is kept by [`index`]; the
+//! writer compacts old segments by copying their live messages forward. Recovery on
+//! start reads the segments back through the same bookkeeping.
 
+mod index;
 mod record;
 mod recover;
+mod store;
 mod writer;
 
 pub use recover::scan;
+pub use store::Store;
 
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -119,6 +124,43 @@ pub struct Stored {
     pub body: BodyRef,
 }
 
+/// A piece of a message's content as it is handed to the spool.
+pub enum Part {
+    Bytes(Vec<u8>),
+    /// `len` bytes of `file` from `offset` (the spill file of a message being received).
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Part {
+    pub fn len(&self) -> u64 {
+        match self {
+            Part::Bytes(b) => b.len() as u64,
+            Part::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How the spool lays out its segments.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// A segment is closed and a new one started past this size.
+    pub segment_size: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { segment_size: 64 << 20 }
+    }
+}
+
 /// Handle to the spool; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
@@ -129,6 +171,18 @@ struct Inner {
     dir: PathBuf,
     tx: mpsc::Sender<writer::Request>,
     last_id: AtomicU64,
+    locations: writer::Locations,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    /// The writer finishes what it was asked, then stops; nothing of it outlives the spool.
+    fn drop(&mut self) {
+        let _ = self.tx.send(writer::Request::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn segment_path(dir: &Path, segment: u64) -> PathBuf {
@@ -140,15 +194,18 @@ fn closed() -> io::Error {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool in `dir` and returns the messages that are
-    /// still pending, in arrival order.
-    pub fn open(dir: &Path) -> io::Result<(Spool, Vec<Stored>)> {
-        std::fs::create_dir_all(dir)?;
+    /// Opens (creating if needed, owner-only) the spool in `dir`, recovering what is
+    /// on disk; [`Spool::load`] then gives the pending messages.
+    pub fn open(dir: &Path, options: Options) -> io::Result<Spool> {
+        Spool::open_with(dir, options, writer::Fuel::default())
+    }
+
+    fn open_with(dir: &Path, options: Options, fuel: writer::Fuel) -> io::Result<Spool> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let found = recover::recover(dir)?;
-        let pending: Vec<Stored> = found.messages.values().cloned().collect();
-        let tx = writer::start(dir.to_path_buf(), &found)?;
-        let inner = Inner { dir: dir.to_path_buf(), tx, last_id: AtomicU64::new(0) };
-        Ok((Spool { inner: Arc::new(inner) }, pending))
+        let (tx, locations, thread) = writer::start(dir.to_path_buf(), found, options.segment_size.max(4096), fuel)?;
+        let inner = Inner { dir: dir.to_path_buf(), tx, last_id: AtomicU64::new(0), locations, thread: Some(thread) };
+        Ok(Spool { inner: Arc::new(inner) })
     }
 
     /// A new queue id: 16 upper-case hex digits, increasing with time.
@@ -162,35 +219,54 @@ impl Spool {
         format!("{:016X}", now.max(prev + 1))
     }
 
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> writer::Request) -> io::Result<T> {
+        let (reply, wait) = oneshot::channel();
+        self.inner.tx.send(request(reply)).map_err(|_| closed())?;
+        wait.await.map_err(|_| closed())
+    }
+
     /// Stores a message durably; returns once it is on disk.
     pub async fn store(&self, envelope: &Envelope, body: &[u8]) -> io::Result<Stored> {
-        let (record, body_in_record) = record::encode_message(envelope, body);
-        let (reply, wait) = oneshot::channel();
-        let request = writer::Request::Message { id: envelope.id.clone(), record, reply };
-        self.inner.tx.send(request).map_err(|_| closed())?;
-        let (segment, at) = wait.await.map_err(|_| closed())??;
-        let body = BodyRef { segment, offset: at + body_in_record, len: body.len() as u64 };
-        Ok(Stored { envelope: envelope.clone(), body })
+        self.store_parts(envelope, vec![Part::Bytes(body.to_vec())]).await
+    }
+
+    /// Stores a message whose content is the concatenation of `parts`; returns once it
+    /// is on disk.
+    pub async fn store_parts(&self, envelope: &Envelope, parts: Vec<Part>) -> io::Result<Stored> {
+        let meta = record::message_meta(envelope);
+        let stored = Stored { envelope: envelope.clone(), body: BodyRef { segment: 0, offset: 0, len: 0 } };
+        self.ask(|reply| writer::Request::Message { stored, meta, parts, reply }).await?
     }
 
     /// Records changes durably; returns once they are on disk.
     pub async fn record(&self, changes: &[Change]) -> io::Result<()> {
-        let records: Vec<Vec<u8>> = changes.iter().map(record::encode_change).collect();
-        let done = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Done { id } => Some(id.clone()),
-                Change::Recipient { .. } => None,
-            })
-            .collect();
-        let (reply, wait) = oneshot::channel();
-        self.inner.tx.send(writer::Request::Changes { records, done, reply }).map_err(|_| closed())?;
-        wait.await.map_err(|_| closed())?
+        let records = changes.iter().map(record::encode_change).collect();
+        let changes = changes.to_vec();
+        self.ask(|reply| writer::Request::Changes { changes, records, reply }).await?
     }
 
-    /// Reads a message's content (blocking).
-    pub fn read_body(&self, body: &BodyRef) -> io::Result<Vec<u8>> {
-        read_body(&self.inner.dir, body)
+    /// The pending messages, in arrival order, as they stand now.
+    pub async fn load(&self) -> io::Result<Vec<Stored>> {
+        self.ask(|reply| writer::Request::Load { reply }).await
+    }
+
+    /// Compacts every segment closed so far; returns once their live messages are
+    /// copied forward and the segments are gone.
+    pub async fn compact(&self) -> io::Result<()> {
+        self.ask(|reply| writer::Request::Compact { reply }).await?
+    }
+
+    /// Reads a message's content (blocking), wherever compaction has moved it.
+    pub fn read_content(&self, stored: &Stored) -> io::Result<Vec<u8>> {
+        let locate = || self.inner.locations.lock().expect("locations").get(&stored.envelope.id).copied();
+        match read_body(&self.inner.dir, &locate().unwrap_or(stored.body)) {
+            // Moved by compaction between the look-up and the read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match locate() {
+                Some(body) => read_body(&self.inner.dir, &body),
+                None => Err(e),
+            },
+            other => other,
+        }
     }
 }
 
@@ -202,5 +278,7 @@ pub fn read_body(dir: &Path, body: &BodyRef) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

@@ -2,17 +2,18 @@
 //!
 //! A segment is a sequence of records, each
 //! `[0xA7][kind][payload length: u32 LE][CRC-32 of kind and payload: u32 LE][payload]`.
-//! A record whose header or checksum does not match ends the segment: that is where an
-//! unacknowledged write was cut short by a crash.
+//! A message's payload is `[envelope length: u32 LE][envelope JSON][content]`; a
+//! change's payload is its JSON. A record whose header or checksum does not match
+//! ends the segment: that is where an unacknowledged write was cut short by a crash.
 
 use super::{Change, Envelope};
 
 const MAGIC: u8 = 0xA7;
 pub const HEADER_LEN: u64 = 10;
-const KIND_MESSAGE: u8 = 1;
+pub const KIND_MESSAGE: u8 = 1;
 const KIND_CHANGE: u8 = 2;
 /// Sanity bound on one record (a message plus its envelope).
-const MAX_RECORD: u32 = 1 << 30;
+pub const MAX_RECORD: u64 = 1 << 30;
 
 /// A decoded record.
 pub enum Record {
@@ -25,34 +26,34 @@ pub enum Record {
     Change(Change),
 }
 
-fn frame(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&[kind]);
-    for p in parts {
-        crc.update(p);
-    }
-    let mut out = Vec::with_capacity(HEADER_LEN as usize + len);
-    out.push(MAGIC);
-    out.push(kind);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    for p in parts {
-        out.extend_from_slice(p);
-    }
-    out
+/// The header of a record whose payload has `len` bytes and checksum `crc` (of the
+/// kind byte and the payload).
+pub fn header(kind: u8, len: u32, crc: u32) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0; HEADER_LEN as usize];
+    h[0] = MAGIC;
+    h[1] = kind;
+    h[2..6].copy_from_slice(&len.to_le_bytes());
+    h[6..10].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
-/// Encodes a message record; returns it and the offset of the content within it.
-pub fn encode_message(envelope: &Envelope, body: &[u8]) -> (Vec<u8>, u64) {
-    let meta = serde_json::to_vec(envelope).expect("envelope serializes");
-    let meta_len = (meta.len() as u32).to_le_bytes();
-    let record = frame(KIND_MESSAGE, &[&meta_len, &meta, body]);
-    (record, HEADER_LEN + 4 + meta.len() as u64)
+/// The start of a message payload: the envelope with its length in front.
+pub fn message_meta(envelope: &Envelope) -> Vec<u8> {
+    let json = serde_json::to_vec(envelope).expect("envelope serializes");
+    let mut meta = Vec::with_capacity(4 + json.len());
+    meta.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    meta.extend_from_slice(&json);
+    meta
 }
 
 pub fn encode_change(change: &Change) -> Vec<u8> {
-    frame(KIND_CHANGE, &[&serde_json::to_vec(change).expect("change serializes")])
+    let payload = serde_json::to_vec(change).expect("change serializes");
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[KIND_CHANGE]);
+    crc.update(&payload);
+    let mut out = header(KIND_CHANGE, payload.len() as u32, crc.finalize()).to_vec();
+    out.extend_from_slice(&payload);
+    out
 }
 
 /// Decodes the record at the start of `buf` (which starts at file offset `at`).
@@ -64,7 +65,7 @@ pub fn decode(buf: &[u8], at: u64) -> Option<(Record, usize)> {
     let kind = buf[1];
     let len = u32::from_le_bytes(buf[2..6].try_into().ok()?);
     let crc = u32::from_le_bytes(buf[6..10].try_into().ok()?);
-    if len > MAX_RECORD || buf.len() < HEADER_LEN as usize + len as usize {
+    if u64::from(len) > MAX_RECORD || buf.len() < HEADER_LEN as usize + len as usize {
         return None;
     }
     let payload = &buf[HEADER_LEN as usize..HEADER_LEN as usize + len as usize];
@@ -88,12 +89,12 @@ pub fn decode(buf: &[u8], at: u64) -> Option<(Record, usize)> {
     Some((record, HEADER_LEN as usize + len as usize))
 }
 
-/// Reads every intact record of a segment file, in order.
-pub fn read_segment(data: &[u8]) -> (Vec<Record>, usize) {
+/// Reads every intact record of a segment file, in order, with its length.
+pub fn read_segment(data: &[u8]) -> (Vec<(Record, u64)>, usize) {
     let mut records = Vec::new();
     let mut pos = 0;
     while let Some((record, len)) = decode(&data[pos..], pos as u64) {
-        records.push(record);
+        records.push((record, len as u64));
         pos += len;
     }
     (records, pos)

@@ -1,19 +1,20 @@
 //! Reading the spool back: at start-up (recovery) and for `tern queue list`.
+//!
+//! Recovery replays every segment in order through the same [`Index`] the writer
+//! keeps up to date, so both agree on what is pending and what each segment pins.
 
+use super::index::Index;
 use super::record::{Record, read_segment};
-use super::{BodyRef, Change, Stored, segment_path};
-use std::collections::{BTreeMap, HashMap};
+use super::{BodyRef, Stored, segment_path};
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
 /// What the segments on disk hold.
 pub struct Found {
-    /// Pending messages by id (ids sort by arrival).
-    pub messages: BTreeMap<String, Stored>,
-    /// Segment numbers present, ascending.
-    pub segments: Vec<u64>,
-    /// The segment that holds each pending message.
-    pub segment_of: HashMap<String, u64>,
+    pub index: Index,
+    /// The intact length of every segment present.
+    pub sizes: BTreeMap<u64, u64>,
 }
 
 fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
@@ -33,14 +34,13 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 
 /// Reads every segment in order and replays it.
 fn read_all(dir: &Path, sync: bool) -> io::Result<Found> {
-    let segments = list_segments(dir)?;
-    let mut messages = BTreeMap::new();
-    let mut segment_of = HashMap::new();
-    for &segment in &segments {
+    let mut index = Index::default();
+    let mut sizes = BTreeMap::new();
+    for segment in list_segments(dir)? {
         let path = segment_path(dir, segment);
         let data = match std::fs::read(&path) {
             Ok(data) => data,
-            // Deleted meanwhile by a running server: everything in it was finished.
+            // Deleted meanwhile by a running server: nothing in it was needed.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
@@ -58,26 +58,21 @@ fn read_all(dir: &Path, sync: bool) -> io::Result<Found> {
                 "spool segment has a damaged tail (an unacknowledged write); ignored"
             );
         }
-        for record in records {
+        index.add_segment(segment);
+        sizes.insert(segment, data.len() as u64);
+        for (record, len) in records {
             match record {
                 Record::Message { envelope, body_offset, body_len } => {
                     let body = BodyRef { segment, offset: body_offset, len: body_len };
-                    segment_of.insert(envelope.id.clone(), segment);
-                    messages.insert(envelope.id.clone(), Stored { envelope, body });
+                    index.stored(Stored { envelope, body }, len);
                 }
-                Record::Change(Change::Recipient { id, index, state }) => {
-                    if let Some(r) = messages.get_mut(&id).and_then(|m| m.envelope.recipients.get_mut(index)) {
-                        r.state = state;
-                    }
-                }
-                Record::Change(Change::Done { id }) => {
-                    messages.remove(&id);
-                    segment_of.remove(&id);
+                Record::Change(change) => {
+                    index.changed(&change, segment);
                 }
             }
         }
     }
-    Ok(Found { messages, segments, segment_of })
+    Ok(Found { index, sizes })
 }
 
 /// Recovery at start-up: makes what is on disk durable, then reads it.
@@ -90,5 +85,5 @@ pub fn scan(dir: &Path) -> io::Result<Vec<Stored>> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    Ok(read_all(dir, false)?.messages.into_values().collect())
+    Ok(read_all(dir, false)?.index.into_pending())
 }
