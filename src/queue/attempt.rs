@@ -4,9 +4,10 @@ use super::bounce::{self, Action, Report};
 use super::{Shared, now, retry};
 use crate::delivery::remote::{self, Job};
 use crate::delivery::{Delivered, Failure, maildir};
-use crate::spool::{Change, Envelope, RcptState, Recipient, Stored};
+use crate::spool::{Change, Envelope, Part, RcptState, Recipient, Stored};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// RFC 5321 §6.3: more Received headers than this means a mail loop.
 const MAX_HOPS: usize = 50;
@@ -19,50 +20,82 @@ pub struct Finished {
 
 type Results = Vec<(usize, Result<Delivered, Failure>)>;
 
+/// What an attempt has decided so far: the notices owed, and the changes that wait
+/// for those notices to be stored first.
+#[derive(Default)]
+struct Outcome {
+    reports: Vec<(usize, Action, String)>,
+    held: Vec<Change>,
+}
+
 /// Tries every pending recipient, records the results, and returns the updated message.
 pub async fn run(shared: &Arc<Shared>, mut stored: Stored, content: Option<Arc<Vec<u8>>>) -> Finished {
     let id = stored.envelope.id.clone();
     let content = match content {
         Some(c) => Ok(c),
         None => {
-            let (spool, stored) = (shared.spool.clone(), stored.clone());
-            tokio::task::spawn_blocking(move || spool.read_content(&stored).map(Arc::new))
+            let (store, stored) = (shared.store.clone(), stored.clone());
+            tokio::task::spawn_blocking(move || store.read_content(&stored).map(Arc::new))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)))
         }
     };
     let pending: Vec<usize> =
         (0..stored.envelope.recipients.len()).filter(|&i| !stored.envelope.recipients[i].state.is_final()).collect();
-    let results = match &content {
+    let mut outcome = Outcome::default();
+    match &content {
         Err(e) => {
             tracing::error!(id, error = %e, "cannot read message from spool");
             let f = Failure::temporary(format!("4.3.0 cannot read spool: {e}"));
-            pending.iter().map(|&i| (i, Err(f.clone()))).collect()
+            let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
+            settle(shared, &mut stored, results, &mut outcome).await;
         }
         Ok(content) if count_received(content) > MAX_HOPS => {
             let f = Failure::permanent(format!("5.4.6 mail loop: more than {MAX_HOPS} Received headers"));
-            pending.iter().map(|&i| (i, Err(f.clone()))).collect()
+            let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
+            settle(shared, &mut stored, results, &mut outcome).await;
         }
-        Ok(content) => deliver(shared, &stored.envelope, &pending, content).await,
+        Ok(content) => deliver(shared, &mut stored, &pending, content, &mut outcome).await,
+    }
+    let notices = match (&content, outcome.reports.is_empty()) {
+        (Ok(content), false) => notify(shared, &stored.envelope, content, &outcome.reports).await,
+        _ => Some(Vec::new()),
     };
+    // Without its notice stored (the server is stopping), a held result is left for
+    // the attempt after the restart.
+    if notices.is_some() {
+        let mut changes = outcome.held;
+        if stored.envelope.recipients.iter().all(|r| r.state.is_final()) {
+            changes.push(Change::Done { id: id.clone() });
+        }
+        record(shared, &id, &changes).await;
+    }
+    Finished { stored, notices: notices.unwrap_or_default() }
+}
 
+/// Turns the results of one destination into recipient states. The changes are
+/// recorded at once, except those that owe the sender a notice: they wait until the
+/// notice is stored, so that a crash in between repeats the attempt rather than
+/// losing the notice.
+async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome: &mut Outcome) {
+    let id = stored.envelope.id.clone();
     let now = now();
     let expired = now - stored.envelope.arrival > shared.config.max_age.as_secs() as i64;
     let waited = now - stored.envelope.arrival;
     let mut changes = Vec::new();
-    let mut reports: Vec<(usize, Action, String)> = Vec::new();
     for (i, result) in results {
         let rcpt = &mut stored.envelope.recipients[i];
         let (attempts, notified) = match &rcpt.state {
             RcptState::Deferred { attempts, notified, .. } => (attempts + 1, *notified),
             _ => (1, false),
         };
+        let reports = outcome.reports.len();
         rcpt.state = match result {
             Ok(d) => {
                 tracing::info!(id, to = %rcpt.address, status = "delivered", reply = %d.reply, "delivery");
                 let action = if d.relayed { Action::Relayed } else { Action::Delivered };
                 if !d.dsn_passed_on && bounce::wanted(rcpt, action) {
-                    reports.push((i, action, format!("2.0.0 {}", d.reply)));
+                    outcome.reports.push((i, action, format!("2.0.0 {}", d.reply)));
                 }
                 RcptState::Delivered { at: now, reply: d.reply }
             }
@@ -71,7 +104,7 @@ pub async fn run(shared: &Arc<Shared>, mut stored: Stored, content: Option<Arc<V
                 tracing::warn!(id, to = %rcpt.address, status = "deferred", attempts, retry_in = ?wait, reason = %f.reason, "delivery");
                 let notify = shared.config.delay_notice.is_some_and(|d| waited >= d.as_secs() as i64) && !notified;
                 if notify && bounce::wanted(rcpt, Action::Delayed) {
-                    reports.push((i, Action::Delayed, f.reason.clone()));
+                    outcome.reports.push((i, Action::Delayed, f.reason.clone()));
                 }
                 RcptState::Deferred {
                     attempts,
@@ -84,26 +117,55 @@ pub async fn run(shared: &Arc<Shared>, mut stored: Stored, content: Option<Arc<V
                 let reason = if f.temporary { format!("5.4.7 delivery time expired: {}", f.reason) } else { f.reason };
                 tracing::warn!(id, to = %rcpt.address, status = "bounced", %reason, "delivery");
                 if bounce::wanted(rcpt, Action::Failed) {
-                    reports.push((i, Action::Failed, reason.clone()));
+                    outcome.reports.push((i, Action::Failed, reason.clone()));
                 }
                 RcptState::Bounced { at: now, reason }
             }
         };
-        changes.push(Change::Recipient { id: id.clone(), index: i, state: rcpt.state.clone() });
+        let change = Change::Recipient { id: id.clone(), index: i, state: rcpt.state.clone() };
+        if outcome.reports.len() > reports { outcome.held.push(change) } else { changes.push(change) }
     }
-    let mut notices = Vec::new();
-    if let (Ok(content), false) = (&content, reports.is_empty()) {
-        notices = notify(shared, &stored.envelope, content, &reports).await;
-    }
-    if stored.envelope.recipients.iter().all(|r| r.state.is_final()) {
-        changes.push(Change::Done { id: id.clone() });
-    }
-    if let Err(e) = shared.spool.record(&changes).await {
-        // The results stay in memory; after a restart the attempt is repeated.
-        tracing::error!(id, error = %e, "cannot record delivery results");
-    }
-    Finished { stored, notices }
+    record(shared, &id, &changes).await;
 }
+
+/// Records changes (see [`durably`]).
+async fn record(shared: &Shared, id: &str, changes: &[Change]) {
+    if !changes.is_empty() {
+        durably(shared, id, "delivery results", || shared.store.record(changes)).await;
+    }
+}
+
+/// Runs a store operation until it succeeds: a result kept only in memory would be
+/// repeated after a restart, and a notice would be lost. While a store fails, the
+/// scheduler starts no new attempt. Only a stopping server gives up (`None`); the
+/// attempt is then repeated after the restart.
+async fn durably<T, F>(shared: &Shared, id: &str, what: &str, mut op: impl FnMut() -> F) -> Option<T>
+where
+    F: Future<Output = std::io::Result<T>>,
+{
+    let mut wait = RECORD_RETRY_FIRST;
+    loop {
+        match op().await {
+            Ok(v) => {
+                shared.set_store_failing(false);
+                return Some(v);
+            }
+            Err(e) => {
+                shared.set_store_failing(true);
+                tracing::error!(id, error = %e, retry_in = ?wait, "cannot store {what}; deliveries paused");
+            }
+        }
+        if !shared.pause(wait).await {
+            tracing::error!(id, "stopping before the {what} were stored; the attempt is repeated after restart");
+            return None;
+        }
+        wait = (wait * 2).min(RECORD_RETRY_MAX);
+    }
+}
+
+/// First and longest waits before a failed record is tried again.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Counts `Received:` header fields in the header block.
 fn count_received(content: &[u8]) -> usize {
@@ -115,21 +177,28 @@ fn count_received(content: &[u8]) -> usize {
 }
 
 /// Local recipients go to their Maildirs; the others, grouped by destination, to
-/// other servers in one transaction per destination.
-async fn deliver(shared: &Arc<Shared>, envelope: &Envelope, pending: &[usize], content: &Arc<Vec<u8>>) -> Results {
+/// other servers in one transaction per destination. Each destination's results are
+/// settled as soon as they are known.
+async fn deliver(
+    shared: &Arc<Shared>,
+    stored: &mut Stored,
+    pending: &[usize],
+    content: &Arc<Vec<u8>>,
+    outcome: &mut Outcome,
+) {
+    let envelope = stored.envelope.clone();
     let (local, remote): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| envelope.recipients[i].local);
-    let mut results = Vec::new();
     if !local.is_empty() {
-        let (shared, envelope, content) = (shared.clone(), envelope.clone(), content.clone());
-        let local_results = tokio::task::spawn_blocking(move || {
+        let (shared2, envelope, content) = (shared.clone(), envelope.clone(), content.clone());
+        let results = tokio::task::spawn_blocking(move || {
             local
                 .iter()
-                .map(|&i| (i, deliver_local(&shared, &envelope, &envelope.recipients[i], &content)))
+                .map(|&i| (i, deliver_local(&shared2, &envelope, &envelope.recipients[i], &content)))
                 .collect::<Results>()
         })
         .await
         .expect("local delivery panicked");
-        results.extend(local_results);
+        settle(shared, stored, results, outcome).await;
     }
     let mut by_destination: BTreeMap<String, Vec<(usize, &Recipient)>> = BTreeMap::new();
     for &i in &remote {
@@ -148,9 +217,9 @@ async fn deliver(shared: &Arc<Shared>, envelope: &Envelope, pending: &[usize], c
             ret: envelope.ret.as_deref(),
             envid: envelope.envid.as_deref(),
         };
-        results.extend(remote::deliver(&shared.config.remote, &shared.dns, &domain, &job).await);
+        let results = remote::deliver(&shared.config.remote, &shared.dns, &domain, &job).await;
+        settle(shared, stored, results, outcome).await;
     }
-    results
 }
 
 fn deliver_local(shared: &Shared, envelope: &Envelope, rcpt: &Recipient, content: &[u8]) -> Result<Delivered, Failure> {
@@ -166,30 +235,31 @@ fn deliver_local(shared: &Shared, envelope: &Envelope, rcpt: &Recipient, content
     Ok(Delivered { reply: format!("delivered to maildir as {name}"), relayed: false, dsn_passed_on: false })
 }
 
-/// Builds and stores the DSN for `reports`; a message from the null sender gets none.
-async fn notify(
-    shared: &Arc<Shared>,
+/// The DSN for `reports` as a message to queue: its envelope and content. A message
+/// from the null sender, or from a sender nobody can route to, gets none.
+fn notice(
+    shared: &Shared,
     envelope: &Envelope,
     content: &[u8],
     reports: &[(usize, Action, String)],
-) -> Vec<(Stored, Arc<Vec<u8>>)> {
+) -> Option<(Envelope, Vec<u8>)> {
     if envelope.sender.is_empty() {
         tracing::info!(id = %envelope.id, "no notice for a message from the null sender");
-        return Vec::new();
+        return None;
     }
     let destinations = shared.router.route(&envelope.sender);
     if destinations.is_empty() {
         tracing::warn!(id = %envelope.id, sender = %envelope.sender, "sender cannot receive notices; none sent");
-        return Vec::new();
+        return None;
     }
     let lines: Vec<Report<'_>> = reports
         .iter()
         .map(|(i, action, reason)| Report { recipient: &envelope.recipients[*i], action: *action, reason })
         .collect();
-    let dsn_id = shared.spool.new_id();
+    let dsn_id = shared.store.new_id();
     let dsn = bounce::build(&shared.config.hostname, &dsn_id, envelope, content, &lines);
     let dsn_envelope = Envelope {
-        id: dsn_id.clone(),
+        id: dsn_id,
         arrival: now(),
         sender: String::new(),
         size: dsn.len() as u64,
@@ -210,34 +280,41 @@ async fn notify(
             })
             .collect(),
     };
-    match shared.spool.store(&dsn_envelope, &dsn).await {
-        Ok(stored) => {
-            tracing::info!(id = %envelope.id, notice = %dsn_id, to = %envelope.sender, "delivery status notification queued");
-            vec![(stored, Arc::new(dsn))]
-        }
-        Err(e) => {
-            tracing::error!(id = %envelope.id, error = %e, "cannot store delivery status notification");
-            Vec::new()
-        }
-    }
+    Some((dsn_envelope, dsn))
 }
 
-/// Reports every pending recipient of a message as failed (for `tern queue delete --bounce`).
+fn queued(envelope: &Envelope, stored: Stored, dsn: Vec<u8>) -> Vec<(Stored, Arc<Vec<u8>>)> {
+    tracing::info!(id = %envelope.id, notice = %stored.envelope.id, to = %envelope.sender, "delivery status notification queued");
+    vec![(stored, Arc::new(dsn))]
+}
+
+/// Builds and stores the DSN for `reports`, trying until it is stored; `None` when
+/// the server stopped first.
+async fn notify(
+    shared: &Shared,
+    envelope: &Envelope,
+    content: &[u8],
+    reports: &[(usize, Action, String)],
+) -> Option<Vec<(Stored, Arc<Vec<u8>>)>> {
+    let Some((dsn_envelope, dsn)) = notice(shared, envelope, content, reports) else { return Some(Vec::new()) };
+    let stored = durably(shared, &envelope.id, "delivery status notification", || {
+        shared.store.store(&dsn_envelope, vec![Part::Bytes(dsn.clone())])
+    })
+    .await?;
+    Some(queued(envelope, stored, dsn))
+}
+
+/// Reports every pending recipient of a message as failed (for `tern queue delete
+/// --bounce`); an error when the notice cannot be made or stored.
 pub async fn bounce_all(
     shared: &Arc<Shared>,
     stored: &Stored,
     content: Option<Arc<Vec<u8>>>,
     reason: &str,
-) -> Vec<(Stored, Arc<Vec<u8>>)> {
+) -> Result<Vec<(Stored, Arc<Vec<u8>>)>, String> {
     let content = match content {
         Some(c) => c,
-        None => match shared.spool.read_content(stored) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                tracing::error!(id = %stored.envelope.id, error = %e, "cannot read message for its bounce");
-                return Vec::new();
-            }
-        },
+        None => Arc::new(shared.store.read_content(stored).map_err(|e| format!("cannot read the message: {e}"))?),
     };
     let reports: Vec<(usize, Action, String)> = stored
         .envelope
@@ -248,9 +325,15 @@ pub async fn bounce_all(
         .map(|(i, _)| (i, Action::Failed, reason.to_string()))
         .collect();
     if reports.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    notify(shared, &stored.envelope, &content, &reports).await
+    let Some((dsn_envelope, dsn)) = notice(shared, &stored.envelope, &content, &reports) else { return Ok(Vec::new()) };
+    let queued_dsn = shared
+        .store
+        .store(&dsn_envelope, vec![Part::Bytes(dsn.clone())])
+        .await
+        .map_err(|e| format!("cannot store the notice: {e}"))?;
+    Ok(queued(&stored.envelope, queued_dsn, dsn))
 }
 
 #[cfg(test)]

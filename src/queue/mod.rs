@@ -11,12 +11,13 @@ mod retry;
 
 use crate::delivery::remote::RemoteConfig;
 use crate::dns::Dns;
-use crate::spool::{Change, RcptState, Spool, Stored};
+use crate::spool::{Change, RcptState, Store, Stored};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// What the queue needs to know.
@@ -38,10 +39,41 @@ pub trait Router: Send + Sync {
 
 /// What attempts share.
 pub struct Shared {
-    pub spool: Spool,
+    pub store: Arc<dyn Store>,
     pub config: QueueConfig,
     pub dns: Dns,
     pub router: Box<dyn Router>,
+    /// A write to the store failed and has not succeeded since: no new attempts.
+    store_failing: AtomicBool,
+    /// Set once the queue is asked to stop.
+    stopping: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn new(store: Arc<dyn Store>, config: QueueConfig, dns: Dns, router: Box<dyn Router>) -> Shared {
+        let stopping = watch::Sender::new(false);
+        Shared { store, config, dns, router, store_failing: AtomicBool::new(false), stopping }
+    }
+
+    fn set_store_failing(&self, failing: bool) {
+        self.store_failing.store(failing, Ordering::Relaxed);
+    }
+
+    fn store_failing(&self) -> bool {
+        self.store_failing.load(Ordering::Relaxed)
+    }
+
+    /// Waits `wait`, or less if the queue is asked to stop; false when it is.
+    async fn pause(&self, wait: Duration) -> bool {
+        let mut stopping = self.stopping.subscribe();
+        if *stopping.borrow_and_update() {
+            return false;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            _ = stopping.changed() => false,
+        }
+    }
 }
 
 enum Command {
@@ -141,7 +173,9 @@ impl Scheduler {
     ) {
         let mut stopping = false;
         loop {
-            while !stopping && self.in_flight.len() < self.shared.config.concurrency {
+            // While the store refuses writes, results could not be recorded: wait until
+            // the attempt retrying its write gets through.
+            while !stopping && !self.shared.store_failing() && self.in_flight.len() < self.shared.config.concurrency {
                 let Some(id) = self.ready.pop_front() else { break };
                 self.start_attempt(&id);
             }
@@ -164,7 +198,10 @@ impl Scheduler {
                     Some(Command::Delete(id, bounce, reply)) => {
                         let _ = reply.send(self.delete(&id, bounce).await);
                     }
-                    Some(Command::Stop) | None => stopping = true,
+                    Some(Command::Stop) | None => {
+                        stopping = true;
+                        self.shared.stopping.send_replace(true);
+                    }
                 },
                 Some(finished) = done_rx.recv() => {
                     self.in_flight.remove(&finished.stored.envelope.id);
@@ -244,24 +281,29 @@ impl Scheduler {
         let Some(entry) = self.take(id) else { return Err(format!("{id} is not in the queue")) };
         self.timers.remove(&(entry.due, id.to_string()));
         self.ready.retain(|r| r != id);
+        let result = self.finish_deleted(id, &entry, bounce).await;
+        if let Err(e) = result {
+            // Not deleted after all: it waits as it did.
+            self.schedule(entry.stored, entry.content);
+            return Err(e);
+        }
+        tracing::info!(id, bounce, "deleted from the queue");
+        Ok(())
+    }
+
+    /// Bounces a deleted message if asked, then records that it is done.
+    async fn finish_deleted(&mut self, id: &str, entry: &Entry, bounce: bool) -> Result<(), String> {
         if bounce {
-            let notices = attempt::bounce_all(
-                &self.shared,
-                &entry.stored,
-                entry.content,
-                "5.0.0 deleted by the mail administrator",
-            )
-            .await;
+            let reason = "5.0.0 deleted by the mail administrator";
+            let notices = attempt::bounce_all(&self.shared, &entry.stored, entry.content.clone(), reason).await?;
             for (notice, content) in notices {
                 self.schedule(notice, Some(content));
             }
         }
         self.shared
-            .spool
+            .store
             .record(&[Change::Done { id: id.to_string() }])
             .await
-            .map_err(|e| format!("cannot record deletion: {e}"))?;
-        tracing::info!(id, bounce, "deleted from the queue");
-        Ok(())
+            .map_err(|e| format!("cannot record deletion: {e}"))
     }
 }

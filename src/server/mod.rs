@@ -99,12 +99,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let policy = Arc::new(LocalPolicy::new(&config, users.clone()));
     let tls = Some(Arc::new(tls::ServerTls::new(&config)?));
     let own_addrs = listeners.iter().filter_map(|(l, _)| l.local_addr().ok()).collect();
-    let shared = Shared {
-        spool: spool.clone(),
-        config: queue_config(&config, own_addrs)?,
-        dns: dns.clone(),
-        router: Box::new(routing::PolicyRouter(policy.clone())),
-    };
+    let shared = Shared::new(
+        Arc::new(spool.clone()),
+        queue_config(&config, own_addrs)?,
+        dns.clone(),
+        Box::new(routing::PolicyRouter(policy.clone())),
+    );
     let (queue, queue_task) = Queue::start(shared, pending);
     let control = control::start(&config.data_dir, queue.clone())
         .map_err(|e| format!("cannot open control socket in {}: {e}", config.data_dir.display()))?;
