@@ -129,7 +129,7 @@ async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome:
 }
 
 /// Records changes (see [`durably`]).
-async fn record(shared: &Shared, id: &str, changes: &[Change]) {
+pub(super) async fn record(shared: &Shared, id: &str, changes: &[Change]) {
     if !changes.is_empty() {
         durably(shared, id, "delivery results", || shared.store.record(changes)).await;
     }

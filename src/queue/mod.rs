@@ -191,7 +191,7 @@ impl Scheduler {
             };
             tokio::select! {
                 command = rx.recv(), if !stopping => match command {
-                    Some(Command::Enqueue(stored, content)) => self.schedule(*stored, content),
+                    Some(Command::Enqueue(stored, content)) => self.enqueue(*stored, content),
                     Some(Command::Flush(id, reply)) => {
                         let _ = reply.send(self.flush(id.as_deref()));
                     }
@@ -219,6 +219,17 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Takes a new or recovered message. One whose recipients are all final lost its
+    /// `Done` record to a crash after the last result was recorded: it is finished now.
+    fn enqueue(&mut self, stored: Stored, content: Option<Arc<Vec<u8>>>) {
+        if stored.envelope.recipients.iter().all(|r| r.state.is_final()) {
+            let (shared, id) = (self.shared.clone(), stored.envelope.id);
+            tokio::spawn(async move { attempt::record(&shared, &id, &[Change::Done { id: id.clone() }]).await });
+            return;
+        }
+        self.schedule(stored, content);
     }
 
     /// Puts a message in line: now if any recipient is due, else at its next retry.
