@@ -315,40 +315,6 @@ fn message_in_flight_at_sigterm_is_not_lost() {
     }
 }
 
-/// A small tmpfs mounted over the spool directory, unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &Path) -> Option<SmallDisk> {
-        fs::create_dir_all(dir).unwrap();
-        let mut cmd = std::process::Command::new("mount");
-        cmd.args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(dir);
-        run(cmd, CLIENT_TIMEOUT).success().then(|| SmallDisk(dir.to_path_buf()))
-    }
-
-    /// Fills the disk with a file; returns its path.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.0.join("filler");
-        let mut f = fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 16 * 1024];
-        for _ in 0..1024 {
-            if f.write_all(&chunk).and_then(|_| f.sync_all()).is_err() {
-                break;
-            }
-        }
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let mut cmd = std::process::Command::new("umount");
-        cmd.arg("-l").arg(&self.0);
-        let _ = run(cmd, CLIENT_TIMEOUT);
-    }
-}
-
 /// A full spool disk answers 452 4.3.1, the server keeps serving, nothing
 /// half-written remains, and mail is accepted again once there is room.
 #[test]

@@ -285,3 +285,64 @@ fn kill9_during_compaction_loses_and_resurrects_nothing() {
     // N's first copy was in the first segment: compaction moved it forward.
     assert!(!t.data_dir.join("spool/seg-0000000001.log").exists(), "the first segment was never compacted");
 }
+
+/// Sends one message with smtplib; `Ok(id)` when accepted, `Err(reply)` when refused.
+fn try_send(t: &Tern, to: &str) -> Result<String, String> {
+    let out = t.py(&format!(
+        "s = connect()\ntry:\n    print(send(s, 'sender@localhost', [{to:?}], b'Subject: disk\\r\\n\\n' + b'y' * 3000 + b'\\r\\n'))\n\
+         except SystemExit as e:\n    print('refused', e)\ns.quit()\n"
+    ));
+    let text = out.all();
+    queue_id(&out.stdout).filter(|_| !text.contains("refused")).ok_or(text)
+}
+
+/// A full spool disk: new mail is refused with 452 and results that cannot be written
+/// pause deliveries instead of being kept only in memory. Once space is freed,
+/// service resumes for good, every acknowledged message arrives once, and the space
+/// comes back.
+#[test]
+fn full_disk_freed_again_resumes_and_reclaims() {
+    let (up, down) = (free_port(), free_port());
+    let mut t = Tern::new_stopped(&sender_config(up, down, Some(65536)), &[]);
+    let Some(disk) = SmallDisk::mount(&t.data_dir.join("spool")) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    t.start_again();
+    let sink = SlowSink::start(up);
+    let n = send(&t, "n@down.test");
+    let mut sent = send_many(&t, "m@up.test", 10, 3000);
+    let filler = disk.fill();
+    let refused = try_send(&t, "m@up.test").expect_err("accepted on a full disk");
+    assert!(refused.contains("DATA 452") && refused.contains("4.3.1"), "{refused}");
+    // Results of N's attempts cannot be written: deliveries pause, the server lives.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(t.stderr_log()).unwrap_or_default().contains("deliveries paused") {
+        assert!(Instant::now() < deadline, "no pause on a full disk\n{}", t.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(t.is_running());
+    std::fs::remove_file(filler).unwrap();
+    for _ in 0..5 {
+        sent.push(
+            try_send(&t, "m@up.test").unwrap_or_else(|e| panic!("refused after space was freed: {e}\n{}", t.logs())),
+        );
+    }
+    sent.extend(send_many(&t, "m@up.test", 10, 3000));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink.ids().len() < sent.len() {
+        assert!(Instant::now() < deadline, "{} of {} delivered\n{}", sink.ids().len(), sent.len(), t.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(t.sigterm().is_some_and(|s| s.success()));
+    t.start_again();
+    let tries = attempts_of_n(&t).unwrap_or(0);
+    wait_attempts(&t, tries + 1);
+    assert_once(&sent, &sink.ids());
+    let listing = t.queue_list().all();
+    assert!(listing.contains(&n) && listing.contains("1 message(s) in queue"), "{listing}");
+    let spool: u64 =
+        std::fs::read_dir(t.data_dir.join("spool")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(spool < 200 * 1024, "{spool} bytes left in the spool for one waiting message");
+    drop(disk);
+}

@@ -891,3 +891,37 @@ pub fn received_id(stored: &[u8]) -> Option<String> {
     }
     None
 }
+
+/// A small tmpfs (2 MiB) mounted over a directory (needs root), unmounted on drop.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    pub fn mount(dir: &Path) -> Option<SmallDisk> {
+        fs::create_dir_all(dir).unwrap();
+        let mut cmd = std::process::Command::new("mount");
+        cmd.args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(dir);
+        run(cmd, CLIENT_TIMEOUT).success().then(|| SmallDisk(dir.to_path_buf()))
+    }
+
+    /// Fills the disk with a file; returns its path.
+    pub fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 16 * 1024];
+        for _ in 0..1024 {
+            if f.write_all(&chunk).and_then(|_| f.sync_all()).is_err() {
+                break;
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let mut cmd = std::process::Command::new("umount");
+        cmd.arg("-l").arg(&self.0);
+        let _ = run(cmd, CLIENT_TIMEOUT);
+    }
+}
