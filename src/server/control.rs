@@ -12,6 +12,7 @@ pub const SOCKET_NAME: &str = "control.sock";
 /// Listens on the control socket until the task is dropped.
 pub fn start(data_dir: &Path, queue: Queue) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let path = data_dir.join(SOCKET_NAME);
+    // A socket found here was left by a server that died: the data directory is ours.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     // Only the owner (the mail administrator) may control the queue.

@@ -3,6 +3,7 @@
 mod checks;
 mod connection;
 pub mod control;
+pub mod lock;
 mod received;
 mod routing;
 pub mod tls;
@@ -20,6 +21,7 @@ use crate::queue::{Queue, QueueConfig, Shared};
 use crate::smtp::session::SessionConfig;
 use crate::spool::{self, Spool};
 use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -75,7 +77,19 @@ impl Context {
     }
 }
 
-/// Runs the server until SIGTERM or SIGINT, then stops gracefully.
+/// Creates the data directory if needed and takes its lock, before anything in it is
+/// touched; the lock must then be held until the process ends.
+pub fn own_data_dir(config: &Config) -> Result<lock::DataDirLock, String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+    lock::acquire(&config.data_dir)
+}
+
+/// Runs the server until SIGTERM or SIGINT, then stops gracefully. The caller holds the
+/// data directory's lock ([`own_data_dir`]).
 pub async fn serve(config: Config) -> Result<(), String> {
     let spool_dir = config.spool_dir();
     let options = spool::Options { segment_size: config.spool.segment_size };
