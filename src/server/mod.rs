@@ -9,6 +9,7 @@ mod routing;
 pub mod tls;
 
 use crate::config::{Config, ListenMode};
+use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::{Hop, Pool, RemoteConfig, TlsClient};
 use crate::dns::Dns;
 use crate::policy::LocalPolicy;
@@ -21,7 +22,6 @@ use crate::queue::{Queue, QueueConfig, Shared};
 use crate::smtp::session::SessionConfig;
 use crate::spool::{self, Spool};
 use std::net::IpAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -80,10 +80,7 @@ impl Context {
 /// Creates the data directory if needed and takes its lock, before anything in it is
 /// touched; the lock must then be held until the process ends.
 pub fn own_data_dir(config: &Config) -> Result<lock::DataDirLock, String> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&config.data_dir)
+    crate::files::create_data_dir(config)
         .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
     lock::acquire(&config.data_dir)
 }
@@ -241,7 +238,7 @@ fn queue_config(config: &Config, own_addrs: Vec<std::net::SocketAddr>) -> Result
         max_age: config.queue.max_age,
         delay_notice: config.queue.delay_notice,
         concurrency: config.queue.concurrency,
-        mail_root: config.mail_root(),
+        mail_root: MailRoot { path: config.mail_root(), access: config.mailbox_access()? },
         hostname: config.hostname.clone(),
         remote,
     })
