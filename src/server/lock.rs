@@ -52,3 +52,22 @@ fn holder(file: &mut File) -> String {
         Err(_) => "pid unknown".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = acquire(dir.path()).unwrap();
+        // flock locks belong to open files, so a second open conflicts even in one process.
+        let err = acquire(dir.path()).unwrap_err();
+        assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+        drop(held);
+        let again = acquire(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(LOCK_NAME)).unwrap();
+        assert_eq!(text, format!("{}\n", std::process::id()));
+        drop(again);
+    }
+}
