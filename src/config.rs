@@ -9,6 +9,7 @@ mod mail_auth;
 pub use antispam::{Antispam, Greylisting};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
 
+use crate::files::Access;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -130,6 +131,9 @@ pub struct Local {
     /// `alice+news@` is delivered to `alice@`. Empty string disables subaddressing.
     #[serde(default = "default_subaddress_separator")]
     pub subaddress_separator: String,
+    /// A group (name or gid) that may read the Maildirs, such as an IMAP server's:
+    /// Maildir directories are then made 0750 and files 0640 with that group.
+    pub mailbox_group: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -422,6 +426,7 @@ impl Config {
         for u in &self.local.users {
             check_address("local.users", u)?;
         }
+        self.mailbox_access()?;
         if self.limits.max_recipients == 0 {
             return Err("limits.max_recipients: must be at least 1".into());
         }
@@ -467,6 +472,16 @@ impl Config {
                 .ok_or_else(|| format!("antispam: {zone:?} is not a DNS zone"))?;
         }
         Ok(())
+    }
+
+    /// Who may read the Maildirs: their owner, and `[local] mailbox_group` when set.
+    pub fn mailbox_access(&self) -> Result<Access, String> {
+        match &self.local.mailbox_group {
+            None => Ok(Access::PRIVATE),
+            Some(group) => crate::files::resolve_group(group)
+                .map(|gid| Access { group: Some(gid) })
+                .map_err(|e| format!("local.mailbox_group: {e}")),
+        }
     }
 
     pub fn mail_root(&self) -> PathBuf {

@@ -2,12 +2,11 @@
 //! the DNS TXT record that publishes its public half.
 
 use crate::config::{Config, DkimAlgorithm};
+use crate::files::Access;
 use crate::policy::dkim::key::KeyFile;
 use crate::smtp::address::canonical_domain;
 use chrono::Datelike;
-use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -38,14 +37,10 @@ pub fn keygen(
     let path = match out {
         Some(p) => p,
         None => {
-            // The data directory as the server makes it; only the key directory is private.
+            // The data directory as the server makes it.
             let dir = config.data_dir.join("dkim");
-            let made = std::fs::create_dir_all(&config.data_dir).and_then(|()| {
-                match DirBuilder::new().mode(0o700).create(&dir) {
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-                    other => other,
-                }
-            });
+            let made =
+                crate::files::create_data_dir(config).and_then(|()| crate::files::create_dir(&dir, Access::PRIVATE));
             if let Err(e) = made {
                 eprintln!("tern: cannot create {}: {e}", dir.display());
                 return ExitCode::FAILURE;
@@ -87,7 +82,7 @@ pub fn keygen(
 /// Writes `contents` to a file that must not exist yet, readable by its owner only
 /// from the moment it exists.
 fn write_new(path: &Path, contents: &[u8]) -> Result<(), String> {
-    let mut file = match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    let mut file = match crate::files::create_file(path, Access::PRIVATE, true) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(format!(

@@ -199,21 +199,28 @@ fn serve(config: Config, log_format: LogFormat) -> ExitCode {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     raise_open_file_limit();
+    let failed = |e: String| {
+        eprintln!("tern: {e}");
+        tracing::error!("{e}");
+        ExitCode::FAILURE
+    };
+    let lock = match crate::server::own_data_dir(&config) {
+        Ok(lock) => lock,
+        Err(e) => return failed(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tern: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return failed(format!("cannot start runtime: {e}")),
     };
-    match runtime.block_on(crate::server::serve(config)) {
+    let code = match runtime.block_on(crate::server::serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tern: {e}");
-            tracing::error!("{e}");
-            ExitCode::FAILURE
-        }
-    }
+        Err(e) => failed(e),
+    };
+    // Tasks still holding the spool end with the runtime; only then may another server
+    // take the data directory.
+    drop(runtime);
+    drop(lock);
+    code
 }
 
 /// Every connection takes a file descriptor: use all the hard limit allows.

@@ -99,7 +99,7 @@ pub fn control(config: &Config, request: &str) -> ExitCode {
     let line = match answer {
         Ok(line) => line,
         Err(e) => {
-            eprintln!("tern: cannot reach the running server at {}: {e}", path.display());
+            eprintln!("tern: {}", unreachable(config, &path, &e));
             return ExitCode::FAILURE;
         }
     };
@@ -113,5 +113,19 @@ pub fn control(config: &Config, request: &str) -> ExitCode {
             eprintln!("tern: {}", text.strip_prefix("error ").unwrap_or(text));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Why the control socket could not be reached: no socket, or one that nobody listens
+/// on (left by a server that was killed), means no server runs.
+fn unreachable(config: &Config, path: &std::path::Path, e: &std::io::Error) -> String {
+    use std::io::ErrorKind::{ConnectionRefused, NotFound};
+    match e.kind() {
+        NotFound | ConnectionRefused => format!(
+            "no tern server is running for data directory {} (nothing listens on {}); start it with `tern serve`",
+            config.data_dir.display(),
+            path.display()
+        ),
+        _ => format!("cannot reach the running server at {}: {e}", path.display()),
     }
 }

@@ -23,6 +23,13 @@ fn password(from_stdin: bool) -> Result<String, String> {
 
 pub fn set(config: &Config, address: &str, from_stdin: bool, must_exist: bool) -> ExitCode {
     let path = config.users_file();
+    // A users file in the data directory: make the directory as the server does.
+    if path.starts_with(&config.data_dir)
+        && let Err(e) = crate::files::create_data_dir(config)
+    {
+        eprintln!("tern: cannot create data directory {}: {e}", config.data_dir.display());
+        return ExitCode::FAILURE;
+    }
     let result = password(from_stdin).and_then(|pw| users::set_password(&path, address, &pw, must_exist));
     match result {
         Ok(Change::Added) => println!("user {address} added to {}", path.display()),

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv6Addr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -227,7 +228,7 @@ impl Greylist {
 
     fn append(&self, state: &mut State, text: &str) {
         if state.file.is_none() {
-            match OpenOptions::new().create(true).append(true).open(&self.path) {
+            match OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path) {
                 Ok(f) => state.file = Some(f),
                 Err(e) => {
                     tracing::warn!(path = %self.path.display(), error = %e, "cannot open the greylist for writing");
@@ -300,12 +301,12 @@ fn load(path: &Path) -> std::io::Result<(HashMap<Key, Entry>, usize)> {
 /// of the directory); returns the new file opened for appending.
 fn replace_file(path: &Path, content: &[u8]) -> std::io::Result<File> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    crate::files::create_dir_all(dir, crate::files::Access::PRIVATE)?;
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = crate::files::create_file(&tmp, crate::files::Access::PRIVATE, false)?;
         f.write_all(content)?;
         f.sync_all()?;
     }
@@ -485,6 +486,9 @@ mod tests {
         assert!(most <= 8, "{most} lines");
         let text = fs::read_to_string(dir.path().join("greylist")).unwrap();
         assert_eq!(text.lines().count(), g.lines());
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(dir.path().join("greylist")).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "the rewritten file is owner-only");
         assert!(text.lines().count() < 9, "{text}");
         drop(g);
         let g = open(dir.path(), now);

@@ -6,12 +6,12 @@
 //! "alice@example.test" = "$argon2id$v=19$m=19456,t=2,p=1$…"
 //! ```
 
+use crate::files::Access;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::SystemTime;
@@ -99,10 +99,11 @@ pub fn hash(password: &str) -> Result<String, String> {
 fn write(path: &Path, file: &UsersFile) -> Result<(), String> {
     let text = toml::to_string(file).map_err(|e| e.to_string())?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    crate::files::create_dir_all(dir, Access::PRIVATE).map_err(|e| format!("{}: {e}", dir.display()))?;
     let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("users")));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        // Owner-only even if a temporary file of a failed run is still there.
+        let mut f = crate::files::create_file(&tmp, Access::PRIVATE, false)?;
         f.write_all(b"# Tern users: address = argon2id hash. Edit with `tern user add|passwd|del`.\n")?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;

@@ -9,11 +9,11 @@ mod attempt;
 pub mod bounce;
 mod retry;
 
+use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::RemoteConfig;
 use crate::dns::Dns;
 use crate::spool::{Change, RcptState, Store, Stored};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,7 +27,7 @@ pub struct QueueConfig {
     pub max_age: Duration,
     pub delay_notice: Option<Duration>,
     pub concurrency: usize,
-    pub mail_root: PathBuf,
+    pub mail_root: MailRoot,
     pub hostname: String,
     pub remote: RemoteConfig,
 }

@@ -11,11 +11,7 @@ pub const SOCKET_NAME: &str = "control.sock";
 
 /// Listens on the control socket until the task is dropped.
 pub fn start(data_dir: &Path, queue: Queue) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let path = data_dir.join(SOCKET_NAME);
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    // Only the owner (the mail administrator) may control the queue.
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let listener = bind_private(data_dir)?;
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let queue = queue.clone();
@@ -31,6 +27,23 @@ pub fn start(data_dir: &Path, queue: Queue) -> std::io::Result<tokio::task::Join
             });
         }
     }))
+}
+
+/// Binds `<data_dir>/control.sock` with mode 0600. Only the owner (the mail
+/// administrator) may control the queue, so the socket is bound in a private directory,
+/// given its mode there and only then moved into place: it is never reachable with the
+/// mode the umask would give it.
+fn bind_private(data_dir: &Path) -> std::io::Result<UnixListener> {
+    let staging = data_dir.join(".control");
+    // Anything found here was left by a server that died: the data directory is ours.
+    let _ = std::fs::remove_dir_all(&staging);
+    crate::files::create_dir(&staging, crate::files::Access::PRIVATE)?;
+    let bound = staging.join(SOCKET_NAME);
+    let listener = UnixListener::bind(&bound)?;
+    std::fs::set_permissions(&bound, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::rename(&bound, data_dir.join(SOCKET_NAME))?;
+    std::fs::remove_dir(&staging)?;
+    Ok(listener)
 }
 
 async fn answer(queue: &Queue, request: &str) -> String {

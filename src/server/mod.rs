@@ -3,11 +3,13 @@
 mod checks;
 mod connection;
 pub mod control;
+pub mod lock;
 mod received;
 mod routing;
 pub mod tls;
 
 use crate::config::{Config, ListenMode};
+use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::{Hop, Pool, RemoteConfig, TlsClient};
 use crate::dns::Dns;
 use crate::policy::LocalPolicy;
@@ -75,7 +77,16 @@ impl Context {
     }
 }
 
-/// Runs the server until SIGTERM or SIGINT, then stops gracefully.
+/// Creates the data directory if needed and takes its lock, before anything in it is
+/// touched; the lock must then be held until the process ends.
+pub fn own_data_dir(config: &Config) -> Result<lock::DataDirLock, String> {
+    crate::files::create_data_dir(config)
+        .map_err(|e| format!("cannot create data directory {}: {e}", config.data_dir.display()))?;
+    lock::acquire(&config.data_dir)
+}
+
+/// Runs the server until SIGTERM or SIGINT, then stops gracefully. The caller holds the
+/// data directory's lock ([`own_data_dir`]).
 pub async fn serve(config: Config) -> Result<(), String> {
     let spool_dir = config.spool_dir();
     let options = spool::Options { segment_size: config.spool.segment_size };
@@ -227,7 +238,7 @@ fn queue_config(config: &Config, own_addrs: Vec<std::net::SocketAddr>) -> Result
         max_age: config.queue.max_age,
         delay_notice: config.queue.delay_notice,
         concurrency: config.queue.concurrency,
-        mail_root: config.mail_root(),
+        mail_root: MailRoot { path: config.mail_root(), access: config.mailbox_access()? },
         hostname: config.hostname.clone(),
         remote,
     })

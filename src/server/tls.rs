@@ -53,21 +53,16 @@ fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), String>
     let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()]).map_err(|e| e.to_string())?;
     params.distinguished_name.push(rcgen::DnType::CommonName, hostname);
     let made = params.self_signed(&key_pair).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let write = |path: &Path, text: String, mode: u32| -> Result<(), String> {
+    let private = crate::files::Access::PRIVATE;
+    crate::files::create_dir_all(dir, private).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Both owner-only, like everything else in the data directory.
+    let write = |path: &Path, text: String| -> Result<(), String> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut f = crate::files::create_file(path, private, false).map_err(|e| format!("{}: {e}", path.display()))?;
         f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", path.display()))
     };
-    write(&key, key_pair.serialize_pem(), 0o600)?;
-    write(&cert, made.pem(), 0o644)?;
+    write(&key, key_pair.serialize_pem())?;
+    write(&cert, made.pem())?;
     tracing::warn!(cert = %cert.display(), hostname, "no [tls] certificate configured: made a self-signed one");
     Ok((cert, key))
 }

@@ -171,6 +171,8 @@ pub struct Tern {
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// The umask `tern` runs under (the server and `tern_cmd`); None keeps the test's.
+    pub umask: Option<u32>,
     /// A loopback port nothing listens on (DNS and outbound SMTP go there).
     dead_port: u16,
     child: Option<Child>,
@@ -202,6 +204,7 @@ impl Tern {
             config_path,
             data_dir,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            umask: None,
             dead_port: free_port(),
             child: None,
             starts: 0,
@@ -297,6 +300,7 @@ impl Tern {
             .stdin(Stdio::null())
             .stdout(open_log(self.stdout_log()))
             .stderr(open_log(self.stderr_log()));
+        with_umask(&mut cmd, self.umask);
         let child = cmd.spawn().map_err(|e| format!("spawn {TERN_BIN}: {e}"))?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
@@ -409,9 +413,15 @@ impl Tern {
 
     /// `tern ARGS --config FILE`, bounded.
     pub fn tern_cmd(&self, args: &[&str]) -> Out {
+        self.tern_cmd_with_input(args, None)
+    }
+
+    /// `tern ARGS --config FILE` with `stdin` fed to it, bounded.
+    pub fn tern_cmd_with_input(&self, args: &[&str], stdin: Option<&[u8]>) -> Out {
         let mut cmd = Command::new(TERN_BIN);
         cmd.args(args).arg("--config").arg(&self.config_path).current_dir(self.dir.path());
-        run(cmd, CLIENT_TIMEOUT)
+        with_umask(&mut cmd, self.umask);
+        run_with_input(cmd, stdin, CLIENT_TIMEOUT)
     }
 
     pub fn queue_list(&self) -> Out {
@@ -543,6 +553,20 @@ impl Drop for Tern {
             self.dir.disable_cleanup(true);
             eprintln!("tern test directory kept: {}", self.path().display());
             self.dump_logs();
+        }
+    }
+}
+
+/// Makes `cmd` run under `umask`, if one is given.
+fn with_umask(cmd: &mut Command, umask: Option<u32>) {
+    use std::os::unix::process::CommandExt;
+    if let Some(mask) = umask {
+        // SAFETY: umask is async-signal-safe and changes only the child's own mask.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(mask as libc::mode_t);
+                Ok(())
+            });
         }
     }
 }
