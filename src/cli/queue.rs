@@ -14,11 +14,11 @@ fn time(secs: i64) -> String {
 fn describe(state: &RcptState) -> String {
     match state {
         RcptState::Queued => "queued".into(),
-        RcptState::Deferred { attempts, next_attempt, reason, .. } => {
-            format!("deferred (attempts: {attempts}, next try {}): {reason}", time(*next_attempt))
+        RcptState::Deferred { attempts, next_attempt, detail, .. } => {
+            format!("deferred (attempts: {attempts}, next try {}): {detail}", time(*next_attempt))
         }
-        RcptState::Delivered { at, reply } => format!("delivered {}: {reply}", time(*at)),
-        RcptState::Bounced { at, reason } => format!("bounced {}: {reason}", time(*at)),
+        RcptState::Delivered { at, detail } => format!("delivered {}: {detail}", time(*at)),
+        RcptState::Bounced { at, detail } => format!("bounced {}: {detail}", time(*at)),
     }
 }
 

@@ -91,8 +91,9 @@ pub fn deliver(
     header: &[u8],
     content: &[u8],
 ) -> Result<PathBuf, Failure> {
-    let fail =
-        |what: &str, e: io::Error| Failure::temporary(format!("4.3.0 cannot {what} Maildir {domain}/{mailbox}: {e}"));
+    let fail = |what: &str, e: io::Error| {
+        Failure::temporary((4, 3, 0), format!("cannot {what} Maildir {domain}/{mailbox}: {e}"))
+    };
     let dir = ensure_maildir(root, domain, mailbox, folder).map_err(|e| fail("create", e))?;
     let name = unique_name(host, header.len() + content.len());
     let tmp = dir.join("tmp").join(&name);
@@ -198,6 +199,6 @@ mod tests {
         fs::write(root.path().join("example.test/alice"), b"not a directory").unwrap();
         let err = deliver(&private(root.path()), "example.test", "alice", None, "mx", b"", b"x").unwrap_err();
         assert!(err.temporary);
-        assert!(err.reason.starts_with("4.3.0"), "{}", err.reason);
+        assert_eq!(err.detail.status, crate::delivery::Status(4, 3, 0), "{}", err.detail);
     }
 }

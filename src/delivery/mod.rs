@@ -3,11 +3,13 @@
 pub mod maildir;
 pub mod remote;
 
+pub use crate::spool::{Detail, ServerReply, Status};
+
 /// A successful delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
     /// What the mailbox or the remote server said.
-    pub reply: String,
+    pub detail: Detail,
     /// Handed to another server rather than put in a mailbox.
     pub relayed: bool,
     /// The next server took over DSN duties (it offered DSN, RFC 3461 §5.2.2).
@@ -19,16 +21,15 @@ pub struct Delivered {
 pub struct Failure {
     /// Worth trying again later (4xx); otherwise the recipient bounces (5xx).
     pub temporary: bool,
-    /// Enhanced status code and text, e.g. `4.3.0 Maildir not writable: …`.
-    pub reason: String,
+    pub detail: Detail,
 }
 
 impl Failure {
-    pub fn temporary(reason: impl Into<String>) -> Failure {
-        Failure { temporary: true, reason: reason.into() }
+    pub fn temporary(status: impl Into<Status>, text: impl Into<String>) -> Failure {
+        Failure { temporary: true, detail: Detail::new(status, text) }
     }
 
-    pub fn permanent(reason: impl Into<String>) -> Failure {
-        Failure { temporary: false, reason: reason.into() }
+    pub fn permanent(status: impl Into<Status>, text: impl Into<String>) -> Failure {
+        Failure { temporary: false, detail: Detail::new(status, text) }
     }
 }

@@ -3,7 +3,7 @@
 use super::bounce::{self, Action, Report};
 use super::{Shared, now, retry};
 use crate::delivery::remote::{self, Job};
-use crate::delivery::{Delivered, Failure, maildir};
+use crate::delivery::{Delivered, Detail, Failure, maildir};
 use crate::spool::{Change, Envelope, Part, RcptState, Recipient, Stored};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ type Results = Vec<(usize, Result<Delivered, Failure>)>;
 /// for those notices to be stored first.
 #[derive(Default)]
 struct Outcome {
-    reports: Vec<(usize, Action, String)>,
+    reports: Vec<(usize, Action, Detail)>,
     held: Vec<Change>,
 }
 
@@ -46,12 +46,12 @@ pub async fn run(shared: &Arc<Shared>, mut stored: Stored, content: Option<Arc<V
     match &content {
         Err(e) => {
             tracing::error!(id, error = %e, "cannot read message from spool");
-            let f = Failure::temporary(format!("4.3.0 cannot read spool: {e}"));
+            let f = Failure::temporary((4, 3, 0), format!("cannot read spool: {e}"));
             let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
             settle(shared, &mut stored, results, &mut outcome).await;
         }
         Ok(content) if count_received(content) > MAX_HOPS => {
-            let f = Failure::permanent(format!("5.4.6 mail loop: more than {MAX_HOPS} Received headers"));
+            let f = Failure::permanent((5, 4, 6), format!("mail loop: more than {MAX_HOPS} Received headers"));
             let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
             settle(shared, &mut stored, results, &mut outcome).await;
         }
@@ -92,40 +92,49 @@ async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome:
         let reports = outcome.reports.len();
         rcpt.state = match result {
             Ok(d) => {
-                tracing::info!(id, to = %rcpt.address, status = "delivered", reply = %d.reply, "delivery");
+                tracing::info!(id, to = %rcpt.address, status = "delivered", detail = %d.detail, "delivery");
                 let action = if d.relayed { Action::Relayed } else { Action::Delivered };
                 if !d.dsn_passed_on && bounce::wanted(rcpt, action) {
-                    outcome.reports.push((i, action, format!("2.0.0 {}", d.reply)));
+                    outcome.reports.push((i, action, d.detail.clone()));
                 }
-                RcptState::Delivered { at: now, reply: d.reply }
+                RcptState::Delivered { at: now, detail: d.detail }
             }
             Err(f) if f.temporary && !expired => {
                 let wait = retry::delay(&shared.config.retry, attempts);
-                tracing::warn!(id, to = %rcpt.address, status = "deferred", attempts, retry_in = ?wait, reason = %f.reason, "delivery");
+                tracing::warn!(id, to = %rcpt.address, status = "deferred", attempts, retry_in = ?wait, detail = %f.detail, "delivery");
                 let notify = shared.config.delay_notice.is_some_and(|d| waited >= d.as_secs() as i64) && !notified;
                 if notify && bounce::wanted(rcpt, Action::Delayed) {
-                    outcome.reports.push((i, Action::Delayed, f.reason.clone()));
+                    outcome.reports.push((i, Action::Delayed, f.detail.clone()));
                 }
                 RcptState::Deferred {
                     attempts,
                     next_attempt: now + wait.as_secs().max(1) as i64,
-                    reason: f.reason,
+                    detail: f.detail,
                     notified: notified || notify,
                 }
             }
             Err(f) => {
-                let reason = if f.temporary { format!("5.4.7 delivery time expired: {}", f.reason) } else { f.reason };
-                tracing::warn!(id, to = %rcpt.address, status = "bounced", %reason, "delivery");
+                let detail = if f.temporary { expired_detail(f.detail) } else { f.detail };
+                tracing::warn!(id, to = %rcpt.address, status = "bounced", %detail, "delivery");
                 if bounce::wanted(rcpt, Action::Failed) {
-                    outcome.reports.push((i, Action::Failed, reason.clone()));
+                    outcome.reports.push((i, Action::Failed, detail.clone()));
                 }
-                RcptState::Bounced { at: now, reason }
+                RcptState::Bounced { at: now, detail }
             }
         };
         let change = Change::Recipient { id: id.clone(), index: i, state: rcpt.state.clone() };
         if outcome.reports.len() > reports { outcome.held.push(change) } else { changes.push(change) }
     }
     record(shared, &id, &changes).await;
+}
+
+/// A temporary failure that outlived the message's time in the queue (RFC 3463 §3.5).
+fn expired_detail(last: Detail) -> Detail {
+    let text = match last.text.as_str() {
+        "" => "delivery time expired".to_string(),
+        why => format!("delivery time expired: {why}"),
+    };
+    Detail { status: (5, 4, 7).into(), server: last.server, text }
 }
 
 /// Records changes (see [`durably`]).
@@ -226,13 +235,14 @@ fn deliver_local(shared: &Shared, envelope: &Envelope, rcpt: &Recipient, content
     let (mailbox, domain) = rcpt
         .address
         .rsplit_once('@')
-        .ok_or_else(|| Failure::permanent(format!("5.1.3 bad mailbox {}", rcpt.address)))?;
+        .ok_or_else(|| Failure::permanent((5, 1, 3), format!("bad mailbox {}", rcpt.address)))?;
     let header = format!("Return-Path: <{}>\r\nDelivered-To: {}\r\n", envelope.sender, rcpt.address);
     let host = maildir::host_for_names(&shared.config.hostname);
     let folder = envelope.quarantine.then_some("Junk");
     let path = maildir::deliver(&shared.config.mail_root, domain, mailbox, folder, &host, header.as_bytes(), content)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    Ok(Delivered { reply: format!("delivered to maildir as {name}"), relayed: false, dsn_passed_on: false })
+    let detail = Detail::new((2, 0, 0), format!("delivered to maildir as {name}"));
+    Ok(Delivered { detail, relayed: false, dsn_passed_on: false })
 }
 
 /// The DSN for `reports` as a message to queue: its envelope and content. A message
@@ -241,7 +251,7 @@ fn notice(
     shared: &Shared,
     envelope: &Envelope,
     content: &[u8],
-    reports: &[(usize, Action, String)],
+    reports: &[(usize, Action, Detail)],
 ) -> Option<(Envelope, Vec<u8>)> {
     if envelope.sender.is_empty() {
         tracing::info!(id = %envelope.id, "no notice for a message from the null sender");
@@ -254,7 +264,7 @@ fn notice(
     }
     let lines: Vec<Report<'_>> = reports
         .iter()
-        .map(|(i, action, reason)| Report { recipient: &envelope.recipients[*i], action: *action, reason })
+        .map(|(i, action, detail)| Report { recipient: &envelope.recipients[*i], action: *action, detail })
         .collect();
     let dsn_id = shared.store.new_id();
     let dsn = bounce::build(&shared.config.hostname, &dsn_id, envelope, content, &lines);
@@ -294,7 +304,7 @@ async fn notify(
     shared: &Shared,
     envelope: &Envelope,
     content: &[u8],
-    reports: &[(usize, Action, String)],
+    reports: &[(usize, Action, Detail)],
 ) -> Option<Vec<(Stored, Arc<Vec<u8>>)>> {
     let Some((dsn_envelope, dsn)) = notice(shared, envelope, content, reports) else { return Some(Vec::new()) };
     let stored = durably(shared, &envelope.id, "delivery status notification", || {
@@ -310,19 +320,19 @@ pub async fn bounce_all(
     shared: &Arc<Shared>,
     stored: &Stored,
     content: Option<Arc<Vec<u8>>>,
-    reason: &str,
+    detail: Detail,
 ) -> Result<Vec<(Stored, Arc<Vec<u8>>)>, String> {
     let content = match content {
         Some(c) => c,
         None => Arc::new(shared.store.read_content(stored).map_err(|e| format!("cannot read the message: {e}"))?),
     };
-    let reports: Vec<(usize, Action, String)> = stored
+    let reports: Vec<(usize, Action, Detail)> = stored
         .envelope
         .recipients
         .iter()
         .enumerate()
         .filter(|(_, r)| !r.state.is_final() && bounce::wanted(r, Action::Failed))
-        .map(|(i, _)| (i, Action::Failed, reason.to_string()))
+        .map(|(i, _)| (i, Action::Failed, detail.clone()))
         .collect();
     if reports.is_empty() {
         return Ok(Vec::new());

@@ -1,7 +1,7 @@
 //! Delivery status notifications (RFC 3464): bounces, delay notices and success
 //! reports, sent with a null reverse path to the original sender.
 
-use crate::spool::{Envelope, Recipient};
+use crate::spool::{Detail, Envelope, Recipient};
 use chrono::{DateTime, Local};
 
 /// Content past this size is returned as headers only.
@@ -30,30 +30,16 @@ impl Action {
 pub struct Report<'a> {
     pub recipient: &'a Recipient,
     pub action: Action,
-    /// `5.1.1 mx.example [192.0.2.1] said: 550 5.1.1 no such user`, or a plain reason.
-    pub reason: &'a str,
+    pub detail: &'a Detail,
 }
 
-/// Splits a reason into its status code and its diagnostic text.
-fn status_and_diagnostic(reason: &str, action: Action) -> (String, String) {
-    let first = reason.split_whitespace().next().unwrap_or("");
-    let is_status = first.split('.').count() == 3
-        && first.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    let status = if is_status {
-        first.to_string()
-    } else {
-        match action {
-            Action::Failed => "5.0.0".into(),
-            Action::Delayed => "4.0.0".into(),
-            _ => "2.0.0".into(),
-        }
-    };
-    let rest = if is_status { reason[first.len()..].trim_start() } else { reason };
-    let diagnostic = match rest.split_once(" said: ") {
-        Some((_, remote)) => format!("smtp; {remote}"),
-        None => format!("X-Tern; {rest}"),
-    };
-    (status, diagnostic)
+/// The Diagnostic-Code of a report (RFC 3464 §2.3.6): the remote server's reply
+/// when one answered, else Tern's own words.
+fn diagnostic(detail: &Detail) -> String {
+    match &detail.server {
+        Some(s) => format!("smtp; {} {}", s.code, s.text),
+        None => format!("X-Tern; {}", detail.text),
+    }
 }
 
 fn date(secs: i64) -> String {
@@ -104,7 +90,7 @@ pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, content: &[u8], 
         m.push_str("Your message was successfully delivered to the destinations listed below.\r\n\r\n");
     }
     for r in reports {
-        let (_, diagnostic) = status_and_diagnostic(r.reason, r.action);
+        let diagnostic = diagnostic(r.detail);
         m.push_str(&format!(
             "<{}>: {}\r\n",
             r.recipient.address,
@@ -122,16 +108,18 @@ pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, content: &[u8], 
     }
     m.push_str(&format!("Arrival-Date: {}\r\n", date(original.arrival)));
     for r in reports {
-        let (status, diagnostic) = status_and_diagnostic(r.reason, r.action);
         m.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.recipient.address));
         if let Some(orcpt) = &r.recipient.orcpt {
             m.push_str(&format!("Original-Recipient: {orcpt}\r\n"));
         } else if r.recipient.original != r.recipient.address {
             m.push_str(&format!("Original-Recipient: rfc822; {}\r\n", r.recipient.original));
         }
-        m.push_str(&format!("Action: {}\r\nStatus: {status}\r\n", r.action.word()));
+        m.push_str(&format!("Action: {}\r\nStatus: {}\r\n", r.action.word(), r.detail.status));
+        if let Some(server) = &r.detail.server {
+            m.push_str(&format!("Remote-MTA: dns; {}\r\n", server.host));
+        }
         if r.action != Action::Delivered {
-            m.push_str(&format!("Diagnostic-Code: {diagnostic}\r\n"));
+            m.push_str(&format!("Diagnostic-Code: {}\r\n", diagnostic(r.detail)));
         }
         m.push_str(&format!("Last-Attempt-Date: {}\r\n", date(now)));
     }
@@ -210,13 +198,19 @@ mod tests {
             quarantine: false,
             recipients: vec![r.clone()],
         };
-        let reason = "5.1.1 mx.remote.test [127.0.0.2] said: 550 5.1.1 no such user";
+        let server = crate::spool::ServerReply {
+            host: "mx.remote.test".into(),
+            ip: [127, 0, 0, 2].into(),
+            code: 550,
+            text: "5.1.1 no such user".into(),
+        };
+        let detail = Detail::from_server(server, "");
         let dsn = build(
             "mx.local.test",
             "DSN1",
             &env,
             b"Subject: hi\r\n\r\nbody\r\n",
-            &[Report { recipient: &r, action: Action::Failed, reason }],
+            &[Report { recipient: &r, action: Action::Failed, detail: &detail }],
         );
         let text = String::from_utf8(dsn).unwrap();
         for needle in [
@@ -227,6 +221,7 @@ mod tests {
             "Original-Recipient: rfc822;bob@remote.test",
             "Action: failed",
             "Status: 5.1.1",
+            "Remote-MTA: dns; mx.remote.test",
             "Diagnostic-Code: smtp; 550 5.1.1 no such user",
             "Content-Type: message/rfc822",
             "Subject: hi",

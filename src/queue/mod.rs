@@ -12,7 +12,7 @@ mod retry;
 use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::RemoteConfig;
 use crate::dns::Dns;
-use crate::spool::{Change, RcptState, Store, Stored};
+use crate::spool::{Change, Detail, RcptState, Store, Stored};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -305,8 +305,8 @@ impl Scheduler {
     /// Bounces a deleted message if asked, then records that it is done.
     async fn finish_deleted(&mut self, id: &str, entry: &Entry, bounce: bool) -> Result<(), String> {
         if bounce {
-            let reason = "5.0.0 deleted by the mail administrator";
-            let notices = attempt::bounce_all(&self.shared, &entry.stored, entry.content.clone(), reason).await?;
+            let detail = Detail::new((5, 0, 0), "deleted by the mail administrator");
+            let notices = attempt::bounce_all(&self.shared, &entry.stored, entry.content.clone(), detail).await?;
             for (notice, content) in notices {
                 self.schedule(notice, Some(content));
             }

@@ -8,12 +8,14 @@
 //! writer compacts old segments by copying their live messages forward. Recovery on
 //! start reads the segments back through the same bookkeeping.
 
+mod detail;
 mod index;
 mod record;
 mod recover;
 mod store;
 mod writer;
 
+pub use detail::{Detail, ServerReply, Status};
 pub use recover::scan;
 pub use store::Store;
 
@@ -73,18 +75,22 @@ pub enum RcptState {
     Deferred {
         attempts: u32,
         next_attempt: i64,
-        reason: String,
+        /// Why the last attempt failed (`reason` in older spools).
+        #[serde(alias = "reason")]
+        detail: Detail,
         /// A delay notice was sent to the sender.
         #[serde(default)]
         notified: bool,
     },
     Delivered {
         at: i64,
-        reply: String,
+        #[serde(alias = "reply")]
+        detail: Detail,
     },
     Bounced {
         at: i64,
-        reason: String,
+        #[serde(alias = "reason")]
+        detail: Detail,
     },
 }
 

@@ -195,9 +195,14 @@ impl Harness {
                 let Some(id) = self.live_id(msg) else { return };
                 let index = rcpt % self.model[&id].states.len();
                 let state = if delivered {
-                    RcptState::Delivered { at: 1, reply: "250 ok".into() }
+                    RcptState::Delivered { at: 1, detail: Detail::new((2, 0, 0), "ok") }
                 } else {
-                    RcptState::Deferred { attempts, next_attempt: 9, reason: "4.0.0 later".into(), notified: false }
+                    RcptState::Deferred {
+                        attempts,
+                        next_attempt: 9,
+                        detail: Detail::new((4, 0, 0), "later"),
+                        notified: false,
+                    }
                 };
                 let change = Change::Recipient { id: id.clone(), index, state: state.clone() };
                 match self.rt.block_on(self.spool().record(&[change])) {

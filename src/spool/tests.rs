@@ -46,7 +46,7 @@ fn store_recover_and_finish() {
     let s1 = rt.block_on(spool.store(&e1, b"hello")).unwrap();
     rt.block_on(spool.store(&e2, b"world")).unwrap();
     assert_eq!(spool.read_content(&s1).unwrap(), b"hello");
-    let delivered = RcptState::Delivered { at: 1, reply: "ok".into() };
+    let delivered = RcptState::Delivered { at: 1, detail: Detail::new((2, 0, 0), "ok") };
     rt.block_on(spool.record(&[Change::Recipient { id: e1.id.clone(), index: 0, state: delivered.clone() }])).unwrap();
     rt.block_on(spool.record(&[Change::Done { id: e2.id.clone() }])).unwrap();
     drop(spool);

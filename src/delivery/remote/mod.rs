@@ -84,7 +84,7 @@ pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'
         Ok(h) => h,
         Err(f) => return all(job, Err(f)),
     };
-    let mut last = Failure::temporary(format!("4.4.1 no reachable server for {domain}"));
+    let mut last = Failure::temporary((4, 4, 1), format!("no reachable server for {domain}"));
     for hop in &hops {
         let addrs = match route::addresses(config, dns, hop).await {
             Ok(a) => a,
@@ -98,7 +98,7 @@ pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'
             match attempt(config, hop, addr, job).await {
                 Ok(outcome) => return outcome,
                 Err(f) => {
-                    tracing::info!(host = %hop.host, %addr, reason = %f.reason, "trying next server");
+                    tracing::info!(host = %hop.host, %addr, reason = %f.detail, "trying next server");
                     last = f;
                 }
             }
@@ -111,7 +111,7 @@ pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'
 /// greeting); `Ok` carries the recipients' results. An idle connection to the same
 /// server is reused when it still answers RSET.
 async fn attempt(config: &RemoteConfig, hop: &Hop, addr: SocketAddr, job: &Job<'_>) -> Result<Outcome, Failure> {
-    let conn_fail = |what: String| Failure::temporary(format!("4.4.1 {} [{}]: {what}", hop.host, addr.ip()));
+    let conn_fail = |what: String| Failure::temporary((4, 4, 1), format!("{} [{}]: {what}", hop.host, addr.ip()));
     let key = format!("{}|{addr}", hop.host);
     let _slot = config.pool.slot(&key).await;
     let mut reused = None;
@@ -163,6 +163,6 @@ async fn connect(config: &RemoteConfig, hop: &Hop, addr: SocketAddr) -> Result<t
         return Err(format!("greeting {}", greeting.text()));
     }
     let peer = format!("{} [{}]", hop.host, addr.ip());
-    let session = transaction::Session { peer: &peer, host: &hop.host, policy, level };
+    let session = transaction::Session { peer: &peer, host: &hop.host, ip: addr.ip(), policy, level };
     transaction::open(config, client, session).await.map_err(|e| e.0)
 }

@@ -42,12 +42,14 @@ pub async fn hops(config: &RemoteConfig, dns: &Dns, domain: &str) -> Result<Vec<
         Ok(Mx::Hosts(hosts)) => hosts.into_iter().take(MAX_MX_HOSTS).map(|(_, h)| h).collect(),
         Ok(Mx::None) => vec![domain.to_string()],
         Ok(Mx::Null) => {
-            return Err(Failure::permanent(format!("5.1.10 domain {domain} accepts no mail (null MX, RFC 7505)")));
+            return Err(Failure::permanent((5, 1, 10), format!("domain {domain} accepts no mail (null MX, RFC 7505)")));
         }
-        Err(DnsError::NoSuchDomain) => return Err(Failure::permanent(format!("5.1.2 domain {domain} does not exist"))),
+        Err(DnsError::NoSuchDomain) => {
+            return Err(Failure::permanent((5, 1, 2), format!("domain {domain} does not exist")));
+        }
         Err(DnsError::NoRecords) => vec![domain.to_string()],
         Err(DnsError::Temporary(e)) => {
-            return Err(Failure::temporary(format!("4.4.3 DNS lookup of MX for {domain} failed: {e}")));
+            return Err(Failure::temporary((4, 4, 3), format!("DNS lookup of MX for {domain} failed: {e}")));
         }
     };
     Ok(hosts.into_iter().map(|host| Hop { host, port: config.port }).collect())
@@ -56,21 +58,21 @@ pub async fn hops(config: &RemoteConfig, dns: &Dns, domain: &str) -> Result<Vec<
 /// The addresses of a hop, or why none may be used.
 pub async fn addresses(config: &RemoteConfig, dns: &Dns, hop: &Hop) -> Result<Vec<SocketAddr>, Failure> {
     if hop.host == config.hostname.to_lowercase() {
-        return Err(Failure::permanent(format!("5.4.6 mail for {} loops back to myself", hop.host)));
+        return Err(Failure::permanent((5, 4, 6), format!("mail for {} loops back to myself", hop.host)));
     }
     let ips = match hop.host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) => match dns.addresses(&hop.host).await {
             Ok(ips) => ips,
             Err(DnsError::Temporary(e)) => {
-                return Err(Failure::temporary(format!("4.4.3 DNS lookup of {} failed: {e}", hop.host)));
+                return Err(Failure::temporary((4, 4, 3), format!("DNS lookup of {} failed: {e}", hop.host)));
             }
-            Err(_) => return Err(Failure::temporary(format!("4.4.4 host {} has no address", hop.host))),
+            Err(_) => return Err(Failure::temporary((4, 4, 4), format!("host {} has no address", hop.host))),
         },
     };
     let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, hop.port)).collect();
     if addrs.iter().any(|a| config.own_addrs.iter().any(|own| is_same_listener(own, a))) {
-        return Err(Failure::permanent(format!("5.4.6 mail for {} loops back to myself", hop.host)));
+        return Err(Failure::permanent((5, 4, 6), format!("mail for {} loops back to myself", hop.host)));
     }
     // A next hop from the configuration (a local filter on 127.0.0.1, say) is trusted;
     // one that came from DNS may not point at this machine.
@@ -81,10 +83,8 @@ pub async fn addresses(config: &RemoteConfig, dns: &Dns, hop: &Hop) -> Result<Ve
         .filter(|a| configured || config.allow_loopback || !(a.ip().is_loopback() || a.ip().is_unspecified()))
         .collect();
     if usable.is_empty() {
-        return Err(Failure::temporary(format!(
-            "4.4.4 {} points to a loopback or unspecified address (misconfigured DNS)",
-            hop.host
-        )));
+        let text = format!("{} points to a loopback or unspecified address (misconfigured DNS)", hop.host);
+        return Err(Failure::temporary((4, 4, 4), text));
     }
     Ok(usable)
 }

@@ -3,7 +3,8 @@
 use super::client::{Client, ConnError, RemoteReply, dot_stuff};
 use super::tls::TlsLevel;
 use super::{Job, Outcome, RemoteConfig, TlsPolicy};
-use crate::delivery::{Delivered, Failure};
+use crate::delivery::{Delivered, Detail, Failure, ServerReply};
+use std::net::IpAddr;
 
 /// What the server offered in its EHLO reply.
 #[derive(Debug, Default)]
@@ -38,21 +39,14 @@ fn capabilities(ehlo: &RemoteReply) -> Capabilities {
     caps
 }
 
-/// The enhanced status code in a reply, or one made from its class.
-fn status_of(reply: &RemoteReply) -> String {
-    let first = reply.lines.first().map(String::as_str).unwrap_or("");
-    let candidate = first.split_whitespace().next().unwrap_or("");
-    let parts: Vec<&str> = candidate.split('.').collect();
-    let valid = parts.len() == 3
-        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        && parts[0] == (reply.code / 100).to_string();
-    if valid { candidate.to_string() } else { format!("{}.0.0", reply.code / 100) }
+/// A failure carrying the remote server's own words.
+fn remote_failure(host: &str, ip: IpAddr, reply: &RemoteReply) -> Failure {
+    let detail = Detail::from_server(server_reply(host, ip, reply), "");
+    Failure { temporary: reply.is_temporary(), detail }
 }
 
-/// A failure carrying the remote server's own words.
-fn remote_failure(peer: &str, reply: &RemoteReply) -> Failure {
-    let reason = format!("{} {peer} said: {}", status_of(reply), reply.text());
-    if reply.is_temporary() { Failure::temporary(reason) } else { Failure::permanent(reason) }
+fn server_reply(host: &str, ip: IpAddr, reply: &RemoteReply) -> ServerReply {
+    ServerReply { host: host.to_string(), ip, code: reply.code, text: reply.lines.join(" / ") }
 }
 
 fn everyone(job: &Job<'_>, result: Result<Delivered, Failure>) -> Outcome {
@@ -70,6 +64,7 @@ pub struct Session<'a> {
     pub peer: &'a str,
     /// The name the certificate must match.
     pub host: &'a str,
+    pub ip: IpAddr,
     pub policy: TlsPolicy,
     /// TLS already in place (implicit TLS).
     pub level: TlsLevel,
@@ -94,6 +89,8 @@ pub struct Connection {
     level: TlsLevel,
     /// `host [ip]`, for messages.
     peer: String,
+    host: String,
+    ip: IpAddr,
 }
 
 /// EHLO, STARTTLS when wanted, AUTH at a smarthost.
@@ -117,22 +114,32 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
     if let Some((user, password)) = &config.auth {
         authenticate(&mut client, &caps, user, password).await?;
     }
-    Ok(Connection { client, caps, level, peer: session.peer.to_string() })
+    Ok(Connection {
+        client,
+        caps,
+        level,
+        peer: session.peer.to_string(),
+        host: session.host.to_string(),
+        ip: session.ip,
+    })
 }
 
 /// One mail transaction. The connection is left between transactions (never QUIT),
 /// so that it can carry the next message after an RSET.
 pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -> Result<Outcome, ConnError> {
     let (client, caps, level, peer) = (&mut conn.client, &conn.caps, conn.level, conn.peer.as_str());
+    let (host, ip) = (conn.host.as_str(), conn.ip);
     // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
     if job.smtputf8 && !caps.smtputf8 {
-        let f = Failure::permanent(format!("5.6.7 {peer} does not support SMTPUTF8, needed by this message"));
+        let f = Failure::permanent((5, 6, 7), format!("{peer} does not support SMTPUTF8, needed by this message"));
         return Ok(everyone(job, Err(f)));
     }
     let size = job.content.len() as u64;
     if caps.size.is_some_and(|max| size > max) {
-        let f =
-            Failure::permanent(format!("5.3.4 message too big for {peer} (limit {} bytes)", caps.size.unwrap_or(0)));
+        let f = Failure::permanent(
+            (5, 3, 4),
+            format!("message too big for {peer} (limit {} bytes)", caps.size.unwrap_or(0)),
+        );
         return Ok(everyone(job, Err(f)));
     }
 
@@ -195,7 +202,7 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
 
     let mail_reply = &replies[0];
     if !mail_reply.is_positive() {
-        return Ok(everyone(job, Err(remote_failure(peer, mail_reply))));
+        return Ok(everyone(job, Err(remote_failure(host, ip, mail_reply))));
     }
     let mut outcome = Vec::new();
     let mut accepted = Vec::new();
@@ -203,7 +210,7 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         if reply.is_positive() {
             accepted.push(*i);
         } else {
-            outcome.push((*i, Err(remote_failure(peer, reply))));
+            outcome.push((*i, Err(remote_failure(host, ip, reply))));
         }
     }
     if accepted.is_empty() {
@@ -218,17 +225,17 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     } else {
         let data_reply = &replies[replies.len() - 1];
         if data_reply.code != 354 {
-            outcome.extend(accepted.iter().map(|i| (*i, Err(remote_failure(peer, data_reply)))));
+            outcome.extend(accepted.iter().map(|i| (*i, Err(remote_failure(host, ip, data_reply)))));
             return Ok(outcome);
         }
         client.write(&dot_stuff(job.content)).await?;
         client.read_reply_within(config.data_timeout).await?
     };
     let result = if final_reply.is_positive() {
-        let reply = format!("{peer} said: {} (TLS: {level})", final_reply.text());
-        Ok(Delivered { reply, relayed: true, dsn_passed_on: caps.dsn })
+        let detail = Detail::from_server(server_reply(host, ip, &final_reply), format!("(TLS: {level})"));
+        Ok(Delivered { detail, relayed: true, dsn_passed_on: caps.dsn })
     } else {
-        Err(remote_failure(peer, &final_reply))
+        Err(remote_failure(host, ip, &final_reply))
     };
     outcome.extend(accepted.iter().map(|i| (*i, result.clone())));
     Ok(outcome)
@@ -275,8 +282,9 @@ mod tests {
 
     #[test]
     fn status_codes() {
-        assert_eq!(status_of(&reply(550, &["5.1.1 no such user"])), "5.1.1");
-        assert_eq!(status_of(&reply(550, &["no such user"])), "5.0.0");
-        assert_eq!(status_of(&reply(451, &["5.1.1 confused"])), "4.0.0");
+        let status = |r: RemoteReply| remote_failure("mx", [127, 0, 0, 2].into(), &r).detail.status.to_string();
+        assert_eq!(status(reply(550, &["5.1.1 no such user"])), "5.1.1");
+        assert_eq!(status(reply(550, &["no such user"])), "5.0.0");
+        assert_eq!(status(reply(451, &["5.1.1 confused"])), "4.0.0");
     }
 }
