@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod fault;
 pub mod log_limit;
 pub mod net;
 pub mod policy;

@@ -171,6 +171,8 @@ pub struct Tern {
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
+    /// Environment variables for the server process.
+    env: Vec<(String, String)>,
     /// A loopback port nothing listens on (DNS and outbound SMTP go there).
     dead_port: u16,
     child: Option<Child>,
@@ -202,6 +204,7 @@ impl Tern {
             config_path,
             data_dir,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             dead_port: free_port(),
             child: None,
             starts: 0,
@@ -227,6 +230,12 @@ impl Tern {
         );
         fs::write(&self.config_path, config).expect("write config");
         fs::write(self.dir.path().join("extra.toml"), toml_extra).expect("write extra");
+    }
+
+    /// Sets an environment variable for the server's next start.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_string(), value.to_string()));
     }
 
     pub fn path(&self) -> &Path {
@@ -293,6 +302,7 @@ impl Tern {
             .arg("--config")
             .arg(&self.config_path)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(open_log(self.stdout_log()))
