@@ -2,6 +2,8 @@
 
 mod common;
 
+#[cfg(feature = "fault-injection")]
+use common::outbound::{wait_for, wait_queue_empty};
 use common::*;
 use std::collections::HashMap;
 use std::fs;
@@ -359,4 +361,58 @@ s.quit()
     assert_eq!(t.new_files("localhost", "alice").len(), 2, "{}", t.logs());
     assert!(t.queue_list().all().contains("queue is empty"));
     t.kill9();
+}
+
+/// Starts Tern with its first delivery attempt made to panic (`TERN_FAULTS`).
+#[cfg(feature = "fault-injection")]
+fn start_with_panicking_attempt(retry: &str) -> Tern {
+    let mut t = Tern::new_stopped(&format!("{LOCAL_OPEN}\n[queue]\nretry = [\"{retry}\"]\n"), &[]);
+    t.set_env("TERN_FAULTS", "attempt=panic*1");
+    t.start_again();
+    t
+}
+
+/// Waits (bounded) until the log reports the panicked attempt of `id`.
+#[cfg(feature = "fault-injection")]
+#[track_caller]
+fn wait_panic_logged(t: &Tern, id: &str) {
+    wait_for(
+        Duration::from_secs(20),
+        "the panicked attempt in the log",
+        || {
+            let logs = t.logs();
+            logs.lines().any(|l| l.contains("delivery attempt failed") && l.contains(id)).then_some(())
+        },
+        || t.logs(),
+    );
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_panicking_attempt_is_retried() {
+    let t = start_with_panicking_attempt("1s");
+    let out = t.swaks(&["-f", "sender@example.org", "-t", "alice@localhost"]);
+    out.assert_success("swaks");
+    let id = queue_id(&out.stdout).expect("queue id");
+    wait_panic_logged(&t, &id);
+    let logs = t.logs();
+    assert!(logs.contains("fault injected at attempt"), "the log gives the panic's text:\n{logs}");
+    let mail = t.wait_mail_within("localhost", "alice", 1, Duration::from_secs(20));
+    assert_eq!(mail.len(), 1);
+    wait_queue_empty(&t, Duration::from_secs(10));
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_message_whose_attempt_panicked_can_be_deleted() {
+    // The retry is far off: after the panic the message waits in the queue.
+    let t = start_with_panicking_attempt("1h");
+    let out = t.swaks(&["-f", "sender@example.org", "-t", "alice@localhost"]);
+    out.assert_success("swaks");
+    let id = queue_id(&out.stdout).expect("queue id");
+    wait_panic_logged(&t, &id);
+    let delete = t.tern_cmd(&["queue", "delete", &id]);
+    delete.assert_success("tern queue delete after a panicked attempt");
+    wait_queue_empty(&t, Duration::from_secs(10));
+    assert!(t.new_files("localhost", "alice").is_empty(), "a deleted message was delivered");
 }

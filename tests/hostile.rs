@@ -359,3 +359,33 @@ fn five_thousand_idle_connections() {
     let after = rss_kib(pid);
     println!("RSS after closing them: {after} KiB");
 }
+
+/// A command line must be complete within `command_timeout` of its first byte,
+/// however often its bytes trickle in.
+#[test]
+fn a_trickled_command_line_times_out_from_its_first_byte() {
+    const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+    let t = Tern::start(&format!("{LOCAL_OPEN}\n[limits]\ncommand_timeout = \"2s\"\n"));
+    let mut raw = Raw::connect(t.port);
+    assert_eq!(raw.reply().code, 220);
+    // "EHLO x" and then more x, one byte every 500 ms, never a line end.
+    let bytes = b"EHLO ".iter().copied().chain(std::iter::repeat(b'x'));
+    let first = Instant::now();
+    let mut reply = None;
+    for byte in bytes {
+        if raw.send(&[byte]).is_err() || first.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+        reply = raw.try_reply(Duration::from_millis(500));
+        if reply.is_some() || raw.closed {
+            break;
+        }
+    }
+    let elapsed = first.elapsed();
+    let reply = reply.unwrap_or_else(|| panic!("no reply within {elapsed:?}\n{}", t.logs()));
+    assert_eq!(reply.code, 421, "{reply:?}");
+    assert!(reply.has("4.4.2"), "{reply:?}");
+    assert!(elapsed >= COMMAND_TIMEOUT - Duration::from_millis(100), "closed after only {elapsed:?}");
+    assert!(elapsed < COMMAND_TIMEOUT + Duration::from_millis(1500), "closed only after {elapsed:?}");
+    assert!(raw.wait_closed(Duration::from_secs(5)), "the connection stays open after the 421");
+}

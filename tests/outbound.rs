@@ -584,3 +584,90 @@ fn quoted_local_part_is_sent_quoted() {
         "the recipient must keep its quotes on the wire: {commands:#?}"
     );
 }
+
+/// The content received by the fake server on connection `n`, in order.
+fn messages_on(peer: &FakePeer, n: usize) -> Vec<Vec<u8>> {
+    let prefix = format!("MESSAGE {n} ");
+    peer.events("MESSAGE")
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|path| fs::read(path).expect("read received message"))
+        .collect()
+}
+
+#[test]
+fn connection_left_in_data_by_a_broken_server_is_not_reused() {
+    let port = peer_port();
+    let dns = DnsServer::start(&mx_zone(&[(10, "127.0.0.2")]));
+    // Pipelining (the default): MAIL, RCPT and DATA go out together, and this
+    // server answers DATA with 354 although it refused the only recipient.
+    let nobody = "nobody@remote.test";
+    let peer = FakePeer::start("127.0.0.2", port, &json!({ "refuse_rcpt": [nobody], "data_without_rcpt": true }));
+    let base = sender_base("");
+    let a = start_sender(&setup(&base, Some(&dns), port));
+
+    send_message(&a, SENDER, &[nobody], &test_message("refused everywhere", nobody), &[]);
+    let dsn = wait_notice(&a);
+    assert_failed(&dsn, nobody, "5.1.1");
+    wait_queue_empty(&a, DELIVERY);
+    // The empty content is ended with a lone dot and the connection closed at once,
+    // not kept for the next message.
+    wait_for(
+        Duration::from_secs(10),
+        "the first connection to be closed",
+        || peer.events("CLOSE").iter().any(|l| l == "CLOSE 1").then_some(()),
+        || peer.logs(),
+    );
+    assert_eq!(messages_on(&peer, 1), [Vec::<u8>::new()], "only the empty content on connection 1:\n{}", peer.logs());
+    assert!(!peer.log().contains("CMD 1 RSET"), "{}", peer.logs());
+
+    let msg = test_message("after the broken one", BOB);
+    send_message(&a, SENDER, &[BOB], &msg, &[]);
+    wait_for(
+        DELIVERY,
+        "the second message at the server",
+        || (!messages_on(&peer, 2).is_empty()).then_some(()),
+        || format!("{}\n{}", peer.logs(), a.logs()),
+    );
+    assert_eq!(peer.events("CONNECT").len(), 2, "{}", peer.logs());
+    let received = messages_on(&peer, 2);
+    assert_eq!(received.len(), 1, "{}", peer.logs());
+    assert!(received[0].ends_with(&msg), "not intact:\n{}", show(&received[0]));
+    wait_queue_empty(&a, DELIVERY);
+}
+
+#[test]
+fn no_data_when_every_recipient_is_refused_without_pipelining() {
+    let port = peer_port();
+    let dns = DnsServer::start(&mx_zone(&[(10, "127.0.0.2")]));
+    let nobody = "nobody@remote.test";
+    let conf = json!({ "ehlo": ["8BITMIME", "ENHANCEDSTATUSCODES"], "refuse_rcpt": [nobody] });
+    let peer = FakePeer::start("127.0.0.2", port, &conf);
+    let base = sender_base("");
+    let a = start_sender(&setup(&base, Some(&dns), port));
+
+    send_message(&a, SENDER, &[nobody], &test_message("refused", nobody), &[]);
+    let dsn = wait_notice(&a);
+    assert_failed(&dsn, nobody, "5.1.1");
+    wait_queue_empty(&a, DELIVERY);
+    // The transaction is reset right away; no DATA.
+    wait_for(
+        Duration::from_secs(10),
+        "RSET",
+        || peer.commands().iter().any(|c| c == "RSET").then_some(()),
+        || peer.logs(),
+    );
+    assert!(!peer.commands().iter().any(|c| c == "DATA"), "{}", peer.logs());
+
+    let msg = test_message("after the refused one", BOB);
+    send_message(&a, SENDER, &[BOB], &msg, &[]);
+    wait_for(
+        DELIVERY,
+        "the second message at the server",
+        || (!peer.messages().is_empty()).then_some(()),
+        || format!("{}\n{}", peer.logs(), a.logs()),
+    );
+    let received = peer.messages();
+    assert_eq!(received.len(), 1, "{}", peer.logs());
+    assert!(received[0].ends_with(&msg), "not intact:\n{}", show(&received[0]));
+}

@@ -30,6 +30,7 @@ struct Outcome {
 
 /// Tries every pending recipient, records the results, and returns the updated message.
 pub async fn run(shared: &Arc<Shared>, mut stored: Stored, content: Option<Arc<Vec<u8>>>) -> Finished {
+    crate::fault::point("attempt");
     let id = stored.envelope.id.clone();
     let content = match content {
         Some(c) => Ok(c),

@@ -2,8 +2,9 @@
 //!
 //! One scheduler task owns every pending message. New messages and messages recovered
 //! at start-up enter through the same door ([`Queue::enqueue`]); each attempt runs as
-//! its own task and reports back, and every result is recorded in the spool before the
-//! scheduler moves on.
+//! its own task under the scheduler's watch, and every result is recorded in the spool
+//! before the scheduler moves on. An attempt that panics is retried later like one
+//! that failed for a while.
 
 mod attempt;
 pub mod bounce;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle, JoinSet};
 
 /// What the queue needs to know.
 #[derive(Debug, Clone)]
@@ -104,17 +105,17 @@ impl Queue {
         for stored in pending {
             queue.enqueue(stored, None);
         }
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let scheduler = Scheduler {
             shared: Arc::new(shared),
             entries: HashMap::new(),
             timers: BTreeSet::new(),
             ready: VecDeque::new(),
             in_flight: HashSet::new(),
-            done_tx,
+            attempts: JoinSet::new(),
+            running: HashMap::new(),
             held: 0,
         };
-        let handle = tokio::spawn(scheduler.run(rx, done_rx));
+        let handle = tokio::spawn(scheduler.run(rx));
         (queue, handle)
     }
 
@@ -156,7 +157,11 @@ struct Scheduler {
     timers: BTreeSet<(i64, String)>,
     ready: VecDeque<String>,
     in_flight: HashSet<String>,
-    done_tx: mpsc::UnboundedSender<attempt::Finished>,
+    /// The attempts under way.
+    attempts: JoinSet<attempt::Finished>,
+    /// Each attempt's message as it was when the attempt started: what is retried
+    /// if the attempt never reports back.
+    running: HashMap<tokio::task::Id, Entry>,
     /// Bytes of message content kept in memory by waiting entries.
     held: usize,
 }
@@ -166,11 +171,7 @@ struct Scheduler {
 const CONTENT_BUDGET: usize = 64 << 20;
 
 impl Scheduler {
-    async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Command>,
-        mut done_rx: mpsc::UnboundedReceiver<attempt::Finished>,
-    ) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut stopping = false;
         loop {
             // While the store refuses writes, results could not be recorded: wait until
@@ -203,12 +204,8 @@ impl Scheduler {
                         self.shared.stopping.send_replace(true);
                     }
                 },
-                Some(finished) = done_rx.recv() => {
-                    self.in_flight.remove(&finished.stored.envelope.id);
-                    for (notice, content) in finished.notices {
-                        self.schedule(notice, Some(content));
-                    }
-                    self.schedule(finished.stored, None);
+                Some(joined) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => {
+                    self.attempt_ended(joined);
                 }
                 () = sleep, if !stopping => {
                     let now = now();
@@ -246,6 +243,11 @@ impl Scheduler {
             })
             .min();
         let Some(due) = due else { return };
+        self.wait(stored, content, due);
+    }
+
+    /// Puts a message in line for `due` (Unix seconds).
+    fn wait(&mut self, stored: Stored, content: Option<Arc<Vec<u8>>>, due: i64) {
         let id = stored.envelope.id.clone();
         if due <= now() {
             self.ready.push_back(id.clone());
@@ -268,11 +270,40 @@ impl Scheduler {
         let Some(entry) = self.take(id) else { return };
         self.in_flight.insert(id.to_string());
         let shared = self.shared.clone();
-        let done = self.done_tx.clone();
-        tokio::spawn(async move {
-            let finished = attempt::run(&shared, entry.stored, entry.content).await;
-            let _ = done.send(finished);
-        });
+        let (stored, content) = (entry.stored.clone(), entry.content.clone());
+        let task = self.attempts.spawn(async move { attempt::run(&shared, stored, content).await });
+        self.running.insert(task.id(), entry);
+    }
+
+    /// Takes the result of an attempt: the message and its notices go back in line.
+    fn attempt_ended(&mut self, joined: Result<(tokio::task::Id, attempt::Finished), JoinError>) {
+        let task = match &joined {
+            Ok((task, _)) => *task,
+            Err(e) => e.id(),
+        };
+        let Some(before) = self.running.remove(&task) else { return };
+        self.in_flight.remove(&before.stored.envelope.id);
+        match joined {
+            Ok((_, finished)) => {
+                for (notice, content) in finished.notices {
+                    self.schedule(notice, Some(content));
+                }
+                self.schedule(finished.stored, None);
+            }
+            Err(e) => self.attempt_failed(before, e),
+        }
+    }
+
+    /// An attempt that panicked records nothing (its results reach the spool only at
+    /// its end), so the message as it was before the attempt is still what the spool
+    /// holds. It is tried again after the first retry delay, as after a temporary
+    /// failure, rather than left stuck until a restart.
+    fn attempt_failed(&mut self, before: Entry, error: JoinError) {
+        let id = before.stored.envelope.id.clone();
+        let why = if error.is_panic() { panic_text(error.into_panic()) } else { "cancelled".to_string() };
+        let wait = retry::delay(&self.shared.config.retry, 1);
+        tracing::error!(id, panic = %why, retry_in = ?wait, "delivery attempt failed; will retry");
+        self.wait(before.stored, before.content, now() + wait.as_secs().max(1) as i64);
     }
 
     fn flush(&mut self, id: Option<&str>) -> usize {
@@ -316,5 +347,13 @@ impl Scheduler {
             .record(&[Change::Done { id: id.to_string() }])
             .await
             .map_err(|e| format!("cannot record deletion: {e}"))
+    }
+}
+
+/// The message a panic carried, if it was text.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => payload.downcast_ref::<&str>().map_or_else(|| "unknown panic".to_string(), |s| s.to_string()),
     }
 }

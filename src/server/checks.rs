@@ -3,6 +3,7 @@
 
 use super::Context;
 use super::received::received_header;
+use crate::log_limit::{self, LogLimit};
 use crate::policy::auth::results::strip_forged;
 use crate::policy::auth::{Action, SpfCheck};
 use crate::policy::greylist::Verdict;
@@ -197,7 +198,11 @@ pub async fn message(
             Ok(id)
         }
         Err(e) => {
-            tracing::error!(id, error = %e, client = %peer, "cannot store message; refused with 452");
+            // A full disk refuses every message; one line per period says so.
+            static STORE_FAILED: LogLimit = LogLimit::new(log_limit::PERIOD);
+            if let Some(repeats) = STORE_FAILED.admit() {
+                tracing::error!(id, error = %e, client = %peer, repeats, "cannot store message; refused with 452");
+            }
             Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
         }
     }

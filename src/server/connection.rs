@@ -21,6 +21,37 @@ const READ_BUFFER: usize = 64 * 1024;
 /// The data rate is judged only after a message has been arriving this long.
 const DATA_RATE_GRACE: Duration = Duration::from_secs(30);
 
+/// When the command line being received began. A line must be complete within
+/// `command_timeout` of its first byte however slowly its bytes arrive (RFC 5321
+/// §4.5.3.2.7 times the wait for a command as a whole), or a client sending a byte
+/// now and then would hold the connection until the session limit.
+#[derive(Default)]
+struct LineTimer {
+    started: Option<Instant>,
+}
+
+impl LineTimer {
+    /// Notes bytes read at `at`: they begin a line unless they continue one. Bytes
+    /// after a line end begin the next line now.
+    fn received(&mut self, bytes: &[u8], at: Instant) {
+        if self.started.is_none() || memchr::memchr(b'\n', bytes).is_some() {
+            self.started = Some(at);
+        }
+    }
+
+    /// Forgets the start once the session holds no incomplete command line.
+    fn settle(&mut self, partial: bool) {
+        if !partial {
+            self.started = None;
+        }
+    }
+
+    /// When the incomplete line, if any, runs out of time.
+    fn deadline(&self, limit: Duration) -> Option<Instant> {
+        self.started.map(|start| start + limit)
+    }
+}
+
 /// Why a connection ended, for the log.
 enum End {
     Closed,
@@ -173,6 +204,7 @@ async fn converse(
     let mut transfer: Option<(Instant, u64)> = None;
     // The SPF check of the open transaction, for mail that is checked.
     let mut spf: Option<tokio::task::JoinHandle<SpfCheck>> = None;
+    let mut line = LineTimer::default();
     loop {
         while let Some(event) = session.poll() {
             match event {
@@ -259,7 +291,16 @@ async fn converse(
                 return End::Timeout;
             }
         }
-        let wait = limits.command_timeout.min(left);
+        line.settle(session.partial_line());
+        let mut wait = limits.command_timeout.min(left);
+        if let Some(line_deadline) = line.deadline(limits.command_timeout) {
+            let line_left = line_deadline.saturating_duration_since(Instant::now());
+            if line_left.is_zero() {
+                let _ = say(stream, timeout_reply(), limits.command_timeout).await;
+                return End::Timeout;
+            }
+            wait = wait.min(line_left);
+        }
         tokio::select! {
             read = timeout(wait, stream.read(&mut buf)) => match read {
                 Ok(Ok(0)) => return End::ClientGone,
@@ -268,11 +309,14 @@ async fn converse(
                         let t = transfer.get_or_insert((Instant::now(), 0));
                         t.1 += n as u64;
                     }
+                    // Content bytes too: the end of a message may share a read with
+                    // the start of the next command.
+                    line.received(&buf[..n], Instant::now());
                     session.receive(&buf[..n]);
                 }
                 Ok(Err(e)) => return End::Error(e.to_string()),
                 Err(_) => {
-                    let _ = say(stream, Reply::new(421, (4, 4, 2), "Timeout, closing connection"), limits.command_timeout).await;
+                    let _ = say(stream, timeout_reply(), limits.command_timeout).await;
                     return End::Timeout;
                 }
             },
@@ -283,5 +327,36 @@ async fn converse(
                 return End::Shutdown;
             }
         }
+    }
+}
+
+/// The reply to a client that took too long over a command.
+fn timeout_reply() -> Reply {
+    Reply::new(421, (4, 4, 2), "Timeout, closing connection")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_timer_starts_at_the_first_byte_of_each_line() {
+        let limit = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut line = LineTimer::default();
+        assert_eq!(line.deadline(limit), None);
+        line.received(b"EH", at(0));
+        line.settle(true);
+        line.received(b"L", at(500));
+        line.settle(true);
+        assert_eq!(line.deadline(limit), Some(at(2000)), "trickling does not move the deadline");
+        // The line ends and the next one begins in the same read.
+        line.received(b"O x\r\nMA", at(900));
+        line.settle(true);
+        assert_eq!(line.deadline(limit), Some(at(2900)));
+        line.received(b"IL FROM:<>\r\n", at(1000));
+        line.settle(false);
+        assert_eq!(line.deadline(limit), None);
     }
 }

@@ -12,6 +12,7 @@ use crate::config::{Config, ListenMode};
 use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::{Hop, Pool, RemoteConfig, TlsClient};
 use crate::dns::Dns;
+use crate::log_limit::{self, LogLimit};
 use crate::policy::LocalPolicy;
 use crate::policy::auth::Checker;
 use crate::policy::dkim::Signer;
@@ -171,10 +172,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
                                 drop(alive);
                             });
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
+                        Err(e) => accept_failed(&e).await,
                     },
                     _ = stop.changed() => break,
                 }
@@ -250,4 +248,18 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// Logs a failed `accept` (rate-limited: at the file-descriptor limit it fails for
+/// every waiting client) and pauses the accept loop. Out of descriptors, the pause is
+/// longer, so that connections being closed can free some instead of the loop
+/// spinning.
+async fn accept_failed(e: &std::io::Error) {
+    static ACCEPT_FAILED: LogLimit = LogLimit::new(log_limit::PERIOD);
+    if let Some(repeats) = ACCEPT_FAILED.admit() {
+        tracing::warn!(error = %e, repeats, "accept failed");
+    }
+    let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+    let pause = if out_of_descriptors { 100 } else { 50 };
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
 }

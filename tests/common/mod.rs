@@ -173,6 +173,8 @@ pub struct Tern {
     extra_args: Vec<String>,
     /// The umask `tern` runs under (the server and `tern_cmd`); None keeps the test's.
     pub umask: Option<u32>,
+    /// Environment variables for the server process.
+    env: Vec<(String, String)>,
     /// A loopback port nothing listens on (DNS and outbound SMTP go there).
     dead_port: u16,
     child: Option<Child>,
@@ -205,6 +207,7 @@ impl Tern {
             data_dir,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             umask: None,
+            env: Vec::new(),
             dead_port: free_port(),
             child: None,
             starts: 0,
@@ -230,6 +233,12 @@ impl Tern {
         );
         fs::write(&self.config_path, config).expect("write config");
         fs::write(self.dir.path().join("extra.toml"), toml_extra).expect("write extra");
+    }
+
+    /// Sets an environment variable for the server's next start.
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_string(), value.to_string()));
     }
 
     pub fn path(&self) -> &Path {
@@ -296,6 +305,7 @@ impl Tern {
             .arg("--config")
             .arg(&self.config_path)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(open_log(self.stdout_log()))

@@ -299,7 +299,10 @@ impl Drop for SmtpSink {
 ///   `{"long": N}` (a reply line of N bytes), each optionally with
 ///   `"close": true` (close the connection after it), or `{"close": true}`;
 /// - `close_mid_data`: close the connection once this many bytes of
-///   message content arrived.
+///   message content arrived;
+/// - `refuse_rcpt`: addresses whose RCPT is refused with 550 5.1.1;
+/// - `data_without_rcpt`: answer DATA with 354 even when no recipient was
+///   accepted (a broken server; the content is then read and logged as ever).
 const FAKE_SMTP: &str = r#"
 import base64, json, os, socketserver, sys, threading, time
 
@@ -417,10 +420,13 @@ class Handler(socketserver.StreamRequestHandler):
                 else:
                     self.act("MAIL", "250 2.1.0 Ok")
             elif verb == "RCPT":
-                if self.act("RCPT", "250 2.1.5 Ok").startswith("2"):
+                addr = text[text.find("<") + 1:text.find(">")].lower()
+                if addr in CONF.get("refuse_rcpt", []):
+                    self.send("550 5.1.1 <%s>: Recipient address rejected\r\n" % addr)
+                elif self.act("RCPT", "250 2.1.5 Ok").startswith("2"):
                     rcpts += 1
             elif verb == "DATA":
-                if rcpts == 0:
+                if rcpts == 0 and not CONF.get("data_without_rcpt"):
                     self.send("554 5.5.1 Error: no valid recipients\r\n")
                     continue
                 if not self.act("DATA", "354 End data with <CR><LF>.<CR><LF>").startswith("3"):

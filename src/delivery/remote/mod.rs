@@ -126,7 +126,11 @@ async fn attempt(config: &RemoteConfig, hop: &Hop, addr: SocketAddr, job: &Job<'
         None => connect(config, hop, addr).await.map_err(conn_fail)?,
     };
     let outcome = transaction::send(config, &mut conn, job).await.map_err(|e| conn_fail(e.0))?;
-    config.pool.put(&key, conn);
+    // Only a connection between transactions is kept; one left in any other state
+    // (say, a server still waiting for content) is closed by dropping it.
+    if conn.is_ready() {
+        config.pool.put(&key, conn);
+    }
     Ok(outcome)
 }
 

@@ -91,6 +91,17 @@ pub struct Connection {
     peer: String,
     host: String,
     ip: IpAddr,
+    /// Between transactions, with nothing unanswered: only then may the connection
+    /// carry another message.
+    ready: bool,
+}
+
+impl Connection {
+    /// True when the last transaction ended cleanly (a final reply to the end of
+    /// the content, or a successful RSET), so the connection may be reused.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
 }
 
 /// EHLO, STARTTLS when wanted, AUTH at a smarthost.
@@ -121,11 +132,12 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
         peer: session.peer.to_string(),
         host: session.host.to_string(),
         ip: session.ip,
+        ready: true,
     })
 }
 
-/// One mail transaction. The connection is left between transactions (never QUIT),
-/// so that it can carry the next message after an RSET.
+/// One mail transaction. The connection is left between transactions (never QUIT);
+/// [`Connection::is_ready`] then tells whether it can carry the next message.
 pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -> Result<Outcome, ConnError> {
     let (client, caps, level, peer) = (&mut conn.client, &conn.caps, conn.level, conn.peer.as_str());
     let (host, ip) = (conn.host.as_str(), conn.ip);
@@ -179,6 +191,7 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     if !use_bdat {
         commands.push("DATA".into());
     }
+    conn.ready = false;
     let replies = if caps.pipelining {
         let batch: String = commands.iter().map(|c| format!("{c}\r\n")).collect();
         client.write(batch.as_bytes()).await?;
@@ -188,8 +201,13 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         }
         replies
     } else {
-        let mut replies = Vec::with_capacity(commands.len());
+        let mut replies: Vec<RemoteReply> = Vec::with_capacity(commands.len());
         for (n, c) in commands.iter().enumerate() {
+            let is_data = !use_bdat && n == commands.len() - 1;
+            // RFC 5321 §3.3: no DATA when no recipient was accepted.
+            if is_data && !replies[1..].iter().any(RemoteReply::is_positive) {
+                break;
+            }
             let reply = client.command(c).await?;
             let stop = !reply.is_positive() && n == 0;
             replies.push(reply);
@@ -199,9 +217,12 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         }
         replies
     };
+    // The reply to DATA, when DATA was sent.
+    let data_reply = (!use_bdat && replies.len() == commands.len()).then(|| &replies[replies.len() - 1]);
 
     let mail_reply = &replies[0];
     if !mail_reply.is_positive() {
+        conn.ready = settle(client, data_reply).await;
         return Ok(everyone(job, Err(remote_failure(host, ip, mail_reply))));
     }
     let mut outcome = Vec::new();
@@ -214,7 +235,7 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         }
     }
     if accepted.is_empty() {
-        // A pipelined DATA was refused by the server as well; nothing to send.
+        conn.ready = settle(client, data_reply).await;
         return Ok(outcome);
     }
     let final_reply = if use_bdat {
@@ -223,14 +244,21 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         client.write(&chunk).await?;
         client.read_reply_within(config.data_timeout).await?
     } else {
-        let data_reply = &replies[replies.len() - 1];
-        if data_reply.code != 354 {
-            outcome.extend(accepted.iter().map(|i| (*i, Err(remote_failure(host, ip, data_reply)))));
-            return Ok(outcome);
+        match data_reply {
+            Some(reply) if reply.code == 354 => {}
+            Some(refused) => {
+                outcome.extend(accepted.iter().map(|i| (*i, Err(remote_failure(host, ip, refused)))));
+                conn.ready = settle(client, data_reply).await;
+                return Ok(outcome);
+            }
+            // DATA goes out whenever a recipient is accepted.
+            None => return Err(ConnError("DATA was not sent".into())),
         }
         client.write(&dot_stuff(job.content)).await?;
         client.read_reply_within(config.data_timeout).await?
     };
+    // A final reply to the content ends the transaction, whatever it says.
+    conn.ready = true;
     let result = if final_reply.is_positive() {
         let detail = Detail::from_server(server_reply(host, ip, &final_reply), format!("(TLS: {level})"));
         Ok(Delivered { detail, relayed: true, dsn_passed_on: caps.dsn })
@@ -239,6 +267,22 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     };
     outcome.extend(accepted.iter().map(|i| (*i, result.clone())));
     Ok(outcome)
+}
+
+/// Ends a transaction that sent no content; true when the connection is ready for
+/// another one. Failures here only cost the connection: the recipients' results are
+/// already known.
+async fn settle(client: &mut Client, data_reply: Option<&RemoteReply>) -> bool {
+    if data_reply.is_some_and(|r| r.code == 354) {
+        // RFC 2920 §3.1: a pipelined DATA was accepted although no recipient was;
+        // a lone dot ends the empty content. A server that breaks RFC 5321 §3.3 like
+        // this is not trusted with another transaction: the connection is closed.
+        if client.write(b".\r\n").await.is_ok() && client.read_reply().await.is_ok() {
+            let _ = client.command("QUIT").await;
+        }
+        return false;
+    }
+    client.command("RSET").await.is_ok_and(|r| r.code == 250)
 }
 
 /// AUTH PLAIN, or LOGIN, at a smarthost (RFC 4954).

@@ -218,6 +218,19 @@ impl Session {
         !matches!(self.mode, Mode::Command | Mode::SkipLine) || self.pending == Some(Pending::Message)
     }
 
+    /// True when part of a command line (or of a SASL response line) has arrived but
+    /// not its end. The network task bounds how long such a line may take, so that a
+    /// client trickling bytes cannot hold the connection; message content has its
+    /// own limit (a minimum data rate).
+    pub fn partial_line(&self) -> bool {
+        match self.mode {
+            // In the middle of an overlong line being discarded.
+            Mode::SkipLine => !self.closed,
+            Mode::Command | Mode::Auth(_) => !self.closed && self.pending.is_none() && !self.input.is_empty(),
+            Mode::Data(_) | Mode::Bdat { .. } => false,
+        }
+    }
+
     /// The next thing to do, or `None` when more input (or an answer) is needed.
     pub fn poll(&mut self) -> Option<Event> {
         loop {

@@ -331,3 +331,20 @@ fn oversized_header_block_is_refused() {
     assert_eq!(d.send(big.as_bytes()), ["552 5.3.4"]);
     assert!(d.messages.is_empty());
 }
+
+#[test]
+fn partial_line_is_known_for_commands_only() {
+    let mut d = Driver::new();
+    assert!(!d.session.partial_line());
+    assert!(d.send(b"EH").is_empty());
+    assert!(d.session.partial_line());
+    assert_eq!(d.send(b"LO x\r\n"), ["250"]);
+    assert!(!d.session.partial_line());
+    assert_eq!(d.send(b"MAIL FROM:<a@x.test>\r\nRC"), ["250 2.1.0"]);
+    assert!(d.session.partial_line());
+    assert_eq!(d.send(b"PT TO:<b@x.test>\r\n"), ["250 2.1.5"]);
+    assert!(!d.session.partial_line());
+    assert_eq!(d.send(b"DATA\r\n"), ["354 2.0.0"]);
+    assert!(d.send(b"Subject: half a li").is_empty());
+    assert!(!d.session.partial_line(), "message content is not a command line");
+}
