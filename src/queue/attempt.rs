@@ -22,14 +22,23 @@ type Results = Vec<(usize, Result<Delivered, Failure>)>;
 
 /// What an attempt has decided so far: the notices owed, and the changes that wait
 /// for those notices to be stored first.
-#[derive(Default)]
 struct Outcome {
     reports: Vec<(usize, Action, Detail)>,
     held: Vec<Change>,
+    /// The message as the store holds it, for the scheduler should the attempt fail.
+    progress: Progress,
 }
 
+/// The message as the store holds it while an attempt runs: the states recorded so far.
+pub type Progress = Arc<std::sync::Mutex<Stored>>;
+
 /// Tries every pending recipient, records the results, and returns the updated message.
-pub async fn run(shared: &Arc<Shared>, mut stored: Stored, content: Option<Arc<Vec<u8>>>) -> Finished {
+pub async fn run(
+    shared: &Arc<Shared>,
+    mut stored: Stored,
+    content: Option<Arc<Vec<u8>>>,
+    progress: Progress,
+) -> Finished {
     crate::fault::point("attempt");
     let id = stored.envelope.id.clone();
     let content = match content {
@@ -43,7 +52,7 @@ pub async fn run(shared: &Arc<Shared>, mut stored: Stored, content: Option<Arc<V
     };
     let pending: Vec<usize> =
         (0..stored.envelope.recipients.len()).filter(|&i| !stored.envelope.recipients[i].state.is_final()).collect();
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome { reports: Vec::new(), held: Vec::new(), progress };
     match &content {
         Err(e) => {
             tracing::error!(id, error = %e, "cannot read message from spool");
@@ -127,6 +136,12 @@ async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome:
         if outcome.reports.len() > reports { outcome.held.push(change) } else { changes.push(change) }
     }
     record(shared, &id, &changes).await;
+    let mut progress = outcome.progress.lock().unwrap_or_else(|e| e.into_inner());
+    for change in &changes {
+        if let Change::Recipient { index, state, .. } = change {
+            progress.envelope.recipients[*index].state = state.clone();
+        }
+    }
 }
 
 /// A temporary failure that outlived the message's time in the queue (RFC 3463 §3.5).

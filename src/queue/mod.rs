@@ -161,7 +161,7 @@ struct Scheduler {
     attempts: JoinSet<attempt::Finished>,
     /// Each attempt's message as it was when the attempt started: what is retried
     /// if the attempt never reports back.
-    running: HashMap<tokio::task::Id, Entry>,
+    running: HashMap<tokio::task::Id, (Entry, attempt::Progress)>,
     /// Bytes of message content kept in memory by waiting entries.
     held: usize,
 }
@@ -271,8 +271,10 @@ impl Scheduler {
         self.in_flight.insert(id.to_string());
         let shared = self.shared.clone();
         let (stored, content) = (entry.stored.clone(), entry.content.clone());
-        let task = self.attempts.spawn(async move { attempt::run(&shared, stored, content).await });
-        self.running.insert(task.id(), entry);
+        let progress = Arc::new(std::sync::Mutex::new(entry.stored.clone()));
+        let watched = progress.clone();
+        let task = self.attempts.spawn(async move { attempt::run(&shared, stored, content, watched).await });
+        self.running.insert(task.id(), (entry, progress));
     }
 
     /// Takes the result of an attempt: the message and its notices go back in line.
@@ -281,7 +283,7 @@ impl Scheduler {
             Ok((task, _)) => *task,
             Err(e) => e.id(),
         };
-        let Some(before) = self.running.remove(&task) else { return };
+        let Some((before, progress)) = self.running.remove(&task) else { return };
         self.in_flight.remove(&before.stored.envelope.id);
         match joined {
             Ok((_, finished)) => {
@@ -290,20 +292,23 @@ impl Scheduler {
                 }
                 self.schedule(finished.stored, None);
             }
-            Err(e) => self.attempt_failed(before, e),
+            Err(e) => {
+                let stored = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                self.attempt_failed(stored, before.content, e);
+            }
         }
     }
 
-    /// An attempt that panicked records nothing (its results reach the spool only at
-    /// its end), so the message as it was before the attempt is still what the spool
-    /// holds. It is tried again after the first retry delay, as after a temporary
-    /// failure, rather than left stuck until a restart.
-    fn attempt_failed(&mut self, before: Entry, error: JoinError) {
-        let id = before.stored.envelope.id.clone();
+    /// An attempt that panicked leaves the message as the store holds it: the results
+    /// recorded before the panic, the others as they were. It is tried again after
+    /// the first retry delay, as after a temporary failure, rather than left stuck
+    /// until a restart.
+    fn attempt_failed(&mut self, stored: Stored, content: Option<Arc<Vec<u8>>>, error: JoinError) {
+        let id = stored.envelope.id.clone();
         let why = if error.is_panic() { panic_text(error.into_panic()) } else { "cancelled".to_string() };
         let wait = retry::delay(&self.shared.config.retry, 1);
         tracing::error!(id, panic = %why, retry_in = ?wait, "delivery attempt failed; will retry");
-        self.wait(before.stored, before.content, now() + wait.as_secs().max(1) as i64);
+        self.wait(stored, content, now() + wait.as_secs().max(1) as i64);
     }
 
     fn flush(&mut self, id: Option<&str>) -> usize {
