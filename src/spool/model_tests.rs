@@ -4,6 +4,7 @@
 //! every step, and above all after every recovery, the spool must hold exactly what
 //! the model says was acknowledged.
 
+use super::tests::envelope_with_id;
 use super::writer::Fuel;
 use super::*;
 use proptest::prelude::*;
@@ -73,30 +74,6 @@ struct Harness {
     model: BTreeMap<String, Entry>,
     unsure: Vec<Unsure>,
     crashed: bool,
-}
-
-fn envelope(id: String, rcpts: usize) -> Envelope {
-    Envelope {
-        id,
-        arrival: 0,
-        sender: "a@x.test".into(),
-        size: 0,
-        smtputf8: false,
-        eight_bit: false,
-        ret: None,
-        envid: None,
-        quarantine: false,
-        recipients: (0..rcpts)
-            .map(|i| Recipient {
-                address: format!("u{i}@x.test"),
-                local: i % 2 == 0,
-                original: format!("u{i}@x.test"),
-                orcpt: None,
-                notify: None,
-                state: RcptState::Queued,
-            })
-            .collect(),
-    }
 }
 
 impl Harness {
@@ -184,7 +161,7 @@ impl Harness {
             Op::Store { rcpts, len } => {
                 let id = self.spool().new_id();
                 let body: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(len as u8)).collect();
-                let e = envelope(id.clone(), rcpts);
+                let e = envelope_with_id(id.clone(), rcpts);
                 let entry = Entry { states: vec![RcptState::Queued; rcpts], body: body.clone() };
                 match self.rt.block_on(self.spool().store(&e, &body)) {
                     Ok(_) => drop(self.model.insert(id, entry)),
@@ -230,7 +207,7 @@ impl Harness {
                 self.spool = None;
                 let newest = std::fs::read_dir(self.dir.path()).unwrap().map(|e| e.unwrap().path()).max();
                 if let Some(path) = newest {
-                    let e = envelope("FFFFFFFFFFFFFFFF".into(), 1);
+                    let e = envelope_with_id("FFFFFFFFFFFFFFFF".into(), 1);
                     let mut record = record::header(record::KIND_MESSAGE, 9999, 0).to_vec();
                     record.extend_from_slice(&record::message_meta(&e));
                     record.truncate(cut);

@@ -1,8 +1,13 @@
 use super::*;
 
 fn envelope(spool: &Spool, rcpts: usize) -> Envelope {
+    envelope_with_id(spool.new_id(), rcpts)
+}
+
+/// An envelope with `rcpts` queued local recipients.
+pub(super) fn envelope_with_id(id: String, rcpts: usize) -> Envelope {
     Envelope {
-        id: spool.new_id(),
+        id,
         arrival: 0,
         sender: "a@x.test".into(),
         size: 5,
