@@ -239,7 +239,7 @@ async fn deliver(
             content,
             smtputf8: envelope.smtputf8,
             eight_bit: envelope.eight_bit,
-            ret: envelope.ret.as_deref(),
+            ret: envelope.ret,
             envid: envelope.envid.as_deref(),
         };
         let results = remote::deliver(&shared.config.remote, &shared.dns, &domain, &job).await;

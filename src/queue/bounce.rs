@@ -1,7 +1,7 @@
 //! Delivery status notifications (RFC 3464): bounces, delay notices and success
 //! reports, sent with a null reverse path to the original sender.
 
-use crate::spool::{Detail, Envelope, Recipient};
+use crate::spool::{Detail, Envelope, Recipient, Ret};
 use chrono::{DateTime, Local};
 
 /// Content past this size is returned as headers only.
@@ -127,9 +127,9 @@ pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, content: &[u8], 
 
     // RFC 3461 §4.3: RET=HDRS returns headers only; without RET a bounce returns the
     // whole message (if not huge) and other reports only the headers.
-    let full = match original.ret.as_deref() {
-        Some("HDRS") => false,
-        Some(_) => true,
+    let full = match original.ret {
+        Some(Ret::Headers) => false,
+        Some(Ret::Full) => true,
         None => failed,
     } && content.len() <= MAX_RETURNED;
     let mut out = m.into_bytes();
@@ -158,12 +158,13 @@ pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, content: &[u8], 
 /// Whether the sender asked to hear about this outcome (RFC 3461 §4.1; without
 /// NOTIFY, failures and delays are reported).
 pub fn wanted(recipient: &Recipient, action: Action) -> bool {
-    let words: Vec<&str> = recipient.notify.as_deref().map(|n| n.split(',').collect()).unwrap_or_default();
-    match action {
-        _ if words.contains(&"NEVER") => false,
-        Action::Failed => words.is_empty() || words.contains(&"FAILURE"),
-        Action::Delayed => words.is_empty() || words.contains(&"DELAY"),
-        Action::Delivered | Action::Relayed => words.contains(&"SUCCESS"),
+    match (recipient.notify, action) {
+        (None, Action::Failed | Action::Delayed) => true,
+        (None, Action::Delivered | Action::Relayed) => false,
+        (Some(n), _) if n.never => false,
+        (Some(n), Action::Failed) => n.failure,
+        (Some(n), Action::Delayed) => n.delay,
+        (Some(n), Action::Delivered | Action::Relayed) => n.success,
     }
 }
 
@@ -178,7 +179,7 @@ mod tests {
             local: false,
             original: "bob@remote.test".into(),
             orcpt: Some("rfc822;bob@remote.test".into()),
-            notify: notify.map(String::from),
+            notify: notify.map(|n| n.parse().unwrap()),
             state: RcptState::Queued,
         }
     }

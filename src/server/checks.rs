@@ -167,7 +167,7 @@ pub async fn message(
                 local: route.local,
                 original: rcpt.to.to_string(),
                 orcpt: rcpt.params.orcpt.clone(),
-                notify: rcpt.params.notify.map(|n| n.to_string()),
+                notify: rcpt.params.notify,
                 state: RcptState::Queued,
             });
         }
@@ -179,7 +179,7 @@ pub async fn message(
         size: content.len() as u64,
         smtputf8: message.params.smtputf8,
         eight_bit: message.params.body == Body::EightBitMime,
-        ret: message.params.ret.map(|r| r.to_string()),
+        ret: message.params.ret,
         envid: message.params.envid.clone(),
         quarantine,
         recipients,

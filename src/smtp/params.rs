@@ -12,8 +12,9 @@ pub enum Body {
     EightBitMime,
 }
 
-/// RET= (RFC 3461 §4.3): what a bounce should return.
+/// RET= (RFC 3461 §4.3): what a bounce should return. Stored as on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Ret {
     Full,
     Headers,
@@ -31,14 +32,52 @@ pub struct MailParams {
     pub auth: Option<String>,
 }
 
-/// NOTIFY= (RFC 3461 §4.1).
+/// NOTIFY= (RFC 3461 §4.1). Stored as on the wire.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Notify {
     pub never: bool,
     pub success: bool,
     pub failure: bool,
     pub delay: bool,
 }
+
+impl std::str::FromStr for Ret {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Ret, String> {
+        match v.to_ascii_uppercase().as_str() {
+            "FULL" => Ok(Ret::Full),
+            "HDRS" => Ok(Ret::Headers),
+            _ => Err(format!("not a RET value: {v:?}")),
+        }
+    }
+}
+
+impl std::str::FromStr for Notify {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Notify, String> {
+        parse_notify(v).ok_or_else(|| format!("not a NOTIFY value: {v:?}"))
+    }
+}
+
+/// Conversions for storing RET and NOTIFY as on the wire.
+macro_rules! wire_string {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(v: String) -> Result<$t, String> {
+                v.parse()
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    };
+}
+wire_string!(Ret);
+wire_string!(Notify);
 
 /// The parameter values, as written on the wire.
 impl fmt::Display for Ret {
@@ -135,11 +174,7 @@ impl MailParams {
                 }
                 ("SMTPUTF8", None) => p.smtputf8 = true,
                 ("RET", Some(v)) => {
-                    p.ret = Some(match v.to_ascii_uppercase().as_str() {
-                        "FULL" => Ret::Full,
-                        "HDRS" => Ret::Headers,
-                        _ => return Err(bad_value("RET")),
-                    })
+                    p.ret = Some(v.parse().map_err(|_| bad_value("RET"))?);
                 }
                 ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => p.envid = Some(v.to_string()),
                 ("AUTH", Some(v)) => p.auth = Some(v.to_string()),

@@ -19,6 +19,8 @@ pub use detail::{Detail, ServerReply, Status};
 pub use recover::scan;
 pub use store::Store;
 
+// The DSN parameters are the protocol's own types, stored as written on the wire.
+pub use crate::smtp::params::{Notify, Ret};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
@@ -42,7 +44,7 @@ pub struct Envelope {
     pub eight_bit: bool,
     /// DSN RET (`FULL` or `HDRS`) and ENVID (RFC 3461).
     #[serde(default)]
-    pub ret: Option<String>,
+    pub ret: Option<Ret>,
     #[serde(default)]
     pub envid: Option<String>,
     /// Local copies go to the Junk folder: the sender's DMARC policy asked for
@@ -64,7 +66,7 @@ pub struct Recipient {
     #[serde(default)]
     pub orcpt: Option<String>,
     #[serde(default)]
-    pub notify: Option<String>,
+    pub notify: Option<Notify>,
     pub state: RcptState,
 }
 

@@ -122,3 +122,25 @@ fn concurrent_stores_share_commits() {
     sorted.dedup();
     assert_eq!(sorted.len(), 200, "ids are unique");
 }
+
+/// Records written before the fields were typed (plain strings) still read.
+#[test]
+fn older_records_still_read() {
+    let old = r#"{"id":"0001","arrival":1,"sender":"a@x.test","size":5,"ret":"HDRS","envid":null,
+        "recipients":[
+          {"address":"b@y.test","local":false,"original":"b@y.test","orcpt":null,"notify":"SUCCESS,FAILURE",
+           "state":{"state":"deferred","attempts":2,"next_attempt":9,"reason":"4.4.1 y.test [192.0.2.1]: cannot connect"}},
+          {"address":"c@localhost","local":true,"original":"c@localhost","orcpt":null,"notify":null,
+           "state":{"state":"delivered","at":3,"reply":"delivered to maildir as 1.M2.tern"}}]}"#;
+    let e: Envelope = serde_json::from_str(old).unwrap();
+    assert_eq!(e.ret, Some(Ret::Headers));
+    let notify = e.recipients[0].notify.unwrap();
+    assert!(notify.success && notify.failure && !notify.delay && !notify.never);
+    let RcptState::Deferred { detail, attempts: 2, .. } = &e.recipients[0].state else { panic!("{e:?}") };
+    assert_eq!(*detail, Detail::new((4, 4, 1), "y.test [192.0.2.1]: cannot connect"));
+    let RcptState::Delivered { detail, .. } = &e.recipients[1].state else { panic!("{e:?}") };
+    assert_eq!(detail.text, "delivered to maildir as 1.M2.tern");
+    // And the typed form writes the wire words.
+    let json = serde_json::to_string(&e).unwrap();
+    assert!(json.contains(r#""ret":"HDRS""#) && json.contains(r#""notify":"SUCCESS,FAILURE""#), "{json}");
+}

@@ -16,6 +16,7 @@ use super::{Delivered, Failure};
 use crate::config::SmarthostTls;
 use crate::dns::Dns;
 use crate::spool::Recipient;
+use crate::spool::Ret;
 use client::{Client, Stream};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,7 +58,7 @@ pub struct Job<'a> {
     pub content: &'a [u8],
     pub smtputf8: bool,
     pub eight_bit: bool,
-    pub ret: Option<&'a str>,
+    pub ret: Option<Ret>,
     pub envid: Option<&'a str>,
 }
 
