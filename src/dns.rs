@@ -152,6 +152,20 @@ impl Dns {
         if ips.is_empty() { Err(DnsError::NoRecords) } else { Ok(ips) }
     }
 
+    /// The names an address points back to (PTR records), lower-case, without the
+    /// final dot.
+    pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        let lookup = self.resolver.reverse_lookup(ip).await.map_err(classify)?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(ptr) => Some(ptr.0.to_ascii().trim_end_matches('.').to_lowercase()),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The IPv4 addresses (A records) of a name, as they are: no sorting, no
     /// search domain, CNAMEs followed. For DNS list queries (RFC 5782 §2.1).
     pub async fn a_records(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {

@@ -102,6 +102,22 @@ fn block<'a>(stdout: &'a str, kind: &str) -> Vec<&'a str> {
     block
 }
 
+/// The block of the `kind` record published at `name` (its line and the notes below).
+#[track_caller]
+fn named<'a>(stdout: &'a str, kind: &str, name: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| {
+            let mut words = l.split_whitespace();
+            words.next() == Some(kind) && words.next() == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no {kind} line for {name}:\n{stdout}"));
+    let mut block = vec![lines[start]];
+    block.extend(lines[start + 1..].iter().take_while(|l| l.starts_with(' ')));
+    block
+}
+
 /// The status word of a record's line.
 #[track_caller]
 fn status<'a>(stdout: &'a str, kind: &str) -> &'a str {
@@ -183,12 +199,15 @@ fn dns_check_passes_when_every_record_is_published() {
                           ["TXT", "google-site-verification=abc"], ["TXT", "v=spf1 mx -all"]],
         "s1._domainkey.example.test.": [["TXT", published.record()]],
         "_dmarc.example.test.": [["TXT", dmarc]],
+        "tern.test.": [["A", "198.51.100.7"], ["TXT", "v=spf1 a -all"]],
+        "7.100.51.198.in-addr.arpa.": [["PTR", "tern.test."]],
     }));
     let out = t.tern_cmd(&["dns", "check", DOMAIN]);
     assert_eq!(out.code(), Some(0), "{}", out.all());
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "one line per record:\n{}", out.stdout);
-    for kind in ["MX", "SPF", "DKIM", "DMARC"] {
+    assert_eq!(lines.len(), 7, "one line per record:\n{}", out.stdout);
+    assert!(named(&out.stdout, "SPF", "tern.test.")[0].contains(" ok "), "{}", out.stdout);
+    for kind in ["MX", "SPF", "DKIM", "DMARC", "A", "PTR"] {
         assert_eq!(status(&out.stdout, kind), "ok", "{}", out.stdout);
     }
     assert!(block(&out.stdout, "MX")[0].contains("10 tern.test."), "{}", out.stdout);
@@ -292,4 +311,51 @@ fn dns_check_refuses_a_domain_tern_does_not_serve() {
     assert_eq!(out.code(), Some(2), "{}", out.all());
     assert!(out.stdout.is_empty(), "{}", out.stdout);
     assert!(out.stderr.contains("other.test is not a domain Tern serves"), "{}", out.stderr);
+}
+
+/// SPF is evaluated as receivers do (includes and redirects followed), for the domain
+/// and for the HELO name; reverse DNS of the server's address is checked; a lower-case
+/// DMARC version and a DKIM key in testing mode are flagged.
+#[test]
+fn dns_check_evaluates_spf_and_checks_the_server_itself() {
+    let dns = DnsServer::start(&json!({}));
+    let t = tern(Some(&dns));
+    let (published, stderr) = keygen(&t, &[DOMAIN, "--selector", "s1"]);
+    add_snippet(&t, &stderr);
+    let testing = format!("{}; t=y", published.record());
+    dns.set_zone(&json!({
+        "example.test.": [["MX", 10, "tern.test."], ["TXT", "v=spf1 redirect=_spf.example.test"]],
+        "_spf.example.test.": [["TXT", "v=spf1 +all"]],
+        "s1._domainkey.example.test.": [["TXT", testing]],
+        "_dmarc.example.test.": [["TXT", "v=dmarc1; p=reject"]],
+        "tern.test.": [["A", "198.51.100.7"]],
+        "7.100.51.198.in-addr.arpa.": [["PTR", "other.test."]],
+    }));
+    let out = t.tern_cmd(&["dns", "check", DOMAIN]);
+    assert_eq!(out.code(), Some(1), "{}", out.all());
+    let s = &out.stdout;
+    let spf = named(s, "SPF", "example.test.");
+    assert!(spf[0].contains("wrong") && spf[0].contains("lets any host send"), "{s}");
+    assert!(block(s, "DKIM")[0].contains("wrong") && block(s, "DKIM")[0].contains("t=y"), "{s}");
+    assert!(block(s, "DMARC")[0].contains("wrong") && block(s, "DMARC")[0].contains("v=DMARC1 exactly"), "{s}");
+    assert_eq!(status(s, "A"), "ok", "{s}");
+    let helo = named(s, "SPF", "tern.test.");
+    assert!(helo[0].contains("missing"), "{s}");
+    assert!(helo.iter().any(|l| l.contains("tern.test. IN TXT \"v=spf1 a -all\"")), "{s}");
+    let ptr = named(s, "PTR", "7.100.51.198.in-addr.arpa.");
+    assert!(ptr[0].contains("wrong") && ptr[0].contains("other.test."), "{s}");
+    assert!(ptr.iter().any(|l| l.contains("ask for:") && l.contains("IN PTR tern.test.")), "{s}");
+
+    // An include that leaves out the server's own address; no PTR at all.
+    dns.set_zone(&json!({
+        "example.test.": [["MX", 10, "tern.test."], ["TXT", "v=spf1 include:_spf.example.test -all"]],
+        "_spf.example.test.": [["TXT", "v=spf1 ip4:10.0.0.1 -all"]],
+        "tern.test.": [["A", "198.51.100.7"], ["TXT", "v=spf1 a -all"]],
+    }));
+    let out = t.tern_cmd(&["dns", "check", DOMAIN]);
+    let s = &out.stdout;
+    let spf = named(s, "SPF", "example.test.");
+    assert!(spf[0].contains("wrong") && spf[0].contains("does not authorize 198.51.100.7"), "{s}");
+    assert!(named(s, "SPF", "tern.test.")[0].contains(" ok "), "{s}");
+    assert!(named(s, "PTR", "7.100.51.198.in-addr.arpa.")[0].contains("missing"), "{s}");
 }

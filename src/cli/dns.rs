@@ -4,16 +4,20 @@
 use super::dkim::{dkim_zone_line, txt_value};
 use crate::config::{Config, DkimKey};
 use crate::dns::{Dns, DnsError, Mx};
+use crate::policy::auth::results::spf_word;
 use crate::policy::auth::spf::{is_spf, record_error};
 use crate::policy::dkim::key::KeyFile;
 use crate::smtp::address::canonical_domain;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use mail_auth::SpfResult;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::dmarc::{Dmarc, Policy};
+use mail_auth::spf::verify::SpfParameters;
 use mail_auth::spf::{Mechanism, Qualifier, Spf};
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 
 /// Record text longer than this is cut in the table.
@@ -70,6 +74,12 @@ impl Row {
         self.notes.push((label, text.into()));
         self
     }
+
+    /// Turns an ok row wrong, with the reason and the record to publish instead.
+    fn wrong(mut self, reason: impl Into<String>, publish: &str) -> Row {
+        self.status = Status::Wrong;
+        self.reason(reason).note("publish:", publish)
+    }
 }
 
 pub fn check(config: &Config, domain: &str) -> ExitCode {
@@ -94,9 +104,10 @@ pub fn check(config: &Config, domain: &str) -> ExitCode {
         let dns = Dns::new(&config.dns)?;
         let hostname = canonical_domain(&config.hostname)
             .unwrap_or_else(|| config.hostname.trim_end_matches('.').to_ascii_lowercase());
-        let (mx, spf, dkim, dmarc) = tokio::join!(
+        let (outbound, a_row) = outbound_addresses(&dns, &hostname).await;
+        let (mx, spf, dkim, dmarc, helo_spf) = tokio::join!(
             mx_row(&dns, &domain, &hostname),
-            spf_row(&dns, &domain),
+            spf_row(&dns, Identity::MailFrom(&domain), &hostname, &outbound),
             async {
                 let mut rows = Vec::new();
                 for key in &keys {
@@ -104,7 +115,8 @@ pub fn check(config: &Config, domain: &str) -> ExitCode {
                 }
                 rows
             },
-            dmarc_row(&dns, &domain)
+            dmarc_row(&dns, &domain),
+            spf_row(&dns, Identity::Helo, &hostname, &outbound),
         );
         let mut rows = vec![mx, spf];
         if dkim.is_empty() {
@@ -116,6 +128,13 @@ pub fn check(config: &Config, domain: &str) -> ExitCode {
         }
         rows.extend(dkim);
         rows.push(dmarc);
+        // What receivers check of the server itself: its name, the SPF record of the
+        // HELO name (bounces are sent from <>), and reverse DNS.
+        rows.push(a_row);
+        rows.push(helo_spf);
+        for ip in &outbound {
+            rows.push(ptr_row(&dns, *ip, &hostname).await);
+        }
         Ok::<_, String>(rows)
     });
     let rows = match rows {
@@ -188,24 +207,58 @@ async fn mx_row(dns: &Dns, domain: &str, hostname: &str) -> Row {
     }
 }
 
-async fn spf_row(dns: &Dns, domain: &str) -> Row {
+/// Whose SPF record a row is about.
+#[derive(Clone, Copy)]
+enum Identity<'a> {
+    /// The domain of the envelope senders (RFC 7208 §2.4).
+    MailFrom(&'a str),
+    /// The HELO name, checked for mail from `<>` (§2.3).
+    Helo,
+}
+
+/// The addresses Tern sends from, taken to be those of its host name; with the row
+/// that shows them.
+async fn outbound_addresses(dns: &Dns, hostname: &str) -> (Vec<IpAddr>, Row) {
+    let name = format!("{hostname}.");
+    match dns.addresses(hostname).await {
+        Ok(ips) => {
+            let shown = ips.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ");
+            (ips, Row::new("A", name, Status::Ok).found(&shown))
+        }
+        Err(DnsError::Temporary(e)) => {
+            (Vec::new(), Row::new("A", name, Status::Error).reason(format!("no answer: {e}")))
+        }
+        Err(_) => (
+            Vec::new(),
+            Row::new("A", name.clone(), Status::Missing)
+                .reason("the host name has no address, so the checks of the server's addresses are skipped")
+                .note("publish:", format!("{name} IN A <this server's address>")),
+        ),
+    }
+}
+
+async fn spf_row(dns: &Dns, identity: Identity<'_>, hostname: &str, outbound: &[IpAddr]) -> Row {
+    let (domain, wanted) = match identity {
+        Identity::MailFrom(domain) => (domain, "v=spf1 mx -all"),
+        Identity::Helo => (hostname, "v=spf1 a -all"),
+    };
     let name = format!("{domain}.");
-    let publish = format!("{domain}. IN TXT {}", txt_value("v=spf1 mx -all"));
+    let publish = format!("{domain}. IN TXT {}", txt_value(wanted));
     let records = match txt(dns, domain).await {
         Ok(r) => r,
         Err(e) => return Row::new("SPF", name, Status::Error).reason(format!("no answer: {e}")),
     };
     let spf: Vec<&String> = records.iter().filter(|r| is_spf(r)).collect();
-    match spf.as_slice() {
-        [] => Row::new("SPF", name, Status::Missing).note("publish:", publish),
+    let row = match spf.as_slice() {
+        [] => Row::new("SPF", name, Status::Missing).note("publish:", publish.clone()),
         [one] => match Spf::parse(one.as_bytes()) {
             Err(e) => Row::new("SPF", name, Status::Wrong)
                 .found(one)
                 .reason(format!("does not parse: {e}"))
-                .note("publish:", publish),
+                .note("publish:", publish.clone()),
             // What receivers would call a permanent error (RFC 7208 §4.6).
             Ok(_) if let Some(problem) = record_error(&[one.to_string()]) => {
-                Row::new("SPF", name, Status::Wrong).found(one).reason(problem).note("publish:", publish)
+                Row::new("SPF", name, Status::Wrong).found(one).reason(problem).note("publish:", publish.clone())
             }
             Ok(parsed) => {
                 // Evaluation stops at the first `all` (RFC 7208 §5.1).
@@ -217,7 +270,7 @@ async fn spf_row(dns: &Dns, domain: &str) -> Row {
                             "{}all lets any host send as {domain}",
                             if *q == Qualifier::Pass { "+" } else { "?" }
                         ))
-                        .note("publish:", publish),
+                        .note("publish:", publish.clone()),
                     _ => Row::new("SPF", name, Status::Ok).found(one),
                 }
             }
@@ -229,7 +282,67 @@ async fn spf_row(dns: &Dns, domain: &str) -> Row {
                     .reason(format!("{} v=spf1 records; there must be one", several.len())),
                 |row, r| row.note("found:", shorten(r)),
             )
-            .note("publish:", publish),
+            .note("publish:", publish.clone()),
+    };
+    if row.status != Status::Ok {
+        return row;
+    }
+    // Evaluated as receivers do, includes and redirects followed: a stranger must not
+    // pass, and this server's addresses must.
+    let verdict = |ip: IpAddr| async move {
+        let sender = format!("postmaster@{domain}");
+        let params = match identity {
+            Identity::MailFrom(_) => SpfParameters::verify_mail_from(ip, hostname, hostname, &sender),
+            Identity::Helo => SpfParameters::verify_ehlo(ip, hostname, hostname),
+        };
+        dns.authenticator().verify_spf(params).await.result()
+    };
+    // A documentation address (RFC 5737) stands for any host on the Internet.
+    let stranger = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    if verdict(stranger).await == SpfResult::Pass {
+        return row.wrong(format!("lets any host send as {domain}: {stranger} passes"), &publish);
+    }
+    for &ip in outbound {
+        let result = verdict(ip).await;
+        if result != SpfResult::Pass {
+            let why = format!("does not authorize {ip}, this server's address ({})", spf_word(result));
+            return row.wrong(why, &publish);
+        }
+    }
+    row
+}
+
+/// The name a PTR record for `ip` is published at (RFC 1035 §3.5, RFC 3596 §2.5).
+fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa.")
+        }
+        IpAddr::V6(v6) => {
+            let hex: String = v6.octets().iter().map(|o| format!("{o:02x}")).collect();
+            let nibbles: Vec<String> = hex.chars().rev().map(String::from).collect();
+            format!("{}.ip6.arpa.", nibbles.join("."))
+        }
+    }
+}
+
+/// Reverse DNS of one of the server's addresses: it must name the host, whose
+/// addresses include it (forward-confirmed, as many receivers require).
+async fn ptr_row(dns: &Dns, ip: IpAddr, hostname: &str) -> Row {
+    let name = reverse_name(ip);
+    let ask = format!("{name} IN PTR {hostname}.");
+    match dns.ptr(ip).await {
+        Ok(names) if names.iter().any(|n| n == hostname) => {
+            Row::new("PTR", name, Status::Ok).found(&format!("{hostname}."))
+        }
+        Ok(names) if !names.is_empty() => Row::new("PTR", name, Status::Wrong)
+            .found(&names.iter().map(|n| format!("{n}.")).collect::<Vec<_>>().join(", "))
+            .reason(format!("does not name {hostname}"))
+            .note("ask for:", format!("{ask}  (from whoever runs {ip}: the hosting provider)")),
+        Err(DnsError::Temporary(e)) => Row::new("PTR", name, Status::Error).reason(format!("no answer: {e}")),
+        _ => Row::new("PTR", name, Status::Missing)
+            .note("ask for:", format!("{ask}  (from whoever runs {ip}: the hosting provider)")),
     }
 }
 
@@ -296,6 +409,10 @@ async fn dkim_row(dns: &Dns, domain: &str, key: &DkimKey) -> Row {
     if let Err(e) = DomainKey::parse(text.as_bytes()) {
         return wrong(text, format!("does not parse: {e}"));
     }
+    // RFC 6376 §3.6.1: in testing mode verifiers treat signatures as unsigned mail.
+    if tag("t").is_some_and(|t| t.split(':').any(|f| f.trim().eq_ignore_ascii_case("y"))) {
+        return wrong(text, "t=y: the domain is testing DKIM, so receivers ignore the signatures".into());
+    }
     Row::new("DKIM", name.clone(), Status::Ok).found(text)
 }
 
@@ -303,6 +420,13 @@ async fn dkim_row(dns: &Dns, domain: &str, key: &DkimKey) -> Row {
 fn is_dmarc(text: &str) -> bool {
     let start: String = text.chars().filter(|c| !c.is_ascii_whitespace()).take(8).collect();
     start.eq_ignore_ascii_case("v=DMARC1")
+}
+
+/// RFC 7489 §6.4: `DMARC1` is case-sensitive (`%x44 %x4d …` in the grammar), while
+/// the tag name and the spaces around `=` are free.
+fn exact_dmarc_version(text: &str) -> bool {
+    let start: String = text.chars().filter(|c| !c.is_ascii_whitespace()).take(8).collect();
+    start.len() == 8 && start[..2].eq_ignore_ascii_case("v=") && &start[2..] == "DMARC1"
 }
 
 async fn dmarc_row(dns: &Dns, domain: &str) -> Row {
@@ -321,6 +445,11 @@ async fn dmarc_row(dns: &Dns, domain: &str) -> Row {
             Ok(d) if d.p == Policy::Unspecified => {
                 Row::new("DMARC", name, Status::Wrong).found(one).reason("no p= tag").note("publish:", publish)
             }
+            // §6.4: the version must be exactly "DMARC1"; receivers ignore the record otherwise.
+            Ok(_) if !exact_dmarc_version(one) => Row::new("DMARC", name, Status::Wrong)
+                .found(one)
+                .reason("the version must be written v=DMARC1 exactly; receivers ignore this record")
+                .note("publish:", publish),
             Ok(_) => Row::new("DMARC", name, Status::Ok).found(one),
             Err(e) => Row::new("DMARC", name, Status::Wrong)
                 .found(one)
@@ -361,6 +490,13 @@ mod tests {
         assert!(is_dmarc("v=DMARC1; p=none"));
         assert!(is_dmarc("v = DMARC1;p=none"));
         assert!(!is_dmarc("v=spf1 -all"));
+        assert!(exact_dmarc_version("V = DMARC1; p=none"));
+        assert!(!exact_dmarc_version("v=dmarc1; p=none"));
+        assert_eq!(reverse_name("192.0.2.7".parse().unwrap()), "7.2.0.192.in-addr.arpa.");
+        assert_eq!(
+            reverse_name("2001:db8::1".parse().unwrap()),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."
+        );
         let tags = dkim_tags("v=DKIM1; k=ed25519; p=ab cd\t ef");
         assert_eq!(tags[2], ("p".to_string(), "ab cd\t ef".to_string()));
     }

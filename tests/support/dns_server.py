@@ -3,7 +3,7 @@
 
 Usage: dns_server.py PORT ZONEFILE
 The zone file is JSON: {"name.": [["MX", 10, "mx.name."], ["A", "127.0.0.2"],
-["AAAA", "::1"], ["TXT", "v=spf1 -all"], ["SERVFAIL"]], ...}. Names not in the
+["AAAA", "::1"], ["PTR", "host.name."], ["TXT", "v=spf1 -all"], ["SERVFAIL"]], ...}. Names not in the
 table answer NXDOMAIN; a name listed with no record of the asked type answers
 NOERROR with no records. A TXT value is a string (sent as 255-byte pieces of
 one record) or a list of strings (the pieces as given). ["TIMEOUT"] makes every
@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
 
 PORT = int(sys.argv[1])
 ZONE = sys.argv[2]
@@ -70,6 +70,8 @@ def answer(data):
             rdata = A(rec[1])
         elif kind == "AAAA":
             rdata = AAAA(rec[1])
+        elif kind == "PTR":
+            rdata = PTR(rec[1])
         elif kind == "TXT":
             value = rec[1]
             if isinstance(value, str):
