@@ -551,6 +551,16 @@ fn garbage_reply_in_the_transaction_defers() {
 }
 
 #[test]
+fn multiline_reply_with_mixed_codes_defers() {
+    // RFC 5321 §4.2.1: one code per reply. "250-" then "550" is malformed, so the
+    // recipient is deferred, never bounced on the strength of its last line.
+    misbehaving_peer_defers(
+        json!({ "act": { "RCPT": { "raw": "250-2.1.5 Ok\r\n550 5.1.1 No such user\r\n" } } }),
+        &["malformed reply"],
+    );
+}
+
+#[test]
 fn ten_megabyte_reply_line_defers() {
     misbehaving_peer_defers(json!({ "act": { "EHLO": { "long": 10_000_000 } } }), &["too long"]);
 }
