@@ -215,6 +215,7 @@ fn queue_config(config: &Config, own_addrs: Vec<std::net::SocketAddr>) -> Result
         port: out.port,
         allow_loopback: out.allow_loopback_mx,
         connect_timeout: out.connect_timeout,
+        greeting_timeout: out.greeting_timeout,
         command_timeout: out.command_timeout,
         data_timeout: out.data_timeout,
         smarthost: config.relay.smarthost.as_ref().map(hop),

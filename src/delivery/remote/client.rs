@@ -83,9 +83,9 @@ impl Client {
 
     /// Reads one (possibly multi-line) reply within `limit`.
     pub async fn read_reply_within(&mut self, limit: Duration) -> Result<RemoteReply, ConnError> {
-        timeout(limit, self.read_reply_inner())
-            .await
-            .map_err(|_| ConnError(format!("timeout after {}s waiting for the server", limit.as_secs())))?
+        timeout(limit, self.read_reply_inner()).await.map_err(|_| {
+            ConnError(format!("timeout after {} waiting for the server", humantime::format_duration(limit)))
+        })?
     }
 
     pub async fn read_reply(&mut self) -> Result<RemoteReply, ConnError> {
