@@ -2,6 +2,7 @@
 //! transaction for all recipients of a message that go to the same destination.
 
 mod client;
+mod fold;
 mod pool;
 pub mod route;
 mod tls;
