@@ -101,7 +101,7 @@ pub async fn handle(
             End::Closed
         }
         (false, dnsbl::Verdict::Blocked { zone, .. }) => {
-            let text = format!("Service unavailable; client [{}] blocked using {zone}", ip.to_canonical());
+            let text = format!("Service unavailable; client [{}] blocked using {zone}", ip);
             let _ = refuse(tcp, Reply::new(554, (5, 7, 1), text)).await;
             End::Closed
         }
