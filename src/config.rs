@@ -279,10 +279,13 @@ pub struct Outbound {
     pub allow_loopback_mx: bool,
     /// Connections at once to one remote host.
     pub max_connections_per_host: usize,
-    /// Timeouts of RFC 5321 §4.5.3.2: connecting and the greeting, each command,
-    /// and the reply after the message content.
+    /// Timeouts of RFC 5321 §4.5.3.2: connecting, the 220 greeting (§4.5.3.2.1 gives
+    /// it five minutes: a busy server may hold it back), each command, and the reply
+    /// after the message content.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub greeting_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -300,6 +303,7 @@ impl Default for Outbound {
             allow_loopback_mx: false,
             max_connections_per_host: 10,
             connect_timeout: Duration::from_secs(30),
+            greeting_timeout: Duration::from_secs(300),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             starttls: true,
@@ -600,6 +604,16 @@ mod tests {
         assert!(Config::parse("[relay]\nsmarthost = \"nohost\"\n", "t").is_err());
         assert!(Config::parse("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", "t").is_err());
         assert!(Config::parse("[relay]\nusername = \"u\"\n", "t").is_err());
+    }
+
+    #[test]
+    fn greeting_timeout_defaults_to_five_minutes() {
+        let c = Config::parse("", "t").unwrap();
+        assert_eq!(c.outbound.greeting_timeout, Duration::from_secs(300), "RFC 5321 §4.5.3.2.1");
+        assert_eq!(c.outbound.connect_timeout, Duration::from_secs(30));
+        let c = Config::parse("[outbound]\ngreeting_timeout = \"90s\"\n", "t").unwrap();
+        assert_eq!(c.outbound.greeting_timeout, Duration::from_secs(90));
+        assert!(Config::parse("[outbound]\ngreeting_timeout = \"never\"\n", "t").is_err());
     }
 
     #[test]

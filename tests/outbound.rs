@@ -551,6 +551,16 @@ fn garbage_reply_in_the_transaction_defers() {
 }
 
 #[test]
+fn multiline_reply_with_mixed_codes_defers() {
+    // RFC 5321 §4.2.1: one code per reply. "250-" then "550" is malformed, so the
+    // recipient is deferred, never bounced on the strength of its last line.
+    misbehaving_peer_defers(
+        json!({ "act": { "RCPT": { "raw": "250-2.1.5 Ok\r\n550 5.1.1 No such user\r\n" } } }),
+        &["malformed reply"],
+    );
+}
+
+#[test]
 fn ten_megabyte_reply_line_defers() {
     misbehaving_peer_defers(json!({ "act": { "EHLO": { "long": 10_000_000 } } }), &["too long"]);
 }
@@ -670,4 +680,80 @@ fn no_data_when_every_recipient_is_refused_without_pipelining() {
     let received = peer.messages();
     assert_eq!(received.len(), 1, "{}", peer.logs());
     assert!(received[0].ends_with(&msg), "not intact:\n{}", show(&received[0]));
+}
+
+/// A message with a 5,000-character body line and a 1,500-character header line.
+fn long_line_message(to: &str) -> Vec<u8> {
+    let body: String = (0..5000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let header: String = (0..1500).map(|i| char::from(b'0' + (i % 10) as u8)).collect();
+    format!(
+        "From: <{SENDER}>\r\nTo: <{to}>\r\nSubject: long lines\r\nX-Long: {header}\r\n\r\nbefore\r\n{body}\r\nafter\r\n"
+    )
+    .into_bytes()
+}
+
+/// `content` with every inserted CRLF SPACE removed.
+fn unfold(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len());
+    let mut i = 0;
+    while i < content.len() {
+        if content[i..].starts_with(b"\r\n ") {
+            i += 3;
+        } else {
+            out.push(content[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Checks that every line of `received` fits in 998 octets plus CRLF and that it is
+/// `sent` once the breaks are removed.
+#[track_caller]
+fn assert_folded(received: &[u8], sent: &[u8]) {
+    for line in received.split(|&b| b == b'\n') {
+        let text = line.strip_suffix(b"\r").unwrap_or(line);
+        assert!(text.len() <= 998, "a line of {} octets reached the next hop", text.len());
+    }
+    assert!(count(received, b"\r\n ") >= 5, "the long lines were not broken:\n{}", show(received));
+    assert!(unfold(received).ends_with(sent), "content changed beyond the breaks:\n{}", show(received));
+}
+
+#[test]
+fn long_lines_are_broken_when_relayed_with_data() {
+    let port = peer_port();
+    let dns = DnsServer::start(&mx_zone(&[(10, "127.0.0.2")]));
+    let peer = FakePeer::start("127.0.0.2", port, &json!({}));
+    let base = sender_base("");
+    let a = start_sender(&setup(&base, Some(&dns), port));
+    let carol = "carol@local.test";
+    let msg = long_line_message(BOB);
+    send_message(&a, SENDER, &[BOB, carol], &msg, &[]);
+    wait_for(
+        DELIVERY,
+        "a message at the peer",
+        || (!peer.messages().is_empty()).then_some(()),
+        || format!("{}\nqueue:\n{}\n{}", peer.logs(), a.queue_list().all(), a.logs()),
+    );
+    assert!(peer.commands().iter().any(|c| c == "DATA"), "{}", peer.logs());
+    assert_folded(&peer.messages()[0], &msg);
+    // Local delivery keeps the lines as they came.
+    let local = a.wait_one(LOCAL_DOMAIN, "carol");
+    assert_delivered(&local, SENDER, &msg);
+}
+
+#[test]
+fn long_lines_are_broken_when_relayed_with_bdat() {
+    let port = peer_port();
+    let dns = DnsServer::start(&mx_zone(&[(10, "127.0.0.2")]));
+    // A second Tern offers CHUNKING, so the content goes with BDAT.
+    let b = start_receiver("127.0.0.2", port, "");
+    let base = sender_base("");
+    let a = start_sender(&setup(&base, Some(&dns), port));
+    let msg = long_line_message(BOB);
+    send_message(&a, SENDER, &[BOB], &msg, &[]);
+    let stored = b.wait_mail_within(REMOTE_DOMAIN, "bob", 1, DELIVERY);
+    assert_eq!(stored.len(), 1);
+    assert_folded(&stored[0], &msg);
+    wait_queue_empty(&a, DELIVERY);
 }

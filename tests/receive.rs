@@ -469,3 +469,24 @@ print("errors", errors)
         assert_eq!(mails.len(), 40, "user{u}");
     }
 }
+
+#[test]
+fn duplicate_esmtp_parameters_are_refused() {
+    let t = Tern::start(LOCAL_OPEN);
+    let mut c = t.raw();
+    c.ehlo();
+    let r = c.cmd("MAIL FROM:<sender@example.org> SIZE=10 SIZE=20");
+    assert_eq!(r.code, 501, "{r:?}");
+    assert!(r.has("5.5.4"), "{r:?}");
+    assert_eq!(c.cmd("MAIL FROM:<sender@example.org> SIZE=20").code, 250);
+    let r = c.cmd("RCPT TO:<alice@localhost> NOTIFY=NEVER NOTIFY=SUCCESS");
+    assert_eq!(r.code, 501, "{r:?}");
+    assert!(r.has("5.5.4"), "{r:?}");
+    assert_eq!(c.cmd("RCPT TO:<bob@localhost> NOTIFY=NEVER").code, 250);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(b"Subject: dup\r\n\r\nbody\r\n.\r\n").unwrap();
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.cmd("QUIT").code, 221);
+    t.wait_one("localhost", "bob");
+    assert_eq!(t.settled_count("localhost", "alice"), 0, "the refused recipient got mail");
+}

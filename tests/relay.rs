@@ -36,8 +36,9 @@ fn mail_is_relayed_to_the_routed_server() {
 
 #[test]
 fn unreachable_route_defers_the_message() {
-    // A listener that never answers: the connection is made but no
-    // greeting comes, so the attempt times out (outbound connect_timeout).
+    // A listener that accepts and stays silent: the connection is made but no
+    // greeting comes, so the attempt times out (outbound greeting_timeout, 2 s in
+    // the harness config).
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let a = Tern::start(&relay_to(silent.local_addr().unwrap().port()));
     let out = a.swaks(&["-f", "sender@localhost", "-t", "bob@remote.test"]);
@@ -47,6 +48,8 @@ fn unreachable_route_defers_the_message() {
     loop {
         let text = a.queue_list().all();
         if text.contains(&id) && text.contains("deferred") {
+            let line = text.lines().find(|l| l.contains("bob@remote.test")).unwrap_or_default();
+            assert!(line.contains("reading the greeting: timeout after 2s"), "the reason names the greeting: {text}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never deferred:\n{text}");

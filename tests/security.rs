@@ -430,13 +430,18 @@ fn repeated_failures_ban_the_client_with_421() {
             assert_eq!((r.code, r.has("4.7.0")), (421, true), "AUTH while banned: {r:?}");
         }
     }
-    // New connections are refused at once, on every port.
-    for port in [m.t.port, m.submission, m.submissions] {
+    // New connections are refused at once, on every port; on the implicit TLS
+    // port, inside TLS (RFC 8314).
+    for port in [m.t.port, m.submission] {
         let mut raw = Raw::connect(port);
         let r = raw.reply();
         assert_eq!((r.code, r.has("4.7.0")), (421, true), "connect while banned: {r:?}");
         assert!(raw.wait_closed(Duration::from_secs(5)), "connection left open after 421");
     }
+    let mut s = Smtp::connect_tls(m.submissions).expect("TLS handshake while banned");
+    let r = s.reply();
+    assert_eq!((r.code, r.has("4.7.0")), (421, true), "connect over implicit TLS while banned: {r:?}");
+    assert!(s.wait_closed(Duration::from_secs(5)), "connection left open after 421");
     // The ban ends.
     let wait = Duration::from_secs(4).saturating_sub(banned_at.elapsed()) + Duration::from_millis(500);
     thread::sleep(wait);
@@ -648,6 +653,53 @@ fn connection_limits_answer_421() {
     let mut raw = Raw::connect(m.t.port);
     let r = raw.reply();
     assert_eq!((r.code, r.has("4.7.0")), (421, true), "third connection of two allowed: {r:?}");
+}
+
+/// Waits until every connection Tern logged has ended (the start-up probes).
+#[track_caller]
+fn wait_connections_ended(m: &Mta) {
+    let ended = |t: &Tern| t.logs().lines().filter(|l| l.contains(" disconnect")).count();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ended(&m.t) < connects(&m.t) {
+        assert!(Instant::now() < deadline, "connections still open\n{}", m.t.logs());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn refusal_on_submissions_comes_inside_tls() {
+    let m = Mta::start(Opts { peer: false, extra: "[limits]\nmax_connections_per_ip = 2\n", ..Opts::default() });
+    wait_connections_ended(&m);
+    let _held: Vec<Smtp> = (0..2).map(|_| m.connect(Port::Smtp)).collect();
+    // Python's ssl: the handshake completes, then the 421 arrives over TLS and the
+    // server closes.
+    let out = m.python(
+        r#"
+raw = socket.create_connection(("127.0.0.1", SUBS), timeout=10)
+s = CTX.wrap_socket(raw, server_hostname="tern.test")
+print("TLS", s.version())
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print("GOT", data.decode().strip())
+"#,
+    );
+    out.assert_success("python ssl on the submissions port");
+    assert!(out.stdout.contains("TLS TLSv1."), "{}", out.stdout);
+    assert!(out.stdout.contains("GOT 421 4.7.0 "), "{}", out.stdout);
+    // A client that never completes the handshake hears nothing in plaintext.
+    let mut raw = Raw::connect(m.submissions);
+    raw.send(b"EHLO client.test\r\n").unwrap();
+    let replies = raw.replies_until_quiet(Duration::from_secs(10));
+    assert!(replies.iter().all(|r| r.code != 421), "a plaintext 421 on the submissions port: {replies:?}");
+    assert!(raw.wait_closed(Duration::from_secs(10)), "connection left open");
+    // Other listeners still refuse in plaintext.
+    let mut raw = Raw::connect(m.submission);
+    let r = raw.reply();
+    assert_eq!((r.code, r.has("4.7.0")), (421, true), "{r:?}");
 }
 
 #[test]

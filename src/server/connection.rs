@@ -20,6 +20,9 @@ use tokio::time::{Instant, timeout};
 const READ_BUFFER: usize = 64 * 1024;
 /// The data rate is judged only after a message has been arriving this long.
 const DATA_RATE_GRACE: Duration = Duration::from_secs(30);
+/// The TLS handshake of a client refused on an implicit TLS listener must be done
+/// within this: a refused client gets little time, however it was refused.
+const REFUSAL_TLS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// When the command line being received began. A line must be complete within
 /// `command_timeout` of its first byte however slowly its bytes arrive (RFC 5321
@@ -74,12 +77,13 @@ pub async fn handle(
     let per_ip = (!trusted).then_some(limits.max_connections_per_ip);
     let Some(_slot) = ctx.connections.open(ip, limits.max_connections, per_ip) else {
         tracing::info!(client = %peer, "refused: too many connections");
-        let _ = refuse(tcp, Reply::new(421, (4, 7, 0), "Too many connections, try again later")).await;
+        let _ = refuse(&ctx, tcp, mode, Reply::new(421, (4, 7, 0), "Too many connections, try again later")).await;
         return;
     };
     if ctx.auth_failures.is_banned(ip) {
         tracing::info!(client = %peer, "refused: too many failed authentications");
-        let _ = refuse(tcp, Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later")).await;
+        let reply = Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later");
+        let _ = refuse(&ctx, tcp, mode, reply).await;
         return;
     }
     tracing::info!(client = %peer, %mode, "connect");
@@ -97,12 +101,12 @@ pub async fn handle(
     let end = match (talked_first, listed) {
         (true, _) => {
             tracing::info!(client = %peer, "client sent data before the greeting");
-            let _ = refuse(tcp, common::pipelining_violation()).await;
+            let _ = refuse(&ctx, tcp, mode, common::pipelining_violation()).await;
             End::Closed
         }
         (false, dnsbl::Verdict::Blocked { zone, .. }) => {
-            let text = format!("Service unavailable; client [{}] blocked using {zone}", ip.to_canonical());
-            let _ = refuse(tcp, Reply::new(554, (5, 7, 1), text)).await;
+            let text = format!("Service unavailable; client [{}] blocked using {zone}", ip);
+            let _ = refuse(&ctx, tcp, mode, Reply::new(554, (5, 7, 1), text)).await;
             End::Closed
         }
         (false, listed) => {
@@ -123,12 +127,28 @@ pub async fn handle(
     }
 }
 
-/// Answers with one reply and hangs up.
-async fn refuse(mut tcp: TcpStream, reply: Reply) -> std::io::Result<()> {
+/// Answers with one reply and hangs up. On an implicit TLS listener nothing is said
+/// in plaintext (RFC 8314 §3.3: TLS begins at once): the handshake comes first,
+/// within [`REFUSAL_TLS_TIMEOUT`], and a client that does not complete it is
+/// dropped without a word.
+async fn refuse(ctx: &Context, tcp: TcpStream, mode: ListenMode, reply: Reply) -> std::io::Result<()> {
     let mut out = Vec::new();
     reply.encode(&mut out);
-    timeout(Duration::from_secs(10), tcp.write_all(&out)).await??;
-    tcp.shutdown().await
+    let mut stream: Box<dyn Stream> = Box::new(tcp);
+    if mode == ListenMode::Submissions {
+        let Some(tls) = ctx.tls.as_ref() else { return Ok(()) };
+        match timeout(REFUSAL_TLS_TIMEOUT, tls.accept(stream)).await {
+            Ok(Ok((encrypted, _))) => stream = encrypted,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    timeout(Duration::from_secs(10), async {
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await?
 }
 
 /// True when the client talks before the greeting (RFC 5321 §3.1), waiting up to

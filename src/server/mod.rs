@@ -3,6 +3,7 @@
 mod checks;
 mod connection;
 pub mod control;
+mod listen;
 pub mod lock;
 mod received;
 mod routing;
@@ -22,9 +23,8 @@ use crate::policy::users::Users;
 use crate::queue::{Queue, QueueConfig, Shared};
 use crate::smtp::session::SessionConfig;
 use crate::spool::{self, Spool};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
@@ -102,8 +102,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let signer = Signer::load(&config.dkim)?;
     let mut listeners = Vec::new();
+    let configured: Vec<SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
     for l in &config.listen {
-        let listener = listen(l.addr).map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
+        let v6only = listen::needs_v6only(l.addr, &configured);
+        let listener = listen::listen(l.addr, v6only).map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
         listeners.push((listener, l.mode));
     }
     let dns = Dns::new(&config.dns)?;
@@ -166,6 +168,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, peer)) => {
+                            // An IPv4 client of a dual-stack listener is `::ffff:a.b.c.d`;
+                            // everything after this (limits, relay networks, SPF, logs,
+                            // Received) sees `a.b.c.d`.
+                            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                             let (ctx, stop, alive) = (ctx.clone(), stop.clone(), alive.clone());
                             tokio::spawn(async move {
                                 connection::handle(ctx, stream, peer, mode, stop).await;
@@ -207,7 +213,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-fn queue_config(config: &Config, own_addrs: Vec<std::net::SocketAddr>) -> Result<QueueConfig, String> {
+fn queue_config(config: &Config, own_addrs: Vec<SocketAddr>) -> Result<QueueConfig, String> {
     let out = &config.outbound;
     let hop = |text: &String| Hop::parse(text).expect("validated with the configuration");
     let remote = RemoteConfig {
@@ -215,6 +221,7 @@ fn queue_config(config: &Config, own_addrs: Vec<std::net::SocketAddr>) -> Result
         port: out.port,
         allow_loopback: out.allow_loopback_mx,
         connect_timeout: out.connect_timeout,
+        greeting_timeout: out.greeting_timeout,
         command_timeout: out.command_timeout,
         data_timeout: out.data_timeout,
         smarthost: config.relay.smarthost.as_ref().map(hop),
@@ -240,14 +247,6 @@ fn queue_config(config: &Config, own_addrs: Vec<std::net::SocketAddr>) -> Result
         hostname: config.hostname.clone(),
         remote,
     })
-}
-
-/// A listening socket with room for bursts of new connections.
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 /// Logs a failed `accept` (rate-limited: at the file-descriptor limit it fails for

@@ -110,8 +110,20 @@ fn bad_value(key: &str) -> Reply {
     Reply::new(501, (5, 5, 4), format!("Invalid value for {key}"))
 }
 
-/// Splits `" KEY=VALUE KEY2"` into pairs; keys are upper-cased.
+/// Splits `" KEY=VALUE KEY2"` into pairs; keys are upper-cased. A key given twice
+/// is refused: RFC 5321 §4.1.2 makes each `esmtp-keyword` name one parameter, and
+/// a second value would leave the two ends of a relay disagreeing on which counts.
 fn split(rest: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
+    let pairs = pairs(rest)?;
+    for (i, (key, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(k, _)| k == key) {
+            return Err(Reply::new(501, (5, 5, 4), format!("Duplicate parameter {key}")));
+        }
+    }
+    Ok(pairs)
+}
+
+fn pairs(rest: &str) -> Result<Vec<(String, Option<&str>)>, Reply> {
     if !rest.is_empty() && !rest.starts_with(' ') {
         return Err(Reply::new(501, (5, 5, 4), "Syntax error after address"));
     }
@@ -253,5 +265,18 @@ mod tests {
         assert_eq!(p.notify.unwrap().to_string(), "SUCCESS,FAILURE");
         assert!(RcptParams::parse(" NOTIFY=NEVER,SUCCESS").is_err());
         assert!(RcptParams::parse(" ORCPT=bob").is_err());
+    }
+
+    #[test]
+    fn duplicate_parameters_are_refused() {
+        let status = |r: Reply| (r.code, r.status.map(|s| s.to_string()));
+        let dup = (501, Some("5.5.4".to_string()));
+        assert_eq!(status(MailParams::parse(" SIZE=10 SIZE=20").unwrap_err()), dup);
+        assert_eq!(status(MailParams::parse(" SIZE=10 BODY=7BIT size=10").unwrap_err()), dup);
+        assert_eq!(status(MailParams::parse(" SMTPUTF8 SMTPUTF8").unwrap_err()), dup);
+        assert_eq!(status(MailParams::parse(" RET=FULL RET=HDRS").unwrap_err()), dup);
+        assert_eq!(status(RcptParams::parse(" NOTIFY=NEVER NOTIFY=SUCCESS").unwrap_err()), dup);
+        assert_eq!(status(RcptParams::parse(" ORCPT=rfc822;a@x.test ORCPT=rfc822;b@x.test").unwrap_err()), dup);
+        assert!(MailParams::parse(" SIZE=10 BODY=7BIT").is_ok());
     }
 }

@@ -39,7 +39,7 @@ accept_unknown = true
 pub fn loopback_only(dead_port: u16) -> String {
     format!(
         "\n[dns]\nnameservers = [\"127.0.0.1:{dead_port}\"]\n\n\
-         [outbound]\nport = {dead_port}\nconnect_timeout = \"2s\"\nallow_loopback_mx = true\n"
+         [outbound]\nport = {dead_port}\nconnect_timeout = \"2s\"\ngreeting_timeout = \"2s\"\nallow_loopback_mx = true\n"
     )
 }
 

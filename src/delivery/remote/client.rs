@@ -83,9 +83,9 @@ impl Client {
 
     /// Reads one (possibly multi-line) reply within `limit`.
     pub async fn read_reply_within(&mut self, limit: Duration) -> Result<RemoteReply, ConnError> {
-        timeout(limit, self.read_reply_inner())
-            .await
-            .map_err(|_| ConnError(format!("timeout after {}s waiting for the server", limit.as_secs())))?
+        timeout(limit, self.read_reply_inner()).await.map_err(|_| {
+            ConnError(format!("timeout after {} waiting for the server", humantime::format_duration(limit)))
+        })?
     }
 
     pub async fn read_reply(&mut self) -> Result<RemoteReply, ConnError> {
@@ -95,6 +95,7 @@ impl Client {
     async fn read_reply_inner(&mut self) -> Result<RemoteReply, ConnError> {
         let mut lines = Vec::new();
         let mut buf = Vec::new();
+        let mut first = None;
         loop {
             buf.clear();
             let n = (&mut self.io)
@@ -108,8 +109,15 @@ impl Client {
             if !buf.ends_with(b"\n") {
                 return Err(ConnError("reply line too long".into()));
             }
-            let (code, more, text) = parse_reply_line(&buf)
-                .ok_or_else(|| ConnError(format!("malformed reply: {:?}", String::from_utf8_lossy(&buf).trim_end())))?;
+            let malformed = || ConnError(format!("malformed reply: {:?}", String::from_utf8_lossy(&buf).trim_end()));
+            let (code, more, text) = parse_reply_line(&buf).ok_or_else(malformed)?;
+            // RFC 5321 §4.2.1: every line of a multi-line reply carries the same code.
+            // `250-…` then `550 …` says two things at once; it is malformed (and so a
+            // temporary failure), not a refusal.
+            if first.is_some_and(|f| f != code) {
+                return Err(malformed());
+            }
+            first = Some(code);
             lines.push(text);
             if lines.len() > MAX_REPLY_LINES {
                 return Err(ConnError("reply has too many lines".into()));
@@ -187,5 +195,19 @@ mod tests {
         let long = vec![b'2'; 10_000];
         b.write_all(&long).await.unwrap();
         assert!(c.read_reply().await.unwrap_err().0.contains("too long"));
+    }
+
+    #[tokio::test]
+    async fn multiline_with_mixed_codes_is_malformed() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut c = Client::new(Box::new(a), Duration::from_secs(5));
+        b.write_all(b"250-accepted\r\n550 5.1.1 refused\r\n").await.unwrap();
+        let e = c.read_reply().await.unwrap_err();
+        assert!(e.0.contains("malformed reply") && e.0.contains("550 5.1.1 refused"), "{e:?}");
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut c = Client::new(Box::new(a), Duration::from_secs(5));
+        b.write_all(b"550-5.1.1 no\r\n550 5.1.1 such user\r\n").await.unwrap();
+        let r = c.read_reply().await.unwrap();
+        assert_eq!((r.code, r.lines.len()), (550, 2));
     }
 }

@@ -2,6 +2,7 @@
 //! transaction for all recipients of a message that go to the same destination.
 
 mod client;
+mod fold;
 mod pool;
 pub mod route;
 mod tls;
@@ -33,6 +34,8 @@ pub struct RemoteConfig {
     pub port: u16,
     pub allow_loopback: bool,
     pub connect_timeout: Duration,
+    /// The wait for the 220 greeting once connected (RFC 5321 §4.5.3.2.1).
+    pub greeting_timeout: Duration,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub smarthost: Option<Hop>,
@@ -162,8 +165,11 @@ async fn connect(config: &RemoteConfig, hop: &Hop, addr: SocketAddr) -> Result<t
         level = l;
     }
     let mut client = Client::new(stream, config.command_timeout);
-    // RFC 5321 §4.5.3.2.1: the greeting may take as long as the connection.
-    let greeting = client.read_reply_within(config.connect_timeout).await.map_err(|e| e.0)?;
+    // RFC 5321 §4.5.3.2.1: a server may hold back its greeting (five minutes by default).
+    let greeting = client
+        .read_reply_within(config.greeting_timeout)
+        .await
+        .map_err(|e| format!("reading the greeting: {}", e.0))?;
     if greeting.code != 220 {
         return Err(format!("greeting {}", greeting.text()));
     }

@@ -1,6 +1,7 @@
 //! One mail transaction on an open connection: EHLO, MAIL, RCPT…, DATA or BDAT.
 
 use super::client::{Client, ConnError, RemoteReply, dot_stuff};
+use super::fold::fold_long_lines;
 use super::tls::TlsLevel;
 use super::{Job, Outcome, RemoteConfig, TlsPolicy};
 use crate::delivery::{Delivered, Detail, Failure, ServerReply};
@@ -146,7 +147,9 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         let f = Failure::permanent((5, 6, 7), format!("{peer} does not support SMTPUTF8, needed by this message"));
         return Ok(everyone(job, Err(f)));
     }
-    let size = job.content.len() as u64;
+    // RFC 5321 §4.5.3.1.6: no line the next hop receives is longer than 998 octets.
+    let content = fold_long_lines(job.content);
+    let size = content.len() as u64;
     if caps.size.is_some_and(|max| size > max) {
         let f = Failure::permanent(
             (5, 3, 4),
@@ -240,7 +243,7 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     }
     let final_reply = if use_bdat {
         let mut chunk = format!("BDAT {size} LAST\r\n").into_bytes();
-        chunk.extend_from_slice(job.content);
+        chunk.extend_from_slice(&content);
         client.write(&chunk).await?;
         client.read_reply_within(config.data_timeout).await?
     } else {
@@ -254,7 +257,7 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
             // DATA goes out whenever a recipient is accepted.
             None => return Err(ConnError("DATA was not sent".into())),
         }
-        client.write(&dot_stuff(job.content)).await?;
+        client.write(&dot_stuff(&content)).await?;
         client.read_reply_within(config.data_timeout).await?
     };
     // A final reply to the content ends the transaction, whatever it says.

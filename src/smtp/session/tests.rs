@@ -253,6 +253,18 @@ fn bdat_overflow_fails_transaction() {
 }
 
 #[test]
+fn duplicate_parameters_are_refused() {
+    let mut d = Driver::greeted();
+    assert_eq!(d.send(b"MAIL FROM:<a@x.test> SIZE=10 SIZE=20\r\n"), ["501 5.5.4"]);
+    assert_eq!(d.send(b"MAIL FROM:<a@x.test> SIZE=10\r\n"), ["250 2.1.0"]);
+    assert_eq!(d.send(b"RCPT TO:<b@y.test> NOTIFY=NEVER NOTIFY=SUCCESS\r\n"), ["501 5.5.4"]);
+    assert_eq!(d.send(b"RCPT TO:<b@y.test> NOTIFY=NEVER\r\n"), ["250 2.1.5"]);
+    assert_eq!(d.send(b"DATA\r\n"), ["354 2.0.0"]);
+    assert_eq!(d.send(b"x\r\n.\r\n"), ["250 2.0.0"]);
+    assert_eq!(d.messages[0].rcpts.len(), 1);
+}
+
+#[test]
 fn utf8_addresses_need_smtputf8() {
     let mut d = Driver::greeted();
     assert_eq!(d.send("MAIL FROM:<jösé@x.test>\r\n".as_bytes()), ["553 5.6.7"]);
