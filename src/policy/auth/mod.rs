@@ -1,8 +1,9 @@
 //! Checks of received mail — SPF (RFC 7208), DKIM (RFC 6376), ARC (RFC 8617) and
-//! DMARC (RFC 7489) — through mail-auth and Tern's resolver, and what the verdict
-//! means for the message.
+//! DMARC (RFC 7489) — through mail-auth and Tern's resolver (DKIM with Tern's own
+//! canonicalization, see `dkim`), and what the verdict means for the message.
 
 pub mod cache;
+pub mod dkim;
 pub mod dmarc;
 pub mod results;
 pub mod spf;
@@ -76,7 +77,7 @@ impl Checker {
         let deadline = Instant::now() + self.config.timeout;
         let message = AuthenticatedMessage::parse(content).unwrap_or_default();
         let (dkim, arc) = tokio::join!(
-            timeout_at(deadline, self.resolver.verify_dkim(self.caches.with(&message))),
+            timeout_at(deadline, dkim::verify(&self.resolver, &self.caches, &message)),
             timeout_at(deadline, self.resolver.verify_arc(self.caches.with(&message))),
         );
         let dkim: Vec<DkimOutput> = dkim.unwrap_or_else(|_| {
