@@ -96,12 +96,14 @@ impl Checker {
         };
         let from_domains: Vec<String> =
             message.from.iter().filter_map(|a| a.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase()).collect();
-        let dmarc = timeout_at(deadline, dmarc::evaluate(&self.resolver, &self.caches, &from_domains, &ids))
-            .await
-            .unwrap_or_else(|_| dmarc::Verdict {
-                outcome: Outcome::TempError,
-                domain: from_domains.first().cloned().unwrap_or_default(),
-                policy: None,
+        let draw = fastrand::u8(0..100);
+        let dmarc =
+            timeout_at(deadline, dmarc::evaluate(&self.dns, &from_domains, &ids, draw)).await.unwrap_or_else(|_| {
+                dmarc::Verdict {
+                    outcome: Outcome::TempError,
+                    domain: from_domains.first().cloned().unwrap_or_default(),
+                    policy: None,
+                }
             });
         let results = Results {
             hostname: &self.hostname,
