@@ -109,6 +109,49 @@ fn signed_data(sig: &Signature, fields: &[canon::Field<'_>], name: &[u8]) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DkimAlgorithm, DkimKey};
+    use crate::policy::dkim::Signer;
+    use crate::policy::dkim::key::KeyFile;
+    use mail_auth::common::parse::TxtRecordParser;
+
+    /// Everything `verify` checks but the DNS lookup, with `record` as the key.
+    fn check(message: &[u8], record: &str) -> Result<(), String> {
+        let parsed = AuthenticatedMessage::parse(message).ok_or("unparsable")?;
+        let header = parsed.dkim_headers.first().ok_or("no signature")?;
+        let sig = &header.header;
+        let mut hasher = BodyHasher::new(sig.cb, Hash::Sha256, None);
+        hasher.feed(&message[canon::body_offset(message)..]);
+        if hasher.finish().0 != sig.bh {
+            return Err("body hash".into());
+        }
+        let key = DomainKey::parse(record.as_bytes()).map_err(|e| e.to_string())?;
+        let data = signed_data(sig, &canon::fields(message), header.name);
+        key.p.verify_bytes(&data, &sig.b, sig.a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn terns_signatures_verify_on_tricky_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        for algorithm in [DkimAlgorithm::RsaSha256, DkimAlgorithm::Ed25519Sha256] {
+            let key = KeyFile::generate(algorithm).unwrap();
+            let path = dir.path().join(algorithm.name());
+            std::fs::write(&path, key.to_pem()).unwrap();
+            let config = DkimKey { domain: "a.test".into(), selector: "s".into(), key: path, algorithm };
+            let signer = Signer::load(&[config]).unwrap();
+            let record = key.dns_record().unwrap();
+            for body in [&b"Hello\r\n \r\n"[..], b"", b"caf\xc3\xa9 \t \r\n\t\r\n", b"no line end "] {
+                let message = [&b"From: a@a.test\r\nSubject : x\r\n\ty\r\nTo: b@b.test\r\n\r\n"[..], body].concat();
+                let added = b"Received: from x by y; Mon, 1 Jan 2024 00:00:00 +0000\r\n";
+                let signature = signer.sign(added, &message);
+                assert!(signature.starts_with("DKIM-Signature: v=1; a="), "{signature}");
+                let signed = [signature.as_bytes(), added, &message].concat();
+                assert_eq!(check(&signed, &record), Ok(()), "{}", String::from_utf8_lossy(&signed));
+                // The Subject is signed: changing it breaks the signature.
+                let changed = String::from_utf8_lossy(&signed).replace("Subject : x", "Subject : z");
+                assert!(check(changed.as_bytes(), &record).is_err());
+            }
+        }
+    }
 
     #[test]
     fn agent_domains() {
