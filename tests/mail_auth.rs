@@ -759,6 +759,8 @@ fn forged_authentication_results_are_removed_and_foreign_ones_kept() {
                   Authentication-Results:\r\n\tTERN.Test;\r\n\tdkim=pass header.d=forged2.test\r\n\
                   Authentication-Results: tern.test (forged3); arc=pass\r\n\
                   authentication-results: tern.test; dkim=pass header.d=forged4.test\r\n\
+                  Authentication-Results: \"tern.test\"; spf=pass smtp.mailfrom=forged5@a.test\r\n\
+                  Authentication-Results : tern.test; dkim=pass header.d=forged6.test\r\n\
                   Authentication-Results: mx.other.test; spf=fail smtp.mailfrom=foreign1@other.test\r\n\
                   Authentication-Results: tern.test.example; dkim=pass header.d=foreign2.test\r\n";
     let msg = message("alice@a.test", "forged results", forged);
@@ -767,7 +769,7 @@ fn forged_authentication_results_are_removed_and_foreign_ones_kept() {
     let stored = t.wait_one(LOCAL, "bob");
     let ar = tern_ar(&stored);
     ar.assert("spf", "pass");
-    for forged in ["forged1", "forged2", "forged3", "forged4"] {
+    for forged in ["forged1", "forged2", "forged3", "forged4", "forged5", "forged6"] {
         assert!(!contains(&stored, forged.as_bytes()), "{forged} kept:\n{}", show(&stored));
     }
     let ids: Vec<String> = all_ar(&stored).iter().map(|a| a.authserv_id.to_ascii_lowercase()).collect();
