@@ -8,7 +8,8 @@
 //! hashes the body, selects and canonicalizes the signed header fields
 //! (`dkim::canon`), and checks `b=` with the record's public key. Checking the whole
 //! signature, not only the body hash, keeps a match of `bh=` from standing in for
-//! a valid signature.
+//! a valid signature. A signature with a body length count (`l=`) is refused as
+//! insecure by mail-auth's parser (RFC 6376 §8.2) and reported as neutral.
 
 use super::cache::Caches;
 use crate::policy::dkim::canon::{self, BodyHasher, Hash};
