@@ -946,6 +946,28 @@ fn opendkim_verify(dir: &Path, msg: &[u8], key: &Key) -> Result<(), String> {
     }
 }
 
+/// `msg` signed by OpenDKIM's test mode (`opendkim -t`, `Mode s`) with `key`
+/// and canonicalization `canon`: it prints the field it would add.
+fn opendkim_sign(dir: &Path, msg: &[u8], key: &Key, canon: &str) -> Vec<u8> {
+    let conf = dir.join("opendkim-sign.conf");
+    let settings = format!(
+        "Mode s\nSyslog no\nDomain {}\nSelector {}\nKeyFile {}\nCanonicalization {canon}\nRequireSafeKeys false\n",
+        key.domain,
+        key.selector,
+        key.path.display()
+    );
+    fs::write(&conf, settings).expect("write config");
+    let file = scratch(dir, "opendkim-sign.eml", msg);
+    let mut cmd = Command::new("opendkim");
+    cmd.arg("-x").arg(&conf).args(["-t", &file]);
+    let out = run(cmd, CLIENT_TIMEOUT);
+    out.assert_success("opendkim -t (signing)");
+    let all = out.all();
+    let at = all.find("DKIM-Signature:").unwrap_or_else(|| panic!("no signature from OpenDKIM:\n{all}"));
+    let field: Vec<&str> = all[at..].lines().map(|l| l.trim_end_matches('\r')).filter(|l| !l.is_empty()).collect();
+    [field.join("\r\n").as_bytes(), b"\r\n", msg].concat()
+}
+
 /// `verify.pl PORT FILE`: Mail::DKIM's result for each signature, asking the
 /// test DNS server on 127.0.0.1:PORT for the keys.
 const PERL_VERIFY: &str = r#"
@@ -1037,10 +1059,10 @@ fn opendkim_mail_dkim_and_dkimpy_verify_terns_ed25519_signatures() {
     references_verify_tern(Alg::Ed25519);
 }
 
-/// Mail::DKIM signs each tricky message (relaxed and simple), dkimpy too (but the
-/// field it cannot read): Tern finds every signature valid.
+/// OpenDKIM and Mail::DKIM sign each tricky message (relaxed and simple), dkimpy
+/// too (but the field it cannot read): Tern finds every signature valid.
 #[test]
-fn tern_verifies_tricky_messages_signed_by_mail_dkim_and_dkimpy() {
+fn tern_verifies_tricky_messages_signed_by_opendkim_mail_dkim_and_dkimpy() {
     require_reference_verifiers();
     require_dkimpy();
     let key = keygen(SIGNER, "s1", Alg::Rsa);
@@ -1050,9 +1072,10 @@ fn tern_verifies_tricky_messages_signed_by_mail_dkim_and_dkimpy() {
     for (what, msg) in tricky_messages() {
         let mut signed = vec![];
         for canon in ["relaxed", "simple"] {
+            let c = format!("{canon}/{canon}");
+            signed.push((format!("OpenDKIM {canon}"), opendkim_sign(b.path(), &msg, &key, &c)));
             signed.push((format!("Mail::DKIM {canon}"), mail_dkim_sign(b.path(), &msg, &key, canon)));
             if what != "space before a colon" {
-                let c = format!("{canon}/{canon}");
                 signed.push((format!("dkimpy {canon}"), dkimpy_sign(b.path(), &msg, &key, &c)));
             }
         }
