@@ -812,16 +812,19 @@ fn tern_reports_each_signature_of_a_doubly_signed_message() {
 /// own Authentication-Results), changed by `change`, to B from the
 /// forwarder; returns Tern's arc= verdict and its Authentication-Results.
 fn arc_verdict(change: impl Fn(&[u8]) -> Vec<u8>) -> (String, String) {
+    arc_verdict_on(&message("arc sealed"), change)
+}
+
+/// Like `arc_verdict`, for `msg`.
+fn arc_verdict_on(msg: &[u8], change: impl Fn(&[u8]) -> Vec<u8>) -> (String, String) {
     require_dkimpy();
     const SEALER: &str = "fwd.test";
     let seal = keygen(SEALER, "arc", Alg::Rsa);
     let dns = DnsServer::start(&zone(&[&seal], None, &[SEALER]));
     let b = receiver(&dns, "");
-    let received = [
-        format!("Authentication-Results: {SEALER}; spf=pass smtp.mailfrom={ALICE}; dkim=none\r\n").as_bytes(),
-        &message("arc sealed")[..],
-    ]
-    .concat();
+    let received =
+        [format!("Authentication-Results: {SEALER}; spf=pass smtp.mailfrom={ALICE}; dkim=none\r\n").as_bytes(), msg]
+            .concat();
     let sealed = change(&dkimpy_seal(b.path(), &received, &seal));
     let stored = deliver(&b, "list@fwd.test", BOB, &sealed);
     let header = values(&stored, "Authentication-Results").join("\n");
@@ -834,6 +837,13 @@ fn arc_verdict(change: impl Fn(&[u8]) -> Vec<u8>) -> (String, String) {
 #[test]
 fn arc_chain_sealed_by_dkimpy_passes() {
     let (arc, header) = arc_verdict(|m| m.to_vec());
+    assert_eq!(arc, "pass", "{header}");
+}
+
+#[test]
+fn arc_chain_over_a_body_ending_in_a_whitespace_only_line_passes() {
+    let msg = [&message("arc sealed")[..], b"Bye again.\r\n \t\r\n"].concat();
+    let (arc, header) = arc_verdict_on(&msg, |m| m.to_vec());
     assert_eq!(arc, "pass", "{header}");
 }
 

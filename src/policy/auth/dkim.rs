@@ -5,24 +5,39 @@
 //! whitespace before its colon), so correctly signed mail would fail. Tern
 //! therefore checks each signature itself: mail-auth parses the `DKIM-Signature`
 //! fields and the key records (fetched through Tern's resolver and cache); Tern
-//! hashes the body, selects and canonicalizes the signed header fields
-//! (`dkim::canon`), and checks `b=` with the record's public key. Checking the whole
+//! hashes the body (`rehash_bodies`, whose hashes mail-auth's ARC check then uses
+//! too), selects and canonicalizes the signed header fields (`dkim::canon`), and
+//! checks `b=` with the record's public key. Checking the whole
 //! signature, not only the body hash, keeps a match of `bh=` from standing in for
 //! a valid signature. A signature with a body length count (`l=`) is refused as
 //! insecure by mail-auth's parser (RFC 6376 §8.2) and reported as neutral.
 
 use super::cache::Caches;
 use crate::policy::dkim::canon::{self, BodyHasher, Hash};
-use mail_auth::common::crypto::Algorithm;
+use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::common::verify::DomainKey;
-use mail_auth::dkim::{Canonicalization, DkimError, Signature};
+use mail_auth::dkim::{DkimError, Signature};
 use mail_auth::{AuthenticatedMessage, DkimOutput, Error, MessageAuthenticator};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The record's `t=s` flag (RFC 6376 §3.6.1): `i=` must be in `d=` itself.
 const FLAG_SAME_DOMAIN: u64 = 0x20;
 
-/// One result per `DKIM-Signature` field, malformed ones included (as neutral).
+/// Replaces the body hashes mail-auth made when parsing `message` (for its DKIM
+/// signatures and ARC-Message-Signatures) with Tern's.
+pub fn rehash_bodies(message: &mut AuthenticatedMessage<'_>) {
+    let raw = message.raw_message;
+    let body = &raw[canon::body_offset(raw)..];
+    for (c, h, l, bh) in &mut message.body_hashes {
+        let hash = if *h == HashAlgorithm::Sha1 { Hash::Sha1 } else { Hash::Sha256 };
+        let mut hasher = BodyHasher::new(*c, hash, (*l > 0).then_some(*l));
+        hasher.feed(body);
+        *bh = hasher.finish().0;
+    }
+}
+
+/// One result per `DKIM-Signature` field, malformed ones included (as neutral);
+/// `message` has gone through `rehash_bodies`.
 pub async fn verify<'x>(
     resolver: &MessageAuthenticator,
     caches: &Caches,
@@ -31,8 +46,6 @@ pub async fn verify<'x>(
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let raw = message.raw_message;
     let fields = canon::fields(raw);
-    let body = &raw[canon::body_offset(raw)..];
-    let mut hashes: Vec<(Canonicalization, Hash, u64, Vec<u8>)> = Vec::new();
     let mut out: Vec<DkimOutput<'x>> = message
         .errors
         .iter()
@@ -47,15 +60,11 @@ pub async fn verify<'x>(
             out.push(result(DkimOutput::neutral(Error::Dkim(DkimError::SignatureExpired))));
             continue;
         }
-        let hash = if sig.a == Algorithm::RsaSha1 { Hash::Sha1 } else { Hash::Sha256 };
-        let bh = match hashes.iter().find(|(c, h, l, _)| (*c, *h, *l) == (sig.cb, hash, sig.l)) {
-            Some((.., bh)) => bh,
-            None => {
-                let mut hasher = BodyHasher::new(sig.cb, hash, (sig.l > 0).then_some(sig.l));
-                hasher.feed(body);
-                hashes.push((sig.cb, hash, sig.l, hasher.finish().0));
-                &hashes.last().expect("just pushed").3
-            }
+        let ha = HashAlgorithm::from(sig.a);
+        let bh = message.body_hashes.iter().find(|(c, h, l, _)| (*c, *h, *l) == (sig.cb, ha, sig.l)).map(|b| &b.3);
+        let Some(bh) = bh else {
+            out.push(result(DkimOutput::neutral(Error::Dkim(DkimError::FailedBodyHashMatch))));
+            continue;
         };
         if *bh != sig.bh {
             out.push(result(DkimOutput::neutral(Error::Dkim(DkimError::FailedBodyHashMatch))));
@@ -117,12 +126,11 @@ mod tests {
 
     /// Everything `verify` checks but the DNS lookup, with `record` as the key.
     fn check(message: &[u8], record: &str) -> Result<(), String> {
-        let parsed = AuthenticatedMessage::parse(message).ok_or("unparsable")?;
+        let mut parsed = AuthenticatedMessage::parse(message).ok_or("unparsable")?;
+        rehash_bodies(&mut parsed);
         let header = parsed.dkim_headers.first().ok_or("no signature")?;
         let sig = &header.header;
-        let mut hasher = BodyHasher::new(sig.cb, Hash::Sha256, None);
-        hasher.feed(&message[canon::body_offset(message)..]);
-        if hasher.finish().0 != sig.bh {
+        if parsed.body_hashes.iter().all(|(.., bh)| *bh != sig.bh) {
             return Err("body hash".into());
         }
         let key = DomainKey::parse(record.as_bytes()).map_err(|e| e.to_string())?;

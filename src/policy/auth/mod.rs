@@ -75,7 +75,8 @@ impl Checker {
     /// the decision they lead to with the SPF verdict.
     pub async fn message(&self, spf: &SpfCheck, content: &[u8]) -> Verdict {
         let deadline = Instant::now() + self.config.timeout;
-        let message = AuthenticatedMessage::parse(content).unwrap_or_default();
+        let mut message = AuthenticatedMessage::parse(content).unwrap_or_default();
+        dkim::rehash_bodies(&mut message);
         let (dkim, arc) = tokio::join!(
             timeout_at(deadline, dkim::verify(&self.resolver, &self.caches, &message)),
             timeout_at(deadline, self.resolver.verify_arc(self.caches.with(&message))),
