@@ -136,12 +136,17 @@ async fn lookup(dns: &Dns, domain: &str) -> Lookup {
             return Lookup::Temp;
         }
     };
+    choose(&records)
+}
+
+/// The record among the TXT records at `_dmarc`: none, or several, is no policy.
+fn choose(records: &[String]) -> Lookup {
     let records: Vec<&String> = records.iter().filter(|r| is_dmarc(r)).collect();
     match records.as_slice() {
         [] => Lookup::Absent,
         [one] => parse(one),
         _ => {
-            tracing::info!(domain, "several DMARC records: no policy");
+            tracing::info!(records = ?records, "several DMARC records: no policy");
             Lookup::Missing
         }
     }
@@ -273,6 +278,19 @@ mod tests {
         assert!(matches!(parse("v=DMARC1; p=bogus"), Lookup::Missing));
         assert!(matches!(parse("v=DMARC1; p=bogus; rua=bogus"), Lookup::Missing));
         assert!(matches!(parse("v=DMARC1; p=reject; adkim=x"), Lookup::Perm));
+    }
+
+    #[test]
+    fn several_records_are_no_policy_in_any_order() {
+        let strings = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (reject, none, spf) = ("v=DMARC1; p=reject", "v=DMARC1; p=none", "v=spf1 -all");
+        assert!(matches!(choose(&strings(&[reject, none])), Lookup::Missing));
+        assert!(matches!(choose(&strings(&[none, reject])), Lookup::Missing));
+        assert!(matches!(choose(&strings(&[spf])), Lookup::Absent));
+        assert!(matches!(choose(&[]), Lookup::Absent));
+        for records in [[spf, reject], [reject, spf]] {
+            assert!(matches!(choose(&strings(&records)), Lookup::Found(r) if r.dmarc.p == Policy::Reject));
+        }
     }
 
     #[test]
