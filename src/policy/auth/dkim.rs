@@ -7,10 +7,10 @@
 //! fields and the key records (fetched through Tern's resolver and cache); Tern
 //! hashes the body (`rehash_bodies`, whose hashes mail-auth's ARC check then uses
 //! too), selects and canonicalizes the signed header fields (`dkim::canon`), and
-//! checks `b=` with the record's public key. Checking the whole
-//! signature, not only the body hash, keeps a match of `bh=` from standing in for
-//! a valid signature. A signature with a body length count (`l=`) is refused as
-//! insecure by mail-auth's parser (RFC 6376 §8.2) and reported as neutral.
+//! checks `b=` with the record's public key. Checking the whole signature, not
+//! only the body hash, keeps a match of `bh=` from standing in for a valid
+//! signature. A signature with a body length count (`l=`) is refused as insecure
+//! by mail-auth's parser (RFC 6376 §8.2) and reported as neutral.
 
 use super::cache::Caches;
 use crate::policy::dkim::canon::{self, BodyHasher, Hash};
@@ -62,11 +62,7 @@ pub async fn verify<'x>(
         }
         let ha = HashAlgorithm::from(sig.a);
         let bh = message.body_hashes.iter().find(|(c, h, l, _)| (*c, *h, *l) == (sig.cb, ha, sig.l)).map(|b| &b.3);
-        let Some(bh) = bh else {
-            out.push(result(DkimOutput::neutral(Error::Dkim(DkimError::FailedBodyHashMatch))));
-            continue;
-        };
-        if *bh != sig.bh {
+        if bh != Some(&sig.bh) {
             out.push(result(DkimOutput::neutral(Error::Dkim(DkimError::FailedBodyHashMatch))));
             continue;
         }
