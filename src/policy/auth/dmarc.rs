@@ -72,10 +72,10 @@ struct Record {
 #[derive(Debug)]
 enum Lookup {
     Found(Record),
-    /// No record, several records (§6.6.3 step 3), or a record without a valid
-    /// policy that asks for no reports (§6.6.3 step 6): no DMARC for the message.
+    /// Several records (§6.6.3 step 3), or a record without a valid policy that
+    /// asks for no reports (§6.6.3 step 6): no DMARC for the message.
     Missing,
-    /// Absent, so the organizational domain is asked (§6.6.3 step 4).
+    /// No record: the organizational domain is asked next (§6.6.3 step 4).
     Absent,
     Temp,
     Perm,
