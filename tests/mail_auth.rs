@@ -698,12 +698,69 @@ fn dmarc_temperror_is_delivered_when_temp_error_is_accept() {
 }
 
 #[test]
+fn dmarc_pct_zero_softens_reject_to_quarantine() {
+    // pct=0: no failing message is in the sample (RFC 7489 §6.6.4).
+    let (_dns, t) = setup(&dmarc_zone("v=DMARC1; p=reject; pct=0"), "");
+    let sent = send(&t, GOOD_IP, "bounce@other.test", "alice@a.test", "outside the sample");
+    assert_accepted(&t, &sent);
+    let junk = wait_junk(&t, "bob", 1);
+    let ar = tern_ar(&junk[0]);
+    ar.assert("dmarc", "fail");
+    assert_eq!(ar.prop("dmarc", "policy.dmarc").as_deref(), Some("quarantine"), "{:?}", ar.raw);
+}
+
+#[test]
+fn dmarc_pct_zero_softens_quarantine_to_none() {
+    let (_dns, t) = setup(&dmarc_zone("v=DMARC1; p=quarantine; pct=0"), "");
+    let (ar, _) = deliver(&t, GOOD_IP, "bounce@other.test", "alice@a.test", "outside the sample", 1);
+    ar.assert("dmarc", "fail");
+    assert_eq!(ar.prop("dmarc", "policy.dmarc").as_deref(), Some("none"), "{:?}", ar.raw);
+    assert!(list_files(&junk_dir(&t, "bob")).is_empty(), "went to Junk");
+}
+
+#[test]
+fn dmarc_two_records_mean_no_policy_in_either_order() {
+    // RFC 7489 §6.6.3: several v=DMARC1 records end policy discovery.
+    let reject = "v=DMARC1; p=reject";
+    let none = "v=DMARC1; p=none";
+    for (n, records) in
+        [json!([["TXT", reject], ["TXT", none]]), json!([["TXT", none], ["TXT", reject]])].into_iter().enumerate()
+    {
+        let (_dns, t) = setup(&dmarc_zone_records(records), "");
+        let (ar, _) = deliver(&t, GOOD_IP, "bounce@other.test", "alice@a.test", "two records", 1);
+        ar.assert("spf", "pass");
+        ar.assert("dmarc", "none");
+        assert!(list_files(&junk_dir(&t, "bob")).is_empty(), "order {n}: went to Junk");
+    }
+    // A TXT record that is not DMARC's does not count.
+    let records = json!([["TXT", "v=spf1 -all"], ["TXT", reject]]);
+    let (_dns, t) = setup(&dmarc_zone_records(records), "");
+    let sent = send(&t, GOOD_IP, "bounce@other.test", "alice@a.test", "one record and another");
+    assert_refused_at_end(&t, &sent, 550, "5.7.1");
+}
+
+#[test]
+fn dmarc_invalid_policy_with_a_report_address_acts_as_none() {
+    // RFC 7489 §6.6.3 step 6.
+    let (_dns, t) = setup(&dmarc_zone("v=DMARC1; p=bogus; rua=mailto:dmarc@a.test"), "");
+    let (ar, _) = deliver(&t, GOOD_IP, "bounce@other.test", "alice@a.test", "invalid policy", 1);
+    ar.assert("dmarc", "fail");
+    assert_eq!(ar.prop("dmarc", "policy.dmarc").as_deref(), Some("none"), "{:?}", ar.raw);
+    // Without a report address there is no DMARC at all.
+    let (_dns, t) = setup(&dmarc_zone("v=DMARC1; p=bogus"), "");
+    let (ar, _) = deliver(&t, GOOD_IP, "bounce@other.test", "alice@a.test", "invalid policy", 1);
+    ar.assert("dmarc", "none");
+}
+
+#[test]
 fn forged_authentication_results_are_removed_and_foreign_ones_kept() {
     let (_dns, t) = setup(&[("a.test", txt(SPF_GOOD_ONLY))], "");
     let forged = "Authentication-Results: tern.test; spf=pass smtp.mailfrom=forged1@a.test; dmarc=pass\r\n\
                   Authentication-Results:\r\n\tTERN.Test;\r\n\tdkim=pass header.d=forged2.test\r\n\
                   Authentication-Results: tern.test (forged3); arc=pass\r\n\
                   authentication-results: tern.test; dkim=pass header.d=forged4.test\r\n\
+                  Authentication-Results: \"tern.test\"; spf=pass smtp.mailfrom=forged5@a.test\r\n\
+                  Authentication-Results : tern.test; dkim=pass header.d=forged6.test\r\n\
                   Authentication-Results: mx.other.test; spf=fail smtp.mailfrom=foreign1@other.test\r\n\
                   Authentication-Results: tern.test.example; dkim=pass header.d=foreign2.test\r\n";
     let msg = message("alice@a.test", "forged results", forged);
@@ -712,7 +769,7 @@ fn forged_authentication_results_are_removed_and_foreign_ones_kept() {
     let stored = t.wait_one(LOCAL, "bob");
     let ar = tern_ar(&stored);
     ar.assert("spf", "pass");
-    for forged in ["forged1", "forged2", "forged3", "forged4"] {
+    for forged in ["forged1", "forged2", "forged3", "forged4", "forged5", "forged6"] {
         assert!(!contains(&stored, forged.as_bytes()), "{forged} kept:\n{}", show(&stored));
     }
     let ids: Vec<String> = all_ar(&stored).iter().map(|a| a.authserv_id.to_ascii_lowercase()).collect();

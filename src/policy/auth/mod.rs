@@ -1,8 +1,9 @@
 //! Checks of received mail — SPF (RFC 7208), DKIM (RFC 6376), ARC (RFC 8617) and
-//! DMARC (RFC 7489) — through mail-auth and Tern's resolver, and what the verdict
-//! means for the message.
+//! DMARC (RFC 7489) — through mail-auth and Tern's resolver (DKIM with Tern's own
+//! canonicalization, see `dkim`), and what the verdict means for the message.
 
 pub mod cache;
+pub mod dkim;
 pub mod dmarc;
 pub mod results;
 pub mod spf;
@@ -74,9 +75,10 @@ impl Checker {
     /// the decision they lead to with the SPF verdict.
     pub async fn message(&self, spf: &SpfCheck, content: &[u8]) -> Verdict {
         let deadline = Instant::now() + self.config.timeout;
-        let message = AuthenticatedMessage::parse(content).unwrap_or_default();
+        let mut message = AuthenticatedMessage::parse(content).unwrap_or_default();
+        dkim::rehash_bodies(&mut message);
         let (dkim, arc) = tokio::join!(
-            timeout_at(deadline, self.resolver.verify_dkim(self.caches.with(&message))),
+            timeout_at(deadline, dkim::verify(&self.resolver, &self.caches, &message)),
             timeout_at(deadline, self.resolver.verify_arc(self.caches.with(&message))),
         );
         let dkim: Vec<DkimOutput> = dkim.unwrap_or_else(|_| {
@@ -95,12 +97,14 @@ impl Checker {
         };
         let from_domains: Vec<String> =
             message.from.iter().filter_map(|a| a.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase()).collect();
-        let dmarc = timeout_at(deadline, dmarc::evaluate(&self.resolver, &self.caches, &from_domains, &ids))
-            .await
-            .unwrap_or_else(|_| dmarc::Verdict {
-                outcome: Outcome::TempError,
-                domain: from_domains.first().cloned().unwrap_or_default(),
-                policy: None,
+        let draw = fastrand::u8(0..100);
+        let dmarc =
+            timeout_at(deadline, dmarc::evaluate(&self.dns, &from_domains, &ids, draw)).await.unwrap_or_else(|_| {
+                dmarc::Verdict {
+                    outcome: Outcome::TempError,
+                    domain: from_domains.first().cloned().unwrap_or_default(),
+                    policy: None,
+                }
             });
         let results = Results {
             hostname: &self.hostname,

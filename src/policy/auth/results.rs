@@ -219,26 +219,48 @@ pub fn strip_forged(content: &[u8], hostname: &str) -> Option<Vec<u8>> {
 }
 
 /// True when `field` is an `Authentication-Results` field with authserv-id `hostname`.
+/// The name may be followed by whitespace before its colon (RFC 5322 §4.5.2 obsolete
+/// syntax, which readers still accept), and the id may be a quoted-string (RFC 8601
+/// §2.2 `authserv-id = value`).
 fn claims(field: &[u8], hostname: &str) -> bool {
-    const NAME: &[u8] = b"authentication-results:";
-    let Some(value) = field.get(..NAME.len()).filter(|n| n.eq_ignore_ascii_case(NAME)).map(|_| &field[NAME.len()..])
-    else {
+    let Some(colon) = memchr::memchr(b':', field) else {
         return false;
     };
-    let value = String::from_utf8_lossy(value);
-    // Drop comments (not nested more than this needs), then take the first token.
+    let name = String::from_utf8_lossy(&field[..colon]);
+    if !name.trim_end_matches([' ', '\t']).eq_ignore_ascii_case("authentication-results") {
+        return false;
+    }
+    let value = String::from_utf8_lossy(&field[colon + 1..]);
+    // Drop comments (not nested more than this needs), then take the first value.
     let mut plain = String::new();
     let mut depth = 0u32;
+    let mut quoted = false;
+    let mut escaped = false;
     for c in value.chars() {
         match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
+            _ if escaped => {
+                escaped = false;
+                if depth == 0 {
+                    plain.push(c);
+                }
+            }
+            '\\' => escaped = true,
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                plain.push(c);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth = depth.saturating_sub(1),
             _ if depth == 0 => plain.push(c),
             _ => {}
         }
     }
-    let id = plain.split(';').next().unwrap_or("").split_whitespace().next().unwrap_or("");
-    id.trim_end_matches('.').eq_ignore_ascii_case(hostname.trim_end_matches('.'))
+    let plain = plain.trim_start();
+    let id = match plain.strip_prefix('"') {
+        Some(rest) => rest.split('"').next().unwrap_or(""),
+        None => plain.split(';').next().unwrap_or("").split_whitespace().next().unwrap_or(""),
+    };
+    id.trim().trim_end_matches('.').eq_ignore_ascii_case(hostname.trim_end_matches('.'))
 }
 
 #[cfg(test)]
@@ -258,6 +280,36 @@ mod tests {
         // A message with no body separator, and one that is all header.
         assert_eq!(strip_forged(b"Authentication-Results: tern.test; x", "tern.test").unwrap(), b"");
         assert!(strip_forged(b"\r\nAuthentication-Results: tern.test; in the body\r\n\r\n", "tern.test").is_none());
+    }
+
+    #[test]
+    fn quoted_ids_and_space_before_the_colon_are_forged_too() {
+        let forged: &[&[u8]] = &[
+            b"Authentication-Results: \"tern.test\"; spf=pass\r\n",
+            b"Authentication-Results:\"TERN.test.\" 1; spf=pass\r\n",
+            b"Authentication-Results : tern.test; dkim=pass\r\n",
+            b"authentication-results\t: (c) \"tern.test\"\r\n\t; dmarc=pass\r\n",
+            b"Authentication-Results: \"tern\\.test\"; spf=pass\r\n",
+        ];
+        for field in forged {
+            let msg = [field, &b"Subject: hi\r\n\r\nbody\r\n"[..]].concat();
+            assert_eq!(
+                strip_forged(&msg, "tern.test").as_deref(),
+                Some(&b"Subject: hi\r\n\r\nbody\r\n"[..]),
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
+        let kept: &[&[u8]] = &[
+            b"Authentication-Results: \"tern.test.other\"; spf=pass\r\n",
+            b"Authentication-Results: \"other.test\" (tern.test); spf=pass\r\n",
+            b"Authentication-Results-X: tern.test; spf=pass\r\n",
+            b"X-Authentication-Results : tern.test; spf=pass\r\n",
+        ];
+        for field in kept {
+            let msg = [field, &b"\r\nbody\r\n"[..]].concat();
+            assert!(strip_forged(&msg, "tern.test").is_none(), "{}", String::from_utf8_lossy(field));
+        }
     }
 
     #[test]

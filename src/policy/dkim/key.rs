@@ -2,12 +2,14 @@
 //! (RFC 6376 §3.6.1, RFC 8463) that publishes their public half.
 
 use crate::config::DkimAlgorithm;
+use aws_lc_rs::digest;
 use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+use aws_lc_rs::signature::RSA_PKCS1_SHA256;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -89,14 +91,48 @@ impl KeyFile {
         Ok(format!("v=DKIM1; k={k}; p={}", STANDARD.encode(self.public_key()?)))
     }
 
-    pub fn signing_key(&self) -> Result<DkimKey, String> {
-        let err = |e: mail_auth::Error| e.to_string();
+    /// The key ready to sign.
+    pub fn signing_key(&self) -> Result<SigningKey, String> {
+        let err = |e: aws_lc_rs::error::KeyRejected| e.to_string();
         match (self.algorithm, &self.der) {
-            (DkimAlgorithm::RsaSha256, der) => Ok(DkimKey::Rsa(RsaKey::from_key_der(der.clone_key()).map_err(err)?)),
+            (DkimAlgorithm::RsaSha256, PrivateKeyDer::Pkcs1(d)) => {
+                Ok(SigningKey::Rsa(RsaKeyPair::from_der(d.secret_pkcs1_der()).map_err(err)?))
+            }
+            (DkimAlgorithm::RsaSha256, PrivateKeyDer::Pkcs8(d)) => {
+                Ok(SigningKey::Rsa(RsaKeyPair::from_pkcs8(d.secret_pkcs8_der()).map_err(err)?))
+            }
             (DkimAlgorithm::Ed25519Sha256, PrivateKeyDer::Pkcs8(d)) => {
-                Ok(DkimKey::Ed25519(Ed25519Key::from_pkcs8_maybe_unchecked_der(d.secret_pkcs8_der()).map_err(err)?))
+                Ok(SigningKey::Ed25519(Ed25519KeyPair::from_pkcs8_maybe_unchecked(d.secret_pkcs8_der()).map_err(err)?))
             }
             _ => Err("unsupported key format".into()),
+        }
+    }
+}
+
+/// A private key that signs the canonical header data of a DKIM signature.
+pub enum SigningKey {
+    Rsa(RsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+impl SigningKey {
+    pub fn algorithm(&self) -> DkimAlgorithm {
+        match self {
+            SigningKey::Rsa(_) => DkimAlgorithm::RsaSha256,
+            SigningKey::Ed25519(_) => DkimAlgorithm::Ed25519Sha256,
+        }
+    }
+
+    /// `b=` for `data`: RSASSA-PKCS1-v1_5 over SHA-256 (RFC 6376 §3.3.1), or Ed25519
+    /// over the SHA-256 digest of the data (RFC 8463 §3).
+    pub fn sign(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+        match self {
+            SigningKey::Rsa(key) => {
+                let mut sig = vec![0; key.public_modulus_len()];
+                key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), data, &mut sig).map_err(|e| e.to_string())?;
+                Ok(sig)
+            }
+            SigningKey::Ed25519(key) => Ok(key.sign(digest::digest(&digest::SHA256, data).as_ref()).as_ref().to_vec()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! DKIM signing of mail Tern sends (RFC 6376, RFC 8463).
 
+pub mod canon;
 pub mod key;
 mod sign;
 
