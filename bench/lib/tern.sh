@@ -117,14 +117,14 @@ tern_stop() {
 
 # The same Tern module for an older build (TERN_BEFORE_BIN), measured as server
 # "before". One Tern runs at a time, so the two share the module's state.
-TERN_BEFORE_PORT=
+BEFORE_PORT=
 before_start() {
     local saved=$TERN_BIN rc
     TERN_BIN=$TERN_BEFORE_BIN
     tern_start "$@"
     rc=$?
     TERN_BIN=$saved
-    TERN_BEFORE_PORT=$TERN_PORT
+    BEFORE_PORT=$TERN_PORT
     return $rc
 }
 before_delivered() { tern_delivered; }
