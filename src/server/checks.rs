@@ -3,6 +3,7 @@
 
 use super::Context;
 use super::received::received_header;
+use super::spill::Received;
 use crate::policy::auth::results::strip_forged;
 use crate::policy::auth::{Action, SpfCheck};
 use crate::policy::greylist::Verdict;
@@ -11,7 +12,8 @@ use crate::smtp::address::Mailbox;
 use crate::smtp::params::Body;
 use crate::smtp::sasl::Secret;
 use crate::smtp::session::{Destination, Message};
-use crate::spool::{Envelope, RcptState, Recipient};
+use crate::spool::{Envelope, Part, RcptState, Recipient};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,43 +118,63 @@ pub async fn authenticate(ctx: &Context, user: String, password: Secret, client:
 /// End of message: checks how the sender is authenticated (strangers on port 25) or
 /// signs the message (users and relay networks), adds the trace headers, stores
 /// durably, queues. Returns the queue id.
+///
+/// Only the header block of `received` is in memory, unless the message is small; the
+/// whole content is read back only for the checks and the signature that need it.
 pub async fn message(
     ctx: &Context,
-    mut message: Message,
+    message: Message,
+    mut received: Received,
     peer: IpAddr,
     spf: Option<SpfCheck>,
 ) -> Result<String, Reply> {
     let id = ctx.spool.new_id();
     let hostname = &ctx.config.hostname;
     let ours = message.user.is_some() || ctx.trusted(peer);
+    let mut header = Cow::Borrowed(received.header());
     // RFC 8601 §5: results that arrive claiming to come from us are forged.
-    if !ours && let Some(clean) = strip_forged(&message.content, hostname) {
+    if !ours && let Some(clean) = strip_forged(&header, hostname) {
         tracing::info!(id, client = %peer, "removed forged Authentication-Results");
-        message.content = clean;
+        header = Cow::Owned(clean);
     }
-    let mut content = received_header(&message, peer, hostname, &id).into_bytes();
+    let header = header.into_owned();
+    let mut prefix = received_header(&message, peer, hostname, &id).into_bytes();
+    let check = spf.as_ref().zip(ctx.auth.as_ref());
+    let sign = ours && ctx.signer.signs(&header);
+    let whole = match check.is_some() || sign {
+        true => Some(received.whole(&header).await?),
+        false => None,
+    };
     let mut quarantine = false;
-    if let (Some(spf), Some(checker)) = (&spf, &ctx.auth) {
-        let verdict = checker.message(spf, &message.content).await;
+    if let (Some((spf, checker)), Some(whole)) = (check, &whole) {
+        let verdict = checker.message(spf, whole).await;
         tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
         match verdict.action {
             Action::Refuse(reply) => return Err(reply),
             Action::Quarantine => quarantine = true,
             Action::Accept => {}
         }
-        content.extend_from_slice(verdict.headers.as_bytes());
+        prefix.extend_from_slice(verdict.headers.as_bytes());
     }
     // RFC 6409 §8.2 and §8.3: submitted mail gets the Date and Message-ID it lacks.
     let added = match message.user {
-        Some(_) => missing_headers(&message.content, &id, hostname),
+        Some(_) => missing_headers(&header, &id, hostname),
         None => String::new(),
     };
-    if ours && !ctx.signer.is_empty() {
+    if let (true, Some(whole)) = (sign, &whole) {
         // Signed before it is queued, so that every retry sends the same signature.
-        content.extend_from_slice(ctx.signer.sign(added.as_bytes(), &message.content).as_bytes());
+        prefix.extend_from_slice(ctx.signer.sign(added.as_bytes(), whole).as_bytes());
     }
-    content.extend_from_slice(added.as_bytes());
-    content.extend_from_slice(&message.content);
+    drop(whole);
+    prefix.extend_from_slice(added.as_bytes());
+    let in_memory = received.in_memory();
+    let (parts, _held) = received.into_parts(prefix, &header);
+    let size = parts.iter().map(Part::len).sum();
+    // Small messages go to the queue in memory too; others are read back from the spool.
+    let content = match (in_memory, parts.as_slice()) {
+        (true, [Part::Bytes(all)]) => Some(Arc::new(all.clone())),
+        _ => None,
+    };
     let mut recipients = Vec::new();
     // `alice@x`, `Alice@X.` and `alice+tag@x` in one transaction get one copy.
     let mut seen = std::collections::HashSet::new();
@@ -175,7 +197,7 @@ pub async fn message(
         id: id.clone(),
         arrival: crate::queue::now(),
         sender: message.from.as_ref().map(Mailbox::to_string).unwrap_or_default(),
-        size: content.len() as u64,
+        size,
         smtputf8: message.params.smtputf8,
         eight_bit: message.params.body == Body::EightBitMime,
         ret: message.params.ret.map(|r| r.to_string()),
@@ -183,7 +205,7 @@ pub async fn message(
         quarantine,
         recipients,
     };
-    match ctx.spool.store(&envelope, &content).await {
+    match ctx.spool.store_parts(&envelope, parts).await {
         Ok(stored) => {
             tracing::info!(
                 id,
@@ -193,7 +215,7 @@ pub async fn message(
                 client = %peer,
                 "queued"
             );
-            ctx.queue.enqueue(stored, Some(Arc::new(content)));
+            ctx.queue.enqueue(stored, content);
             Ok(id)
         }
         Err(e) => {

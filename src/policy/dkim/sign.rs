@@ -60,18 +60,27 @@ impl Signer {
         self.keys.is_empty()
     }
 
+    /// The domain of the single `From:` field of `message` and its keys, if it has any.
+    fn keys_for(&self, message: &[u8]) -> Option<(String, &[Key])> {
+        let parsed = AuthenticatedMessage::parse(message)?;
+        let [from] = parsed.from.as_slice() else {
+            return None;
+        };
+        let domain = from.rsplit_once('@').and_then(|(_, d)| crate::smtp::address::canonical_domain(d))?;
+        let keys = self.keys.get(&domain)?;
+        Some((domain, keys))
+    }
+
+    /// True when a message with this header block (CRLF lines) is signed.
+    pub fn signs(&self, header: &[u8]) -> bool {
+        !self.keys.is_empty() && self.keys_for(&[header, b"\r\n"].concat()).is_some()
+    }
+
     /// `DKIM-Signature` fields for the message made of the header fields `added`
     /// followed by `message` (header and body, CRLF lines): one per key of the domain
     /// in its single `From:` field, none when that domain has no key.
     pub fn sign(&self, added: &[u8], message: &[u8]) -> String {
-        let Some(parsed) = AuthenticatedMessage::parse(message) else {
-            return String::new();
-        };
-        let [from] = parsed.from.as_slice() else {
-            return String::new();
-        };
-        let domain = from.rsplit_once('@').and_then(|(_, d)| crate::smtp::address::canonical_domain(d));
-        let Some((domain, keys)) = domain.and_then(|d| self.keys.get(&d).map(|keys| (d, keys))) else {
+        let Some((domain, keys)) = self.keys_for(message) else {
             return String::new();
         };
         let mut out = String::new();
