@@ -6,6 +6,7 @@ use super::received::received_header;
 use super::spill::Received;
 use crate::policy::auth::results::strip_forged;
 use crate::policy::auth::{Action, SpfCheck};
+use crate::policy::dkim;
 use crate::policy::greylist::Verdict;
 use crate::smtp::Reply;
 use crate::smtp::address::Mailbox;
@@ -115,20 +116,64 @@ pub async fn authenticate(ctx: &Context, user: String, password: Secret, client:
     Err(Reply::new(535, (5, 7, 8), "Authentication credentials invalid"))
 }
 
+/// How mail from users and relay networks is signed while it arrives: as soon as its
+/// header block is in, the `Date` and `Message-ID` a submitted message lacks are
+/// added (its queue id is taken then) and the signatures' body hashes start.
+pub struct SignPlan<'a> {
+    ctx: &'a Context,
+    submitted: bool,
+}
+
+/// A message being signed as it arrives.
+pub struct Signing<'a> {
+    id: String,
+    added: String,
+    signing: dkim::Signing<'a>,
+}
+
+impl<'a> SignPlan<'a> {
+    /// `None` when no mail of this client is signed (not ours, or no keys).
+    pub fn new(ctx: &'a Context, client: IpAddr, user: Option<&str>) -> Option<SignPlan<'a>> {
+        let ours = user.is_some() || ctx.trusted(client);
+        (ours && !ctx.signer.is_empty()).then_some(SignPlan { ctx, submitted: user.is_some() })
+    }
+
+    /// Starts signing the message with this header block; `None` when its `From:`
+    /// domain has no key. The whole content is to be written to the result.
+    pub fn start(self, header: &[u8]) -> Option<Signing<'a>> {
+        let mut signing = self.ctx.signer.start(header)?;
+        let id = self.ctx.spool.new_id();
+        let added = match self.submitted {
+            true => missing_headers(header, &id, &self.ctx.config.hostname),
+            false => String::new(),
+        };
+        signing.write(added.as_bytes());
+        Some(Signing { id, added, signing })
+    }
+}
+
+impl Signing<'_> {
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.signing.write(bytes);
+    }
+}
+
 /// End of message: checks how the sender is authenticated (strangers on port 25) or
 /// signs the message (users and relay networks), adds the trace headers, stores
 /// durably, queues. Returns the queue id.
 ///
 /// Only the header block of `received` is in memory, unless the message is small; the
-/// whole content is read back only for the checks and the signature that need it.
+/// whole content is read back only for the checks that need it (DKIM, ARC and DMARC).
+/// Mail of ours was signed while it arrived (see [`SignPlan`]).
 pub async fn message(
     ctx: &Context,
     message: Message,
-    mut received: Received,
+    mut received: Received<'_>,
     peer: IpAddr,
     spf: Option<SpfCheck>,
 ) -> Result<String, Reply> {
-    let id = ctx.spool.new_id();
+    let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
+    let id = signed.as_ref().map_or_else(|| ctx.spool.new_id(), |(id, ..)| id.clone());
     let hostname = &ctx.config.hostname;
     let ours = message.user.is_some() || ctx.trusted(peer);
     let mut header = Cow::Borrowed(received.header());
@@ -139,15 +184,11 @@ pub async fn message(
     }
     let header = header.into_owned();
     let mut prefix = received_header(&message, peer, hostname, &id).into_bytes();
-    let check = spf.as_ref().zip(ctx.auth.as_ref());
-    let sign = ours && ctx.signer.signs(&header);
-    let whole = match check.is_some() || sign {
-        true => Some(received.whole(&header).await?),
-        false => None,
-    };
     let mut quarantine = false;
-    if let (Some((spf, checker)), Some(whole)) = (check, &whole) {
-        let verdict = checker.message(spf, whole).await;
+    if let Some((spf, checker)) = spf.as_ref().zip(ctx.auth.as_ref()) {
+        let whole = received.whole(&header).await?;
+        let verdict = checker.message(spf, &whole).await;
+        drop(whole);
         tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
         match verdict.action {
             Action::Refuse(reply) => return Err(reply),
@@ -157,15 +198,16 @@ pub async fn message(
         prefix.extend_from_slice(verdict.headers.as_bytes());
     }
     // RFC 6409 §8.2 and §8.3: submitted mail gets the Date and Message-ID it lacks.
-    let added = match message.user {
-        Some(_) => missing_headers(&header, &id, hostname),
+    // Signed mail got them when its signing started, and is signed over them: signed
+    // before it is queued, so that every retry sends the same signature.
+    let added = match signed {
+        Some((_, added, signatures)) => {
+            prefix.extend_from_slice(signatures.as_bytes());
+            added
+        }
+        None if message.user.is_some() => missing_headers(&header, &id, hostname),
         None => String::new(),
     };
-    if let (true, Some(whole)) = (sign, &whole) {
-        // Signed before it is queued, so that every retry sends the same signature.
-        prefix.extend_from_slice(ctx.signer.sign(added.as_bytes(), whole).as_bytes());
-    }
-    drop(whole);
     prefix.extend_from_slice(added.as_bytes());
     let in_memory = received.in_memory();
     let (parts, _held) = received.into_parts(prefix, &header);

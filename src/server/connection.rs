@@ -186,7 +186,8 @@ async fn converse(
                     reply.encode(&mut out);
                 }
                 Event::ContentStart => {
-                    spill = Some(Spill::new(ctx.spill_dir.clone(), limits.max_header_size, &ctx.budget));
+                    let sign = checks::SignPlan::new(ctx, peer.ip(), session.user());
+                    spill = Some(Spill::new(ctx.spill_dir.clone(), limits.max_header_size, &ctx.budget, sign));
                 }
                 Event::Content(piece) => {
                     if let Some(spill) = spill.as_mut() {

@@ -4,6 +4,7 @@
 //! nothing of it outlives the session, however the session or the process ends.
 
 use super::budget::{Budget, Reservation, exhausted};
+use super::checks::{SignPlan, Signing};
 use crate::smtp::Reply;
 use crate::smtp::body::HeaderEnd;
 use crate::spool::Part;
@@ -20,7 +21,7 @@ pub const IN_MEMORY: usize = 64 * 1024;
 const WRITE_BUFFER: usize = 64 * 1024;
 
 /// A message being received.
-pub struct Spill {
+pub struct Spill<'a> {
     dir: Arc<Path>,
     max_header_size: u64,
     head: Vec<u8>,
@@ -31,16 +32,20 @@ pub struct Spill {
     reservation: Reservation,
     /// Why the message will be refused; the rest of its content is dropped.
     failed: Option<Reply>,
+    /// How the message is signed, until its header block is in; then its signing.
+    plan: Option<SignPlan<'a>>,
+    signing: Option<Signing<'a>>,
 }
 
 /// A message received whole.
-pub struct Received {
+pub struct Received<'a> {
     /// The first bytes of the content: at least the header block.
     head: Vec<u8>,
     header_len: usize,
     file: Option<Arc<File>>,
     file_len: u64,
     reservation: Reservation,
+    signing: Option<Signing<'a>>,
 }
 
 fn storage_error(what: &str, e: io::Error) -> Reply {
@@ -48,9 +53,10 @@ fn storage_error(what: &str, e: io::Error) -> Reply {
     Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later")
 }
 
-impl Spill {
-    /// A message whose file, if it needs one, goes to `dir`.
-    pub fn new(dir: Arc<Path>, max_header_size: u64, budget: &Arc<Budget>) -> Spill {
+impl<'a> Spill<'a> {
+    /// A message whose file, if it needs one, goes to `dir`, and which is signed as it
+    /// arrives by `plan`.
+    pub fn new(dir: Arc<Path>, max_header_size: u64, budget: &Arc<Budget>, plan: Option<SignPlan<'a>>) -> Spill<'a> {
         Spill {
             dir,
             max_header_size,
@@ -60,6 +66,8 @@ impl Spill {
             file_len: 0,
             reservation: budget.reservation(),
             failed: None,
+            plan,
+            signing: None,
         }
     }
 
@@ -73,7 +81,30 @@ impl Spill {
             self.failed = Some(reply);
             self.head = Vec::new();
             self.file = None;
+            self.signing = None;
             self.reservation.clear();
+        }
+    }
+
+    /// Passes `piece` (just taken) to the signing, which starts once the header block
+    /// is in.
+    fn sign(&mut self, piece: &[u8]) {
+        match &mut self.signing {
+            Some(signing) => signing.write(piece),
+            None => {
+                if let Some(end) = self.header.found() {
+                    self.start_signing(end as usize);
+                }
+            }
+        }
+    }
+
+    fn start_signing(&mut self, header_len: usize) {
+        if let Some(plan) = self.plan.take() {
+            self.signing = plan.start(&self.head[..header_len]);
+            if let Some(signing) = &mut self.signing {
+                signing.write(&self.head);
+            }
         }
     }
 
@@ -86,6 +117,7 @@ impl Spill {
             }
             self.header.feed(piece);
             self.head.extend_from_slice(piece);
+            self.sign(piece);
             return Ok(());
         }
         let file = match &mut self.file {
@@ -101,24 +133,35 @@ impl Spill {
         };
         file.write_all(piece).map_err(|e| storage_error("write", e))?;
         self.file_len += piece.len() as u64;
+        self.sign(piece);
         Ok(())
     }
 
     /// The message as received, or the refusal for it.
-    pub fn finish(self) -> Result<Received, Reply> {
+    pub fn finish(mut self) -> Result<Received<'a>, Reply> {
         if let Some(reply) = self.failed {
             return Err(reply);
+        }
+        if self.header.found().is_none() {
+            // No empty line: all of it is header.
+            self.start_signing(self.head.len());
         }
         let file = match self.file {
             None => None,
             Some(writer) => Some(Arc::new(writer.into_inner().map_err(|e| storage_error("write", e.into_error()))?)),
         };
         let header_len = self.header.found().map_or(self.head.len(), |end| end as usize);
-        Ok(Received { head: self.head, header_len, file, file_len: self.file_len, reservation: self.reservation })
+        let (head, file_len, reservation, signing) = (self.head, self.file_len, self.reservation, self.signing);
+        Ok(Received { head, header_len, file, file_len, reservation, signing })
     }
 }
 
-impl Received {
+impl<'a> Received<'a> {
+    /// The signing of the message, when it was signed as it arrived.
+    pub fn take_signing(&mut self) -> Option<Signing<'a>> {
+        self.signing.take()
+    }
+
     /// The header block, up to and including the CRLF before the empty line.
     pub fn header(&self) -> &[u8] {
         &self.head[..self.header_len]
@@ -209,8 +252,8 @@ pub fn prepare_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn spill(dir: &Path, budget: &Arc<Budget>) -> Spill {
-        Spill::new(Arc::from(dir), 1 << 20, budget)
+    fn spill<'a>(dir: &Path, budget: &Arc<Budget>) -> Spill<'a> {
+        Spill::new(Arc::from(dir), 1 << 20, budget, None)
     }
 
     #[tokio::test]

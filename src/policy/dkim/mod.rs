@@ -3,4 +3,4 @@
 pub mod key;
 mod sign;
 
-pub use sign::Signer;
+pub use sign::{Signer, Signing};

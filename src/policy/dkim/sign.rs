@@ -4,7 +4,7 @@ use super::key::KeyFile;
 use crate::config::DkimKey;
 use mail_auth::AuthenticatedMessage;
 use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use mail_auth::dkim::{Canonicalization, DkimSigner, DkimSigningStream, Done};
 use std::collections::HashMap;
 
 /// The fields signed, when present (RFC 6376 §5.4.1). Fields listed but absent are
@@ -27,6 +27,34 @@ const SIGNED_FIELDS: &[&str] = &[
 ];
 
 type Key = DkimSigner<mail_auth::common::crypto::DkimKey, Done>;
+
+/// The signatures of one message in the making, one per key of its `From:` domain:
+/// the header fields are kept, the body is hashed as it goes by (RFC 6376 §3.7).
+pub struct Signing<'a> {
+    domain: String,
+    streams: Vec<DkimSigningStream<'a, mail_auth::common::crypto::DkimKey>>,
+}
+
+impl Signing<'_> {
+    /// The next bytes of the message, from its first header field on.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for stream in &mut self.streams {
+            stream.write(bytes);
+        }
+    }
+
+    /// The `DKIM-Signature` fields.
+    pub fn finish(self) -> String {
+        let mut out = String::new();
+        for stream in self.streams {
+            match stream.finish() {
+                Ok(signature) => out.push_str(&signature.to_header()),
+                Err(e) => tracing::warn!(domain = self.domain, error = %e, "cannot sign message"),
+            }
+        }
+        out
+    }
+}
 
 /// The signing keys, by domain.
 #[derive(Default)]
@@ -71,25 +99,68 @@ impl Signer {
         Some((domain, keys))
     }
 
-    /// True when a message with this header block (CRLF lines) is signed.
-    pub fn signs(&self, header: &[u8]) -> bool {
-        !self.keys.is_empty() && self.keys_for(&[header, b"\r\n"].concat()).is_some()
+    /// Starts signing a message whose header block (CRLF lines, without the empty
+    /// line) is `header`; `None` when the domain of its single `From:` has no key.
+    /// The whole message is then written to the [`Signing`], header block included.
+    pub fn start(&self, header: &[u8]) -> Option<Signing<'_>> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let (domain, keys) = self.keys_for(&[header, b"\r\n"].concat())?;
+        Some(Signing { domain, streams: keys.iter().map(Key::sign_streaming).collect() })
     }
 
     /// `DKIM-Signature` fields for the message made of the header fields `added`
     /// followed by `message` (header and body, CRLF lines): one per key of the domain
     /// in its single `From:` field, none when that domain has no key.
     pub fn sign(&self, added: &[u8], message: &[u8]) -> String {
-        let Some((domain, keys)) = self.keys_for(message) else {
+        let header = memchr::memmem::find(message, b"\r\n\r\n").map_or(message, |i| &message[..i + 2]);
+        let Some(mut signing) = self.start(header) else {
             return String::new();
         };
-        let mut out = String::new();
-        for key in keys {
-            match key.sign_chained([added, message]) {
-                Ok(signature) => out.push_str(&signature.to_header()),
-                Err(e) => tracing::warn!(domain, error = %e, "cannot sign message"),
-            }
+        signing.write(added);
+        signing.write(message);
+        signing.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::key::KeyFile;
+    use super::*;
+    use crate::config::DkimAlgorithm;
+
+    /// The value of tag `tag` in a `DKIM-Signature` field, unfolded.
+    fn tag(field: &str, tag: &str) -> String {
+        let unfolded: String = field.split_once(':').unwrap().1.chars().filter(|c| !c.is_whitespace()).collect();
+        let value = unfolded.split(';').find_map(|t| t.strip_prefix(&format!("{tag}=")));
+        value.unwrap_or_else(|| panic!("no {tag}= in {field}")).to_string()
+    }
+
+    #[test]
+    fn signing_in_pieces_hashes_as_signing_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.a.test.pem");
+        std::fs::write(&path, KeyFile::generate(DkimAlgorithm::Ed25519Sha256).unwrap().to_pem()).unwrap();
+        let config = DkimKey {
+            domain: "a.test".into(),
+            selector: "s".into(),
+            key: path,
+            algorithm: DkimAlgorithm::Ed25519Sha256,
+        };
+        let signer = Signer::load(&[config]).unwrap();
+        let added = b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n";
+        let message = b"From: b@A.test\r\nSubject:  hi  there \r\n\r\n body  line \t\r\n\r\nx\r\n\r\n\r\n";
+        let whole = signer.keys["a.test"][0].sign_chained([&added[..], &message[..]]).unwrap().to_header();
+        for size in [1, 2, 5, 16, message.len()] {
+            let mut signing = signer.start(b"From: b@A.test\r\nSubject:  hi  there \r\n").unwrap();
+            signing.write(added);
+            message.chunks(size).for_each(|piece| signing.write(piece));
+            let pieces = signing.finish();
+            assert_eq!(tag(&pieces, "bh"), tag(&whole, "bh"), "body hash, pieces of {size}");
+            assert_eq!(tag(&pieces, "h"), tag(&whole, "h"));
         }
-        out
+        assert_eq!(tag(&signer.sign(added, message), "bh"), tag(&whole, "bh"));
+        assert!(signer.start(b"From: b@other.test\r\n").is_none());
     }
 }
