@@ -44,17 +44,6 @@ fn proc_status(pid: u32, field: &str) -> usize {
     kb * 1024
 }
 
-/// The sizes of the files Tern has open in its spill directory `<data_dir>/tmp`.
-fn spill_files(t: &Tern) -> Vec<u64> {
-    let Some(pid) = t.pid() else { return Vec::new() };
-    let dir = t.data_dir.join("tmp");
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
-    fds.flatten()
-        .filter(|fd| fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&dir)))
-        .filter_map(|fd| fs::metadata(fd.path()).ok().map(|m| m.len()))
-        .collect()
-}
-
 /// Files (named ones) in `dir`.
 fn names_in(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
@@ -85,7 +74,7 @@ fn transaction(t: &Tern) -> Raw {
 /// the peak RSS grew since `before`.
 fn peak_growth_once_spilled(t: &Tern, size: usize, before: usize) -> usize {
     wait_until("the content in the spill file", Duration::from_secs(60), || {
-        spill_files(t).iter().any(|&len| len as usize + 256 * 1024 >= size)
+        t.spill_files().iter().any(|&len| len as usize + 256 * 1024 >= size)
     });
     let growth = proc_status(t.pid().unwrap(), "VmHWM").saturating_sub(before);
     eprintln!("peak RSS growth while receiving {size} bytes: {} KiB", growth / 1024);
@@ -105,8 +94,7 @@ fn twenty_mib_by_data_streams_in_bounded_memory() {
     c.send(b".\r\n").expect("send the terminator");
     let reply = c.reply();
     assert_eq!(reply.code, 250, "{reply:?}");
-    // The spool writer lets go of the file once it has copied it.
-    wait_until("the spill file closed", Duration::from_secs(10), || spill_files(&t).is_empty());
+    wait_until("the spill file emptied", Duration::from_secs(10), || t.spilled() == 0);
     let stored = t.wait_mail_within("localhost", "alice", 1, Duration::from_secs(60)).pop().unwrap();
     assert_delivered(&stored, SENDER, &content);
     assert_eq!(names_in(&t.data_dir.join("tmp")), Vec::<String>::new());
@@ -128,8 +116,7 @@ fn twenty_mib_by_bdat_streams_in_bounded_memory() {
     assert!(growth < 8 * MIB, "peak RSS grew by {} KiB while receiving 20 MiB", growth / 1024);
     let reply = c.cmd("BDAT 0 LAST");
     assert_eq!(reply.code, 250, "{reply:?}");
-    // The spool writer lets go of the file once it has copied it.
-    wait_until("the spill file closed", Duration::from_secs(10), || spill_files(&t).is_empty());
+    wait_until("the spill file emptied", Duration::from_secs(10), || t.spilled() == 0);
     let stored = t.wait_mail_within("localhost", "alice", 1, Duration::from_secs(60)).pop().unwrap();
     assert_delivered(&stored, SENDER, &content);
 }
@@ -142,11 +129,11 @@ fn refused_messages_leave_no_file_behind() {
     let mut c = transaction(&t);
     assert_eq!(c.cmd("DATA").code, 354);
     c.send(&wire).expect("send the content");
-    wait_until("a spill file while the message arrives", Duration::from_secs(30), || !spill_files(&t).is_empty());
+    wait_until("a spill file while the message arrives", Duration::from_secs(30), || t.spilled() > 0);
     c.send(b".\r\n").unwrap();
     let reply = c.reply();
     assert_eq!((reply.code, reply.text().contains("5.3.4")), (552, true), "{reply:?}");
-    assert!(spill_files(&t).is_empty(), "a refused message kept its spill file");
+    assert_eq!(t.spilled(), 0, "a refused message kept its content");
     // BDAT past the limit fails its transaction at the chunk that overflows.
     assert_eq!(c.cmd(&format!("MAIL FROM:<{SENDER}>")).code, 250);
     assert_eq!(c.cmd("RCPT TO:<alice@localhost>").code, 250);
@@ -160,7 +147,7 @@ fn refused_messages_leave_no_file_behind() {
         }
     }
     assert_eq!(codes.last(), Some(&552), "{codes:?}");
-    assert!(spill_files(&t).is_empty(), "a refused message kept its spill file");
+    assert_eq!(t.spilled(), 0, "a refused message kept its content");
     // The transaction after them is whole.
     let (small, small_wire) = message(100 * 1024, SENDER);
     assert_eq!(c.cmd(&format!("MAIL FROM:<{SENDER}>")).code, 250);
@@ -171,7 +158,7 @@ fn refused_messages_leave_no_file_behind() {
     let stored = t.wait_one("localhost", "alice");
     assert_delivered(&stored, SENDER, &small);
     assert_eq!(c.cmd("QUIT").code, 221);
-    assert!(spill_files(&t).is_empty());
+    assert_eq!(t.spilled(), 0);
     assert_eq!(names_in(&t.data_dir.join("tmp")), Vec::<String>::new());
 }
 
@@ -186,7 +173,7 @@ fn a_spent_in_flight_budget_answers_452() {
     let reply = c.cmd(".");
     assert_eq!(reply.code, 452, "{reply:?}");
     assert!(reply.text().contains("4.3.1"), "{reply:?}");
-    assert!(spill_files(&t).is_empty());
+    assert_eq!(t.spilled(), 0);
     // The budget was given back: a message within it goes through.
     assert_eq!(c.cmd(&format!("MAIL FROM:<{SENDER}>")).code, 250);
     assert_eq!(c.cmd("RCPT TO:<alice@localhost>").code, 250);
@@ -238,7 +225,7 @@ fn kill_9_during_a_transfer_leaves_no_file() {
     let mut c = transaction(&t);
     assert_eq!(c.cmd("DATA").code, 354);
     c.send(&wire).unwrap();
-    wait_until("a spill file while the message arrives", Duration::from_secs(30), || !spill_files(&t).is_empty());
+    wait_until("a spill file while the message arrives", Duration::from_secs(30), || t.spilled() > 0);
     t.kill9();
     drop(c);
     // A named file as a filesystem without O_TMPFILE would leave after a crash.

@@ -53,6 +53,11 @@ impl Reservation {
 }
 
 impl Reservation {
+    /// A new empty reservation on the same budget.
+    pub fn empty(&self) -> Reservation {
+        self.budget.reservation()
+    }
+
     /// Gives back all that was taken.
     pub fn clear(&mut self) {
         self.budget.used.fetch_sub(std::mem::take(&mut self.bytes), Ordering::AcqRel);

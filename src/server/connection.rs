@@ -187,7 +187,7 @@ async fn converse(
                 }
                 Event::ContentStart => {
                     let sign = checks::SignPlan::new(ctx, peer.ip(), session.user());
-                    spill = Some(Spill::new(ctx.spill_dir.clone(), limits.max_header_size, &ctx.budget, sign));
+                    spill = Some(Spill::new(&ctx.spill_files, limits.max_header_size, &ctx.budget, sign));
                 }
                 Event::Content(piece) => {
                     if let Some(spill) = spill.as_mut() {

@@ -49,7 +49,7 @@ pub struct Context {
     /// Message bytes held in memory by all sessions (`[limits] max_inflight_bytes`).
     pub budget: Arc<budget::Budget>,
     /// Where message content goes as it arrives.
-    pub spill_dir: Arc<std::path::Path>,
+    pub spill_files: Arc<spill::Files>,
 }
 
 impl Context {
@@ -140,7 +140,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         auth,
         signer,
         budget,
-        spill_dir: Arc::from(spill_dir),
+        spill_files: spill::Files::new(spill_dir),
     });
 
     let addrs: Vec<String> = listeners

@@ -1,7 +1,10 @@
 //! The content of a message as it arrives: the first bytes in memory (the header block,
 //! which the checks need, or the whole message while it is small), the rest in an
 //! unlinked temporary file that the spool copies from. The file has no name, so
-//! nothing of it outlives the session, however the session or the process ends.
+//! nothing of it outlives the process, however it ends; once the message is stored or
+//! dropped the file is emptied and kept for a later message, since creating and
+//! deleting a file for every message costs more than writing it (ext4 without a
+//! journal, for one, scans past recently deleted inodes at each creation).
 
 use super::budget::{Budget, Reservation, exhausted};
 use super::checks::{SignPlan, Signing};
@@ -9,20 +12,73 @@ use crate::smtp::Reply;
 use crate::smtp::body::HeaderEnd;
 use crate::spool::Part;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Messages up to about this size stay in memory and never touch a file.
 pub const IN_MEMORY: usize = 64 * 1024;
 /// The write buffer of the file.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// Empty files kept for later messages, at most.
+const IDLE_FILES: usize = 64;
+
+/// The spill files of the server: nameless files in one directory, reused.
+pub struct Files {
+    dir: PathBuf,
+    idle: Mutex<Vec<File>>,
+}
+
+impl Files {
+    pub fn new(dir: PathBuf) -> Arc<Files> {
+        Arc::new(Files { dir, idle: Mutex::new(Vec::new()) })
+    }
+
+    fn take(&self) -> io::Result<File> {
+        match self.idle.lock().expect("idle files").pop() {
+            Some(file) => Ok(file),
+            None => temp_file(&self.dir),
+        }
+    }
+
+    /// Takes a file back, emptied first: nothing of one message is seen with the next.
+    fn give(&self, mut file: File) {
+        if file.set_len(0).is_ok() && file.rewind().is_ok() {
+            let mut idle = self.idle.lock().expect("idle files");
+            if idle.len() < IDLE_FILES {
+                idle.push(file);
+            }
+        }
+    }
+
+    /// Takes a file back if nothing else holds it (else it closes with its last holder).
+    fn give_shared(&self, file: Arc<File>) {
+        if let Ok(file) = Arc::try_unwrap(file) {
+            self.give(file);
+        }
+    }
+}
+
+/// What a stored message keeps until the spool has it: its share of the budget and
+/// its file, which then goes back to the pool.
+pub struct Held {
+    _reservation: Reservation,
+    file: Option<(Arc<File>, Arc<Files>)>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((file, files)) = self.file.take() {
+            files.give_shared(file);
+        }
+    }
+}
 
 /// A message being received.
 pub struct Spill<'a> {
-    dir: Arc<Path>,
+    files: Arc<Files>,
     max_header_size: u64,
     head: Vec<u8>,
     header: HeaderEnd,
@@ -39,6 +95,7 @@ pub struct Spill<'a> {
 
 /// A message received whole.
 pub struct Received<'a> {
+    files: Arc<Files>,
     /// The first bytes of the content: at least the header block.
     head: Vec<u8>,
     header_len: usize,
@@ -54,11 +111,16 @@ fn storage_error(what: &str, e: io::Error) -> Reply {
 }
 
 impl<'a> Spill<'a> {
-    /// A message whose file, if it needs one, goes to `dir`, and which is signed as it
-    /// arrives by `plan`.
-    pub fn new(dir: Arc<Path>, max_header_size: u64, budget: &Arc<Budget>, plan: Option<SignPlan<'a>>) -> Spill<'a> {
+    /// A message whose file, if it needs one, comes from `files`, and which is signed
+    /// as it arrives by `plan`.
+    pub fn new(
+        files: &Arc<Files>,
+        max_header_size: u64,
+        budget: &Arc<Budget>,
+        plan: Option<SignPlan<'a>>,
+    ) -> Spill<'a> {
         Spill {
-            dir,
+            files: files.clone(),
             max_header_size,
             head: Vec::new(),
             header: HeaderEnd::default(),
@@ -80,7 +142,7 @@ impl<'a> Spill<'a> {
         {
             self.failed = Some(reply);
             self.head = Vec::new();
-            self.file = None;
+            self.drop_file();
             self.signing = None;
             self.reservation.clear();
         }
@@ -127,7 +189,7 @@ impl<'a> Spill<'a> {
                     tracing::warn!("in-flight message budget spent; message refused");
                     return Err(exhausted());
                 }
-                let file = temp_file(&self.dir).map_err(|e| storage_error("create a file for", e))?;
+                let file = self.files.take().map_err(|e| storage_error("create a file for", e))?;
                 self.file.insert(BufWriter::with_capacity(WRITE_BUFFER, file))
             }
         };
@@ -137,22 +199,55 @@ impl<'a> Spill<'a> {
         Ok(())
     }
 
+    /// Gives the file back, unflushed.
+    fn drop_file(&mut self) {
+        if let Some(writer) = self.file.take() {
+            self.files.give(writer.into_parts().0);
+        }
+    }
+
     /// The message as received, or the refusal for it.
     pub fn finish(mut self) -> Result<Received<'a>, Reply> {
-        if let Some(reply) = self.failed {
+        if let Some(reply) = self.failed.take() {
             return Err(reply);
         }
         if self.header.found().is_none() {
             // No empty line: all of it is header.
             self.start_signing(self.head.len());
         }
-        let file = match self.file {
+        let file = match self.file.take() {
             None => None,
             Some(writer) => Some(Arc::new(writer.into_inner().map_err(|e| storage_error("write", e.into_error()))?)),
         };
         let header_len = self.header.found().map_or(self.head.len(), |end| end as usize);
-        let (head, file_len, reservation, signing) = (self.head, self.file_len, self.reservation, self.signing);
-        Ok(Received { head, header_len, file, file_len, reservation, signing })
+        Ok(Received {
+            files: self.files.clone(),
+            head: std::mem::take(&mut self.head),
+            header_len,
+            file,
+            file_len: self.file_len,
+            reservation: self.take_reservation(),
+            signing: self.signing.take(),
+        })
+    }
+
+    fn take_reservation(&mut self) -> Reservation {
+        let empty = self.reservation.empty();
+        std::mem::replace(&mut self.reservation, empty)
+    }
+}
+
+impl Drop for Spill<'_> {
+    fn drop(&mut self) {
+        self.drop_file();
+    }
+}
+
+impl Drop for Received<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            self.files.give_shared(file);
+        }
     }
 }
 
@@ -202,15 +297,18 @@ impl<'a> Received<'a> {
     /// The content as spool parts, after `prefix` (added header fields) and with
     /// `header` in place of the header block; and the budget for the bytes in memory,
     /// to keep until they are stored.
-    pub fn into_parts(self, mut prefix: Vec<u8>, header: &[u8]) -> (Vec<Part>, Reservation) {
+    pub fn into_parts(mut self, mut prefix: Vec<u8>, header: &[u8]) -> (Vec<Part>, Held) {
         prefix.reserve(header.len() + self.head.len() - self.header_len);
         prefix.extend_from_slice(header);
         prefix.extend_from_slice(&self.head[self.header_len..]);
         let mut parts = vec![Part::Bytes(prefix)];
-        if let Some(file) = self.file {
-            parts.push(Part::File { file, offset: 0, len: self.file_len });
+        let file = self.file.take();
+        if let Some(file) = &file {
+            parts.push(Part::File { file: file.clone(), offset: 0, len: self.file_len });
         }
-        (parts, self.reservation)
+        let empty = self.reservation.empty();
+        let reservation = std::mem::replace(&mut self.reservation, empty);
+        (parts, Held { _reservation: reservation, file: file.map(|f| (f, self.files.clone())) })
     }
 }
 
@@ -253,7 +351,7 @@ mod tests {
     use super::*;
 
     fn spill<'a>(dir: &Path, budget: &Arc<Budget>) -> Spill<'a> {
-        Spill::new(Arc::from(dir), 1 << 20, budget, None)
+        Spill::new(&Files::new(dir.to_path_buf()), 1 << 20, budget, None)
     }
 
     #[tokio::test]
@@ -279,10 +377,30 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the file has no name");
         let whole = r.whole(b"Subject: y\r\n").await.unwrap();
         assert_eq!(whole, [&b"Subject: y\r\n\r\n"[..], &body].concat());
-        let (parts, reservation) = r.into_parts(b"Received: z\r\n".to_vec(), b"Subject: y\r\n");
+        let (parts, held) = r.into_parts(b"Received: z\r\n".to_vec(), b"Subject: y\r\n");
         assert_eq!(parts.iter().map(Part::len).sum::<u64>(), 13 + whole.len() as u64);
-        drop((parts, reservation));
+        drop((parts, held));
         assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn files_are_emptied_and_used_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (budget, files) = (Budget::new(1 << 30), Files::new(dir.path().to_path_buf()));
+        for (round, byte) in [b'a', b'b'].into_iter().enumerate() {
+            let mut s = Spill::new(&files, 1 << 20, &budget, None);
+            s.push(b"Subject: x\r\n\r\n");
+            let size = 200_000 - round * 50_000;
+            vec![byte; size].chunks(10_000).for_each(|piece| s.push(piece));
+            let mut r = s.finish().unwrap();
+            let whole = r.whole(b"Subject: x\r\n").await.unwrap();
+            assert_eq!(whole.len(), 14 + size);
+            assert!(whole[14..].iter().all(|&b| b == byte), "content of an earlier message seen");
+            drop(r);
+            let idle = files.idle.lock().unwrap();
+            assert_eq!(idle.len(), 1);
+            assert_eq!(idle[0].metadata().unwrap().len(), 0, "an idle file holds content");
+        }
     }
 
     #[test]
