@@ -265,7 +265,10 @@ impl Session {
     /// Hands out a piece of decoded content of the open transaction.
     fn content(&mut self, piece: Vec<u8>) {
         if let Some(txn) = self.txn.as_mut().filter(|_| !piece.is_empty()) {
-            txn.header.feed(&piece);
+            // Past the limit without an empty line the header is too large already.
+            if txn.header.header_len() <= self.config.max_header_size {
+                txn.header.feed(&piece);
+            }
             self.events.push_back(Event::Content(piece));
         }
     }
