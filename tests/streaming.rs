@@ -74,7 +74,7 @@ fn transaction(t: &Tern) -> Raw {
 /// the peak RSS grew since `before`.
 fn peak_growth_once_spilled(t: &Tern, size: usize, before: usize) -> usize {
     wait_until("the content in the spill file", Duration::from_secs(60), || {
-        t.spill_files().iter().any(|&len| len as usize + 256 * 1024 >= size)
+        t.spill_files().iter().any(|&len| len as usize + 512 * 1024 >= size)
     });
     let growth = proc_status(t.pid().unwrap(), "VmHWM").saturating_sub(before);
     eprintln!("peak RSS growth while receiving {size} bytes: {} KiB", growth / 1024);

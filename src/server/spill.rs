@@ -18,8 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Messages up to about this size stay in memory and never touch a file.
-pub const IN_MEMORY: usize = 64 * 1024;
+/// Messages up to about this size stay in memory and never touch a file (most mail
+/// does): writing a file and reading it back costs about a tenth of the throughput
+/// for 100 KiB messages.
+pub const IN_MEMORY: usize = 128 * 1024;
 /// The write buffer of the file.
 const WRITE_BUFFER: usize = 64 * 1024;
 /// Empty files kept for later messages, at most.
@@ -373,7 +375,7 @@ mod tests {
         }
         let mut r = s.finish().unwrap();
         assert!(!r.in_memory());
-        assert!(budget.used() < 200_000, "memory held: {}", budget.used());
+        assert!(budget.used() <= (IN_MEMORY + WRITE_BUFFER + 10_000) as u64, "memory held: {}", budget.used());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the file has no name");
         let whole = r.whole(b"Subject: y\r\n").await.unwrap();
         assert_eq!(whole, [&b"Subject: y\r\n\r\n"[..], &body].concat());
