@@ -186,9 +186,9 @@ pub async fn message(
     let mut prefix = received_header(&message, peer, hostname, &id).into_bytes();
     let mut quarantine = false;
     if let Some((spf, checker)) = spf.as_ref().zip(ctx.auth.as_ref()) {
-        let whole = received.whole(&header).await?;
+        let (whole, memory) = received.whole(&header).await?;
         let verdict = checker.message(spf, &whole).await;
-        drop(whole);
+        drop((whole, memory));
         tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
         match verdict.action {
             Action::Refuse(reply) => return Err(reply),

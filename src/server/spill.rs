@@ -274,10 +274,11 @@ impl<'a> Received<'a> {
     }
 
     /// The whole content in memory, with `header` in place of the header block, for
-    /// the checks that need it; the memory is taken from the budget.
-    pub async fn whole(&mut self, header: &[u8]) -> Result<Vec<u8>, Reply> {
+    /// the checks that need it; and its share of the budget, to drop with it.
+    pub async fn whole(&self, header: &[u8]) -> Result<(Vec<u8>, Reservation), Reply> {
         let size = header.len() as u64 + self.len() - self.header_len as u64;
-        if !self.reservation.grow(size) {
+        let mut reservation = self.reservation.empty();
+        if !reservation.grow(size) {
             tracing::warn!(size, "in-flight message budget spent; message refused");
             return Err(exhausted());
         }
@@ -293,7 +294,7 @@ impl<'a> Received<'a> {
                 .and_then(|r| r)
                 .map_err(|e| storage_error("read back", e))?;
         }
-        Ok(out)
+        Ok((out, reservation))
     }
 
     /// The content as spool parts, after `prefix` (added header fields) and with
@@ -373,11 +374,13 @@ mod tests {
         for piece in body.chunks(10_000) {
             s.push(piece);
         }
-        let mut r = s.finish().unwrap();
+        let r = s.finish().unwrap();
         assert!(!r.in_memory());
         assert!(budget.used() <= (IN_MEMORY + WRITE_BUFFER + 10_000) as u64, "memory held: {}", budget.used());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the file has no name");
-        let whole = r.whole(b"Subject: y\r\n").await.unwrap();
+        let (whole, memory) = r.whole(b"Subject: y\r\n").await.unwrap();
+        assert!(budget.used() >= whole.len() as u64, "the copy in memory is counted");
+        drop(memory);
         assert_eq!(whole, [&b"Subject: y\r\n\r\n"[..], &body].concat());
         let (parts, held) = r.into_parts(b"Received: z\r\n".to_vec(), b"Subject: y\r\n");
         assert_eq!(parts.iter().map(Part::len).sum::<u64>(), 13 + whole.len() as u64);
@@ -394,8 +397,9 @@ mod tests {
             s.push(b"Subject: x\r\n\r\n");
             let size = 200_000 - round * 50_000;
             vec![byte; size].chunks(10_000).for_each(|piece| s.push(piece));
-            let mut r = s.finish().unwrap();
-            let whole = r.whole(b"Subject: x\r\n").await.unwrap();
+            let r = s.finish().unwrap();
+            let (whole, memory) = r.whole(b"Subject: x\r\n").await.unwrap();
+            drop(memory);
             assert_eq!(whole.len(), 14 + size);
             assert!(whole[14..].iter().all(|&b| b == byte), "content of an earlier message seen");
             drop(r);
