@@ -14,7 +14,6 @@ use crate::smtp::params::Body;
 use crate::smtp::sasl::Secret;
 use crate::smtp::session::{Destination, Message};
 use crate::spool::{Envelope, Part, RcptState, Recipient};
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,17 +175,16 @@ pub async fn message(
     let id = signed.as_ref().map_or_else(|| ctx.spool.new_id(), |(id, ..)| id.clone());
     let hostname = &ctx.config.hostname;
     let ours = message.user.is_some() || ctx.trusted(peer);
-    let mut header = Cow::Borrowed(received.header());
     // RFC 8601 §5: results that arrive claiming to come from us are forged.
-    if !ours && let Some(clean) = strip_forged(&header, hostname) {
+    let cleaned = if ours { None } else { strip_forged(received.header(), hostname) };
+    if cleaned.is_some() {
         tracing::info!(id, client = %peer, "removed forged Authentication-Results");
-        header = Cow::Owned(clean);
     }
-    let header = header.into_owned();
+    let header = cleaned.as_deref().unwrap_or(received.header());
     let mut prefix = received_header(&message, peer, hostname, &id).into_bytes();
     let mut quarantine = false;
     if let Some((spf, checker)) = spf.as_ref().zip(ctx.auth.as_ref()) {
-        let (whole, memory) = received.whole(&header).await?;
+        let (whole, memory) = received.whole(header).await?;
         let verdict = checker.message(spf, &whole).await;
         drop((whole, memory));
         tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
@@ -205,18 +203,23 @@ pub async fn message(
             prefix.extend_from_slice(signatures.as_bytes());
             added
         }
-        None if message.user.is_some() => missing_headers(&header, &id, hostname),
+        None if message.user.is_some() => missing_headers(header, &id, hostname),
         None => String::new(),
     };
     prefix.extend_from_slice(added.as_bytes());
-    let in_memory = received.in_memory();
-    let (parts, _held) = received.into_parts(prefix, &header);
+    let (parts, _held) = received.into_parts(prefix, cleaned);
     let size = parts.iter().map(Part::len).sum();
     // Small messages go to the queue in memory too; others are read back from the spool.
-    let content = match (in_memory, parts.as_slice()) {
-        (true, [Part::Bytes(all)]) => Some(Arc::new(all.clone())),
-        _ => None,
-    };
+    let in_memory = parts.iter().all(|p| matches!(p, Part::Bytes(_)));
+    let content = in_memory.then(|| {
+        let mut all = Vec::with_capacity(size as usize);
+        for part in &parts {
+            if let Part::Bytes(bytes) = part {
+                all.extend_from_slice(bytes);
+            }
+        }
+        Arc::new(all)
+    });
     let mut recipients = Vec::new();
     // `alice@x`, `Alice@X.` and `alice+tag@x` in one transaction get one copy.
     let mut seen = std::collections::HashSet::new();

@@ -269,6 +269,7 @@ impl<'a> Received<'a> {
     }
 
     /// Held in memory whole (no file).
+    #[cfg(test)]
     pub fn in_memory(&self) -> bool {
         self.file.is_none()
     }
@@ -298,13 +299,18 @@ impl<'a> Received<'a> {
     }
 
     /// The content as spool parts, after `prefix` (added header fields) and with
-    /// `header` in place of the header block; and the budget for the bytes in memory,
-    /// to keep until they are stored.
-    pub fn into_parts(mut self, mut prefix: Vec<u8>, header: &[u8]) -> (Vec<Part>, Held) {
-        prefix.reserve(header.len() + self.head.len() - self.header_len);
-        prefix.extend_from_slice(header);
-        prefix.extend_from_slice(&self.head[self.header_len..]);
-        let mut parts = vec![Part::Bytes(prefix)];
+    /// `cleaned` in place of the header block if given; and the budget for the bytes
+    /// in memory, to keep until they are stored.
+    pub fn into_parts(mut self, mut prefix: Vec<u8>, cleaned: Option<Vec<u8>>) -> (Vec<Part>, Held) {
+        let head = std::mem::take(&mut self.head);
+        let mut parts = match cleaned {
+            None => vec![Part::Bytes(prefix), Part::Bytes(head)],
+            Some(header) => {
+                prefix.extend_from_slice(&header);
+                prefix.extend_from_slice(&head[self.header_len..]);
+                vec![Part::Bytes(prefix)]
+            }
+        };
         let file = self.file.take();
         if let Some(file) = &file {
             parts.push(Part::File { file: file.clone(), offset: 0, len: self.file_len });
@@ -382,7 +388,7 @@ mod tests {
         assert!(budget.used() >= whole.len() as u64, "the copy in memory is counted");
         drop(memory);
         assert_eq!(whole, [&b"Subject: y\r\n\r\n"[..], &body].concat());
-        let (parts, held) = r.into_parts(b"Received: z\r\n".to_vec(), b"Subject: y\r\n");
+        let (parts, held) = r.into_parts(b"Received: z\r\n".to_vec(), Some(b"Subject: y\r\n".to_vec()));
         assert_eq!(parts.iter().map(Part::len).sum::<u64>(), 13 + whole.len() as u64);
         drop((parts, held));
         assert_eq!(budget.used(), 0);
