@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Messages up to about this size stay in memory and never touch a file (most mail
-/// does): writing a file and reading it back costs about a tenth of the throughput
-/// for 100 KiB messages.
+/// does): a file, the copy from it and the read back for delivery cost about a
+/// tenth of the throughput for 300 KiB messages (bench/README.md).
 pub const IN_MEMORY: usize = 128 * 1024;
 /// The write buffer of the file.
 const WRITE_BUFFER: usize = 64 * 1024;
