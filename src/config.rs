@@ -155,6 +155,9 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Largest header block of a message, in bytes.
     pub max_header_size: u64,
+    /// Bytes of messages being received that all sessions together may hold in memory;
+    /// past it a message is refused with 452 4.3.1.
+    pub max_inflight_bytes: u64,
     /// Connections at once, in all, and from one client IP.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -181,6 +184,7 @@ impl Default for Limits {
             max_bad_commands: 10,
             shutdown_grace: Duration::from_secs(10),
             max_header_size: 1 << 20,
+            max_inflight_bytes: 256 << 20,
             max_connections: 1000,
             max_connections_per_ip: 20,
             max_messages_per_window: 500,
@@ -498,6 +502,11 @@ impl Config {
 
     pub fn spool_dir(&self) -> PathBuf {
         self.data_dir.join("spool")
+    }
+
+    /// Where the content of messages being received goes, in files without names.
+    pub fn spill_dir(&self) -> PathBuf {
+        self.data_dir.join("tmp")
     }
 }
 

@@ -594,6 +594,64 @@ fn dmarc_reject_refuses_misaligned_mail_with_5_7_1() {
     assert_alive(&t, 0);
 }
 
+/// Sends `msg` (any size) from `ip` to bob@b.test; returns the reply to its end.
+fn send_large(t: &Tern, ip: &str, mail_from: &str, msg: &[u8]) -> (u16, String) {
+    fs::write(t.path().join("large.eml"), msg).expect("write the message");
+    let script = format!(
+        "import os, smtplib\n\
+         s = smtplib.SMTP('127.0.0.1', int(os.environ['TERN_PORT']), source_address=('{ip}', 0), timeout=60)\n\
+         s.ehlo('client.test')\ns.mail('{mail_from}')\ns.rcpt('{BOB}')\n\
+         code, text = s.data(open(os.path.join(os.environ['TERN_DIR'], 'large.eml'), 'rb').read())\n\
+         print(code, text.decode())\ns.quit()\n"
+    );
+    let out = t.python_within(&script, Duration::from_secs(90));
+    out.assert_success("smtplib client");
+    let (code, text) = out.stdout.trim().split_once(' ').expect("code and text");
+    (code.parse().expect("a reply code"), text.to_string())
+}
+
+/// `message` with its body grown to about `size` bytes.
+fn large_message(from: &str, subject: &str, size: usize) -> Vec<u8> {
+    let mut msg = message(from, subject, "").into_bytes();
+    let mut i = 0;
+    while msg.len() < size {
+        msg.extend_from_slice(format!("line {i} of a large message\r\n").as_bytes());
+        i += 1;
+    }
+    msg
+}
+
+#[test]
+fn large_mail_is_checked_and_refused_within_the_in_flight_budget() {
+    let dns = DnsServer::start(&zone(&dmarc_zone("v=DMARC1; p=reject")));
+    let t = start_tern_raw(
+        &dns,
+        &format!(
+            "{NO_RELAY}\n[local]\ndomains = [\"{LOCAL}\"]\naccept_unknown = true\n\n\
+             [limits]\nmax_inflight_bytes = 1500000\n"
+        ),
+    );
+    // Read back whole for the checks: within the budget.
+    let msg = large_message("alice@a.test", "large aligned", 600_000);
+    assert_eq!(send_large(&t, GOOD_IP, "alice@a.test", &msg).0, 250);
+    let stored = t.wait_one(LOCAL, "bob");
+    assert_delivered(&stored, "alice@a.test", &msg);
+    let ar = tern_ar(&stored);
+    ar.assert("spf", "pass");
+    ar.assert("dmarc", "pass");
+    // Refused by DMARC at the end of the data: nothing of it stays.
+    let msg = large_message("alice@a.test", "large misaligned", 600_000);
+    let (code, text) = send_large(&t, GOOD_IP, "bounce@other.test", &msg);
+    assert_eq!((code, text.contains("5.7.1")), (550, true), "{code} {text}");
+    // Past the budget once read back: 452, to be tried again later.
+    let msg = large_message("alice@a.test", "too large to check now", 3_000_000);
+    let (code, text) = send_large(&t, GOOD_IP, "alice@a.test", &msg);
+    assert_eq!((code, text.contains("4.3.1")), (452, true), "{code} {text}");
+    assert_eq!(t.spilled(), 0, "a refused message kept its content");
+    assert_eq!(fs::read_dir(t.data_dir.join("tmp")).unwrap().count(), 0);
+    assert_eq!(t.settled_count(LOCAL, "bob"), 1, "a refused message was delivered");
+}
+
 #[test]
 fn dmarc_quarantine_delivers_to_the_junk_folder() {
     let (_dns, t) = setup(&dmarc_zone("v=DMARC1; p=quarantine"), "");

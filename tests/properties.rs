@@ -388,11 +388,15 @@ fn session_config(max_message_size: u64) -> SessionConfig {
 fn run_session(config: &SessionConfig, pieces: &[&[u8]]) -> Vec<Step> {
     let mut session = Session::new(config.clone());
     let mut steps = Vec::new();
+    // The pieces of the message being received (they differ by chunking: no steps).
+    let mut content = Vec::new();
     for piece in pieces {
         session.receive(piece);
         while let Some(event) = session.poll() {
             assert_ne!(steps.last(), Some(&Step::Close), "event after Close");
             match event {
+                Event::ContentStart => content.clear(),
+                Event::Content(piece) => content.extend_from_slice(&piece),
                 Event::Reply(r) => {
                     assert!(r.lines.iter().all(|l| !l.contains(['\r', '\n'])), "{r:?}");
                     steps.push(Step::Reply(r));
@@ -426,16 +430,18 @@ fn run_session(config: &SessionConfig, pieces: &[&[u8]]) -> Vec<Step> {
                     session.answer_rcpt(verdict);
                 }
                 Event::Check(Check::Message(m)) => {
-                    assert!(crlf_clean(&m.content), "stored content is not CRLF-clean");
-                    assert!(m.content.len() as u64 <= config.max_message_size);
-                    let refuse = m.content.windows(6).any(|w| w == b"REJECT");
+                    let content = std::mem::take(&mut content);
+                    assert_eq!(m.size, content.len() as u64);
+                    assert!(crlf_clean(&content), "stored content is not CRLF-clean");
+                    assert!(content.len() as u64 <= config.max_message_size);
+                    let refuse = content.windows(6).any(|w| w == b"REJECT");
                     steps.push(Step::Message {
                         hello: m.hello,
                         tls: m.tls,
                         user: m.user,
                         from: m.from,
                         rcpts: m.rcpts.into_iter().map(|r| r.to).collect(),
-                        content: m.content,
+                        content,
                     });
                     session.answer_message(if refuse {
                         Err(Reply::new(554, (5, 7, 1), "Content refused"))

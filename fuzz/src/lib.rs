@@ -266,8 +266,10 @@ fn check_reply(reply: &Reply) {
     assert!(wire.ends_with(b"\r\n") && crlf_clean(&wire));
 }
 
-/// Polls `session` until it needs more input, answering every check.
-fn drive(session: &mut Session, config: &SessionConfig, steps: &mut Vec<Step>) {
+/// Polls `session` until it needs more input, answering every check; `content`
+/// gathers the pieces of the message being received (they differ by chunking, so they
+/// are no steps of their own).
+fn drive(session: &mut Session, config: &SessionConfig, steps: &mut Vec<Step>, content: &mut Vec<u8>) {
     while let Some(event) = session.poll() {
         assert!(steps.last() != Some(&Step::Close), "event after Close: {event:?}");
         match event {
@@ -276,6 +278,11 @@ fn drive(session: &mut Session, config: &SessionConfig, steps: &mut Vec<Step>) {
                 steps.push(Step::Reply(reply));
             }
             Event::Close => steps.push(Step::Close),
+            Event::ContentStart => content.clear(),
+            Event::Content(piece) => {
+                assert!(!piece.is_empty() && piece.len() <= tern::smtp::session::CONTENT_PIECE);
+                content.extend_from_slice(&piece);
+            }
             Event::StartTls => {
                 steps.push(Step::StartTls);
                 session.tls_started(TLS_DESCRIPTION.into());
@@ -300,11 +307,13 @@ fn drive(session: &mut Session, config: &SessionConfig, steps: &mut Vec<Step>) {
                 session.answer_rcpt(verdict);
             }
             Event::Check(Check::Message(message)) => {
-                assert!(crlf_clean(&message.content), "stored content is not CRLF-clean");
-                assert!(message.content.len() as u64 <= config.max_message_size);
+                let content = std::mem::take(content);
+                assert_eq!(message.size, content.len() as u64, "size differs from the content handed out");
+                assert!(crlf_clean(&content), "stored content is not CRLF-clean");
+                assert!(content.len() as u64 <= config.max_message_size);
                 assert!(!message.rcpts.is_empty(), "message without recipients");
                 assert!(message.rcpts.len() <= config.max_recipients);
-                let verdict = message_verdict(&message.content);
+                let verdict = message_verdict(&content);
                 let message = *message;
                 steps.push(Step::Message {
                     hello: message.hello,
@@ -317,7 +326,7 @@ fn drive(session: &mut Session, config: &SessionConfig, steps: &mut Vec<Step>) {
                         .into_iter()
                         .map(|Recipient { to, params, routes }| (to, params, routes))
                         .collect(),
-                    content: message.content,
+                    content,
                 });
                 session.answer_message(verdict);
             }
@@ -329,10 +338,10 @@ fn drive(session: &mut Session, config: &SessionConfig, steps: &mut Vec<Step>) {
 pub fn run_session(config: &SessionConfig, pieces: &[&[u8]]) -> Vec<Step> {
     let mut session = Session::new(config.clone());
     check_reply(&session.greeting());
-    let mut steps = Vec::new();
+    let (mut steps, mut content) = (Vec::new(), Vec::new());
     for piece in pieces {
         session.receive(piece);
-        drive(&mut session, config, &mut steps);
+        drive(&mut session, config, &mut steps, &mut content);
     }
     steps
 }

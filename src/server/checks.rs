@@ -3,16 +3,18 @@
 
 use super::Context;
 use super::received::received_header;
+use super::spill::Received;
 use crate::log_limit::{self, LogLimit};
 use crate::policy::auth::results::strip_forged;
 use crate::policy::auth::{Action, SpfCheck};
+use crate::policy::dkim;
 use crate::policy::greylist::Verdict;
 use crate::smtp::Reply;
 use crate::smtp::address::Mailbox;
 use crate::smtp::params::Body;
 use crate::smtp::sasl::Secret;
 use crate::smtp::session::{Destination, Message};
-use crate::spool::{Envelope, RcptState, Recipient};
+use crate::spool::{Envelope, Part, RcptState, Recipient};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,46 +116,111 @@ pub async fn authenticate(ctx: &Context, user: String, password: Secret, client:
     Err(Reply::new(535, (5, 7, 8), "Authentication credentials invalid"))
 }
 
+/// How mail from users and relay networks is signed while it arrives: as soon as its
+/// header block is in, the `Date` and `Message-ID` a submitted message lacks are
+/// added (its queue id is taken then) and the signatures' body hashes start.
+pub struct SignPlan<'a> {
+    ctx: &'a Context,
+    submitted: bool,
+}
+
+/// A message being signed as it arrives.
+pub struct Signing<'a> {
+    id: String,
+    added: String,
+    signing: dkim::Signing<'a>,
+}
+
+impl<'a> SignPlan<'a> {
+    /// `None` when no mail of this client is signed (not ours, or no keys).
+    pub fn new(ctx: &'a Context, client: IpAddr, user: Option<&str>) -> Option<SignPlan<'a>> {
+        let ours = user.is_some() || ctx.trusted(client);
+        (ours && !ctx.signer.is_empty()).then_some(SignPlan { ctx, submitted: user.is_some() })
+    }
+
+    /// Starts signing the message with this header block; `None` when its `From:`
+    /// domain has no key. The whole content is to be written to the result.
+    pub fn start(self, header: &[u8]) -> Option<Signing<'a>> {
+        let mut signing = self.ctx.signer.start(header)?;
+        let id = self.ctx.spool.new_id();
+        let added = match self.submitted {
+            true => missing_headers(header, &id, &self.ctx.config.hostname),
+            false => String::new(),
+        };
+        signing.write(added.as_bytes());
+        Some(Signing { id, added, signing })
+    }
+}
+
+impl Signing<'_> {
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.signing.write(bytes);
+    }
+}
+
 /// End of message: checks how the sender is authenticated (strangers on port 25) or
 /// signs the message (users and relay networks), adds the trace headers, stores
 /// durably, queues. Returns the queue id.
+///
+/// Only the header block of `received` is in memory, unless the message is small; the
+/// whole content is read back only for the checks that need it (DKIM, ARC and DMARC).
+/// Mail of ours was signed while it arrived (see [`SignPlan`]).
 pub async fn message(
     ctx: &Context,
-    mut message: Message,
+    message: Message,
+    mut received: Received<'_>,
     peer: IpAddr,
     spf: Option<SpfCheck>,
 ) -> Result<String, Reply> {
-    let id = ctx.spool.new_id();
+    let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
+    let id = signed.as_ref().map_or_else(|| ctx.spool.new_id(), |(id, ..)| id.clone());
     let hostname = &ctx.config.hostname;
     let ours = message.user.is_some() || ctx.trusted(peer);
     // RFC 8601 §5: results that arrive claiming to come from us are forged.
-    if !ours && let Some(clean) = strip_forged(&message.content, hostname) {
+    let cleaned = if ours { None } else { strip_forged(received.header(), hostname) };
+    if cleaned.is_some() {
         tracing::info!(id, client = %peer, "removed forged Authentication-Results");
-        message.content = clean;
     }
-    let mut content = received_header(&message, peer, hostname, &id).into_bytes();
+    let header = cleaned.as_deref().unwrap_or(received.header());
+    let mut prefix = received_header(&message, peer, hostname, &id).into_bytes();
     let mut quarantine = false;
-    if let (Some(spf), Some(checker)) = (&spf, &ctx.auth) {
-        let verdict = checker.message(spf, &message.content).await;
+    if let Some((spf, checker)) = spf.as_ref().zip(ctx.auth.as_ref()) {
+        let (whole, memory) = received.whole(header).await?;
+        let verdict = checker.message(spf, &whole).await;
+        drop((whole, memory));
         tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
         match verdict.action {
             Action::Refuse(reply) => return Err(reply),
             Action::Quarantine => quarantine = true,
             Action::Accept => {}
         }
-        content.extend_from_slice(verdict.headers.as_bytes());
+        prefix.extend_from_slice(verdict.headers.as_bytes());
     }
     // RFC 6409 §8.2 and §8.3: submitted mail gets the Date and Message-ID it lacks.
-    let added = match message.user {
-        Some(_) => missing_headers(&message.content, &id, hostname),
+    // Signed mail got them when its signing started, and is signed over them: signed
+    // before it is queued, so that every retry sends the same signature.
+    let added = match signed {
+        Some((_, added, signatures)) => {
+            prefix.extend_from_slice(signatures.as_bytes());
+            added
+        }
+        None if message.user.is_some() => missing_headers(header, &id, hostname),
         None => String::new(),
     };
-    if ours && !ctx.signer.is_empty() {
-        // Signed before it is queued, so that every retry sends the same signature.
-        content.extend_from_slice(ctx.signer.sign(added.as_bytes(), &message.content).as_bytes());
-    }
-    content.extend_from_slice(added.as_bytes());
-    content.extend_from_slice(&message.content);
+    prefix.extend_from_slice(added.as_bytes());
+    let (parts, _held) = received.into_parts(prefix, cleaned);
+    let size = parts.iter().map(Part::len).sum();
+    // Small messages go to the queue in memory too; others are read back from the spool.
+    let in_memory = parts.iter().all(|p| matches!(p, Part::Bytes(_)));
+    let content = in_memory.then(|| {
+        let mut all = Vec::with_capacity(size as usize);
+        for part in &parts {
+            if let Part::Bytes(bytes) = part {
+                all.extend_from_slice(bytes);
+            }
+        }
+        Arc::new(all)
+    });
     let mut recipients = Vec::new();
     // `alice@x`, `Alice@X.` and `alice+tag@x` in one transaction get one copy.
     let mut seen = std::collections::HashSet::new();
@@ -176,7 +243,7 @@ pub async fn message(
         id: id.clone(),
         arrival: crate::queue::now(),
         sender: message.from.as_ref().map(Mailbox::to_string).unwrap_or_default(),
-        size: content.len() as u64,
+        size,
         smtputf8: message.params.smtputf8,
         eight_bit: message.params.body == Body::EightBitMime,
         ret: message.params.ret,
@@ -184,7 +251,7 @@ pub async fn message(
         quarantine,
         recipients,
     };
-    match ctx.spool.store(&envelope, &content).await {
+    match ctx.spool.store_parts(&envelope, parts).await {
         Ok(stored) => {
             tracing::info!(
                 id,
@@ -194,7 +261,7 @@ pub async fn message(
                 client = %peer,
                 "queued"
             );
-            ctx.queue.enqueue(stored, Some(Arc::new(content)));
+            ctx.queue.enqueue(stored, content);
             Ok(id)
         }
         Err(e) => {

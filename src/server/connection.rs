@@ -1,6 +1,7 @@
 //! One client connection: feeds bytes to the SMTP session, answers its questions and
 //! writes its replies; upgrades to TLS on STARTTLS (or at once for implicit TLS).
 
+use super::spill::Spill;
 use super::{Context, checks};
 use crate::config::ListenMode;
 use crate::net::Stream;
@@ -225,6 +226,8 @@ async fn converse(
     // The SPF check of the open transaction, for mail that is checked.
     let mut spf: Option<tokio::task::JoinHandle<SpfCheck>> = None;
     let mut line = LineTimer::default();
+    // The content of the message being received.
+    let mut spill: Option<Spill> = None;
     loop {
         while let Some(event) = session.poll() {
             match event {
@@ -233,6 +236,15 @@ async fn converse(
                         tracing::info!(client = %peer, reply = %reply, "refused");
                     }
                     reply.encode(&mut out);
+                }
+                Event::ContentStart => {
+                    let sign = checks::SignPlan::new(ctx, peer.ip(), session.user());
+                    spill = Some(Spill::new(&ctx.spill_files, limits.max_header_size, &ctx.budget, sign));
+                }
+                Event::Content(piece) => {
+                    if let Some(spill) = spill.as_mut() {
+                        spill.push(&piece);
+                    }
                 }
                 Event::Close => {
                     return send(stream, &mut out, limits.command_timeout).await.err().unwrap_or(End::Closed);
@@ -285,10 +297,23 @@ async fn converse(
                             }
                         },
                     };
-                    let outcome = checks::message(ctx, *message, peer.ip(), spf).await;
+                    let outcome = match spill.take().map(Spill::finish) {
+                        Some(Ok(received)) if received.len() == message.size => {
+                            checks::message(ctx, *message, received, peer.ip(), spf).await
+                        }
+                        Some(Err(reply)) => Err(reply),
+                        _ => {
+                            tracing::error!(client = %peer, "message content went missing");
+                            Err(Reply::new(451, (4, 3, 0), "Local error, try again later"))
+                        }
+                    };
                     session.answer_message(outcome);
                 }
             }
+        }
+        if !session.holds_content() {
+            // Refused, reset or finished: what was received goes at once.
+            spill = None;
         }
         // RFC 2920 §3.2: replies are flushed once the pipelined input is used up.
         if let Err(end) = send(stream, &mut out, limits.command_timeout).await {

@@ -1,5 +1,6 @@
 //! Listeners, connections and the life of the `serve` process.
 
+mod budget;
 mod checks;
 mod connection;
 pub mod control;
@@ -7,6 +8,7 @@ mod listen;
 pub mod lock;
 mod received;
 mod routing;
+mod spill;
 pub mod tls;
 
 use crate::config::{Config, ListenMode};
@@ -47,6 +49,10 @@ pub struct Context {
     pub auth: Option<Checker>,
     /// DKIM keys for mail from users and relay networks.
     pub signer: Signer,
+    /// Message bytes held in memory by all sessions (`[limits] max_inflight_bytes`).
+    pub budget: Arc<budget::Budget>,
+    /// Where message content goes as it arrives.
+    pub spill_files: Arc<spill::Files>,
 }
 
 impl Context {
@@ -94,6 +100,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let open = |e: std::io::Error| format!("cannot open spool {}: {e}", spool_dir.display());
     let spool = Spool::open(&spool_dir, options).map_err(open)?;
     let pending = spool.load().await.map_err(open)?;
+    let spill_dir = config.spill_dir();
+    spill::prepare_dir(&spill_dir).map_err(|e| format!("cannot prepare {}: {e}", spill_dir.display()))?;
     let recovered = pending.len();
     // Signals are caught from the start, so that an early SIGTERM or SIGHUP never
     // kills the process the default way.
@@ -130,6 +138,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let grey = &config.antispam.greylisting;
     let greylist = grey.enabled.then(|| Greylist::open(config.data_dir.join("greylist"), grey));
     let auth = config.auth_checks.enabled.then(|| Checker::new(&config.hostname, &config.auth_checks, &dns));
+    let budget = budget::Budget::new(limits.max_inflight_bytes);
     let ctx = Arc::new(Context {
         policy,
         config,
@@ -144,6 +153,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         greylist,
         auth,
         signer,
+        budget,
+        spill_files: spill::Files::new(spill_dir),
     });
 
     let addrs: Vec<String> = listeners

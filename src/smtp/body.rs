@@ -149,6 +149,47 @@ impl BodyReader {
     }
 }
 
+/// Finds where the header block of content that arrives in pieces ends: after the CRLF
+/// of the last header line, before the empty line (RFC 5322 §2.1). Content with no
+/// empty line is all header.
+#[derive(Debug, Default, Clone)]
+pub struct HeaderEnd {
+    seen: u64,
+    /// How much of CR LF CR LF the last bytes matched.
+    matched: u8,
+    end: Option<u64>,
+}
+
+impl HeaderEnd {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.end.is_none() {
+            for (i, &b) in bytes.iter().enumerate() {
+                self.matched = match (self.matched, b) {
+                    (0 | 2, b'\r') => self.matched + 1,
+                    (1 | 3, b'\n') => self.matched + 1,
+                    (_, b'\r') => 1,
+                    _ => 0,
+                };
+                if self.matched == 4 {
+                    self.end = Some(self.seen + i as u64 - 1);
+                    break;
+                }
+            }
+        }
+        self.seen += bytes.len() as u64;
+    }
+
+    /// The length of the header block, once the empty line after it has been seen.
+    pub fn found(&self) -> Option<u64> {
+        self.end
+    }
+
+    /// The length of the header block so far: all content until the empty line is seen.
+    pub fn header_len(&self) -> u64 {
+        self.end.unwrap_or(self.seen)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +277,24 @@ mod tests {
         r.feed(b"\n", &mut out);
         assert_eq!(out, b".\r\n..x\r\ny\r\n");
         assert!(!r.saw_bare_cr());
+    }
+
+    #[test]
+    fn header_end_in_any_pieces() {
+        for msg in [
+            &b"A: b\r\nC: d\r\n\r\nbody\r\n\r\n"[..],
+            b"\r\n\r\nx",
+            b"\r\nA: b\r\n\r\n",
+            b"A: b\r\r\n\r\n",
+            b"no end\r\n",
+        ] {
+            let want = memchr::memmem::find(msg, b"\r\n\r\n").map(|i| i as u64 + 2);
+            for split in 1..=msg.len() {
+                let mut h = HeaderEnd::default();
+                msg.chunks(split).for_each(|c| h.feed(c));
+                assert_eq!(h.found(), want, "{msg:?} in pieces of {split}");
+                assert_eq!(h.header_len(), want.unwrap_or(msg.len() as u64));
+            }
+        }
     }
 }

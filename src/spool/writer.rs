@@ -336,7 +336,9 @@ impl Writer {
     fn apply(&mut self, batch: Vec<Request>, spans: Vec<(u64, u64)>) {
         for (request, (start, end)) in batch.into_iter().zip(spans) {
             match request {
-                Request::Message { mut stored, meta, reply, .. } => {
+                Request::Message { mut stored, meta, parts, reply } => {
+                    // The parts (spill files among them) are let go before the answer.
+                    drop(parts);
                     let body_offset = start + HEADER_LEN + meta.len() as u64;
                     stored.body = BodyRef { segment: self.segment, offset: body_offset, len: end - body_offset };
                     self.locations.lock().expect("locations").insert(stored.envelope.id.clone(), stored.body);

@@ -543,6 +543,24 @@ impl Tern {
         out
     }
 
+    /// The sizes of the files Tern has open in its spill directory `<data_dir>/tmp`
+    /// (the content of messages being received, in files without names; emptied ones
+    /// are kept open for later messages).
+    pub fn spill_files(&self) -> Vec<u64> {
+        let Some(pid) = self.pid() else { return Vec::new() };
+        let dir = self.data_dir.join("tmp");
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+        fds.flatten()
+            .filter(|fd| fs::read_link(fd.path()).is_ok_and(|target| target.starts_with(&dir)))
+            .filter_map(|fd| fs::metadata(fd.path()).ok().map(|m| m.len()))
+            .collect()
+    }
+
+    /// Bytes held in spill files: message content not yet stored or dropped.
+    pub fn spilled(&self) -> u64 {
+        self.spill_files().iter().sum()
+    }
+
     /// Opens a raw SMTP connection and reads the greeting.
     pub fn raw(&self) -> Raw {
         let mut r = Raw::connect(self.port);

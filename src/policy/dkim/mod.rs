@@ -4,4 +4,4 @@ pub mod canon;
 pub mod key;
 mod sign;
 
-pub use sign::Signer;
+pub use sign::{Signer, Signing};

@@ -35,6 +35,58 @@ struct Key {
     key: SigningKey,
 }
 
+/// The signatures of one message in the making, one per key of its `From:` domain:
+/// the header block is kept, the body is hashed as it goes by (RFC 6376 §3.7).
+pub struct Signing<'a> {
+    domain: String,
+    keys: &'a [Key],
+    /// What was written, up to the end of the header block.
+    head: Vec<u8>,
+    /// The body's hash, once the header block has ended.
+    body: Option<BodyHasher>,
+}
+
+fn body_hasher() -> BodyHasher {
+    BodyHasher::new(Canonicalization::Relaxed, Hash::Sha256, None)
+}
+
+impl Signing<'_> {
+    /// The next bytes of the message, from its first header field on.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if let Some(body) = &mut self.body {
+            return body.feed(bytes);
+        }
+        let from = self.head.len().saturating_sub(3);
+        self.head.extend_from_slice(bytes);
+        let end = match memchr::memmem::find(&self.head[from..], b"\r\n\r\n") {
+            _ if self.head.starts_with(b"\r\n") => Some(2),
+            found => found.map(|i| from + i + 4),
+        };
+        if let Some(end) = end {
+            let mut body = body_hasher();
+            body.feed(&self.head[end..]);
+            self.head.truncate(end);
+            self.body = Some(body);
+        }
+    }
+
+    /// The `DKIM-Signature` fields.
+    pub fn finish(self) -> String {
+        let bh = STANDARD.encode(self.body.unwrap_or_else(body_hasher).finish().0);
+        let fields = canon::fields(&self.head);
+        let names = signed_names(&fields);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut out = String::new();
+        for key in self.keys {
+            match signature(key, &fields, &names, &bh, now) {
+                Ok(field) => out.push_str(&field),
+                Err(e) => tracing::warn!(domain = self.domain, error = %e, "cannot sign message"),
+            }
+        }
+        out
+    }
+}
+
 /// The signing keys, by domain.
 #[derive(Default)]
 pub struct Signer {
@@ -62,36 +114,39 @@ impl Signer {
         self.keys.is_empty()
     }
 
+    /// The domain of the single `From:` field of `message` and its keys, if it has any.
+    fn keys_for(&self, message: &[u8]) -> Option<(String, &[Key])> {
+        let parsed = AuthenticatedMessage::parse(message)?;
+        let [from] = parsed.from.as_slice() else {
+            return None;
+        };
+        let domain = from.rsplit_once('@').and_then(|(_, d)| crate::smtp::address::canonical_domain(d))?;
+        let keys = self.keys.get(&domain)?;
+        Some((domain, keys))
+    }
+
+    /// Starts signing a message whose header block (CRLF lines, without the empty
+    /// line) is `header`; `None` when the domain of its single `From:` has no key.
+    /// The whole message is then written to the [`Signing`], header block included.
+    pub fn start(&self, header: &[u8]) -> Option<Signing<'_>> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let (domain, keys) = self.keys_for(&[header, b"\r\n"].concat())?;
+        Some(Signing { domain, keys, head: Vec::new(), body: None })
+    }
+
     /// `DKIM-Signature` fields for the message made of the header fields `added`
     /// followed by `message` (header and body, CRLF lines): one per key of the domain
     /// in its single `From:` field, none when that domain has no key.
     pub fn sign(&self, added: &[u8], message: &[u8]) -> String {
-        let body_at = canon::body_offset(message);
-        let Some(parsed) = AuthenticatedMessage::parse(&message[..body_at]) else {
+        let header = memchr::memmem::find(message, b"\r\n\r\n").map_or(message, |i| &message[..i + 2]);
+        let Some(mut signing) = self.start(header) else {
             return String::new();
         };
-        let [from] = parsed.from.as_slice() else {
-            return String::new();
-        };
-        let domain = from.rsplit_once('@').and_then(|(_, d)| crate::smtp::address::canonical_domain(d));
-        let Some(keys) = domain.and_then(|d| self.keys.get(&d)) else {
-            return String::new();
-        };
-        let mut fields = canon::fields(added);
-        fields.extend(canon::fields(message));
-        let mut body = BodyHasher::new(Canonicalization::Relaxed, Hash::Sha256, None);
-        body.feed(&message[body_at..]);
-        let bh = STANDARD.encode(body.finish().0);
-        let names = signed_names(&fields);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let mut out = String::new();
-        for key in keys {
-            match signature(key, &fields, &names, &bh, now) {
-                Ok(field) => out.push_str(&field),
-                Err(e) => tracing::warn!(domain = key.domain, error = %e, "cannot sign message"),
-            }
-        }
-        out
+        signing.write(added);
+        signing.write(message);
+        signing.finish()
     }
 }
 
@@ -148,4 +203,54 @@ fn signature(key: &Key, fields: &[canon::Field<'_>], names: &[String], bh: &str,
     }
     field.push_str("\r\n");
     Ok(field)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::key::KeyFile;
+    use super::*;
+    use crate::config::DkimAlgorithm;
+
+    /// The value of tag `tag` in a `DKIM-Signature` field, unfolded.
+    fn tag(field: &str, tag: &str) -> String {
+        let unfolded: String = field.split_once(':').unwrap().1.chars().filter(|c| !c.is_whitespace()).collect();
+        let value = unfolded.split(';').find_map(|t| t.strip_prefix(&format!("{tag}=")));
+        value.unwrap_or_else(|| panic!("no {tag}= in {field}")).to_string()
+    }
+
+    #[test]
+    fn signing_in_pieces_hashes_as_signing_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.a.test.pem");
+        std::fs::write(&path, KeyFile::generate(DkimAlgorithm::Ed25519Sha256).unwrap().to_pem()).unwrap();
+        let config = DkimKey {
+            domain: "a.test".into(),
+            selector: "s".into(),
+            key: path,
+            algorithm: DkimAlgorithm::Ed25519Sha256,
+        };
+        let signer = Signer::load(&[config]).unwrap();
+        let added = b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n";
+        let message = b"From: b@A.test\r\nSubject:  hi  there \r\n\r\n body  line \t\r\n\r\nx\r\n\r\n\r\n";
+        // The body hash of the whole body at once, and the fields of the whole header block.
+        let mut whole_body = body_hasher();
+        whole_body.feed(b" body  line \t\r\n\r\nx\r\n\r\n\r\n");
+        let bh = STANDARD.encode(whole_body.finish().0);
+        let whole = signer.sign(added, message);
+        assert_eq!(tag(&whole, "bh"), bh);
+        assert_eq!(
+            tag(&whole, "h"),
+            "Subject:From:Date:From:Reply-To:To:Cc:Message-ID:In-Reply-To:References:MIME-Version:Content-Type:\
+             Content-Transfer-Encoding"
+        );
+        for size in [1, 2, 5, 16, message.len()] {
+            let mut signing = signer.start(b"From: b@A.test\r\nSubject:  hi  there \r\n").unwrap();
+            signing.write(added);
+            message.chunks(size).for_each(|piece| signing.write(piece));
+            let pieces = signing.finish();
+            assert_eq!(tag(&pieces, "bh"), tag(&whole, "bh"), "body hash, pieces of {size}");
+            assert_eq!(tag(&pieces, "h"), tag(&whole, "h"));
+        }
+        assert!(signer.start(b"From: b@other.test\r\n").is_none());
+    }
 }

@@ -1,7 +1,7 @@
 //! BDAT (RFC 3030 §2). A chunk's octets are always read, even when the command is
 //! refused, so that chunk content can never be taken for commands.
 
-use super::{Mode, Session};
+use super::{CONTENT_PIECE, Event, Mode, Session};
 use crate::smtp::body::BodyReader;
 use crate::smtp::reply::{Reply, common};
 
@@ -11,32 +11,40 @@ impl Session {
             None => Some(common::bad_sequence("Need MAIL command first")),
             Some(txn) if txn.rcpts.is_empty() => Some(Reply::new(554, (5, 5, 1), "No valid recipients")),
             Some(txn) => {
-                txn.chunks.get_or_insert_with(|| BodyReader::chunks(self.config.max_message_size));
+                if txn.chunks.is_none() {
+                    txn.chunks = Some(BodyReader::chunks(self.config.max_message_size));
+                    self.events.push_back(Event::ContentStart);
+                }
                 None
             }
         };
         self.mode = Mode::Bdat { remaining: size, last, refusal };
     }
 
-    /// Reads (part of) the current chunk from buffered input.
+    /// Reads (part of) the current chunk from buffered input, at most [`CONTENT_PIECE`]
+    /// bytes a step.
     pub(super) fn read_chunk(&mut self) -> bool {
-        let Mode::Bdat { remaining, last, refusal } = &mut self.mode else { unreachable!() };
+        let Mode::Bdat { remaining, refusal, .. } = &mut self.mode else { unreachable!() };
         if *remaining > 0 {
             if self.input.is_empty() {
                 return false;
             }
-            let take = (*remaining).min(self.input.len() as u64) as usize;
+            let take = (*remaining).min(self.input.len().min(CONTENT_PIECE) as u64) as usize;
+            let mut piece = Vec::new();
             if refusal.is_none() {
                 let txn = self.txn.as_mut().expect("BDAT without transaction");
                 let reader = txn.chunks.as_mut().expect("chunk reader");
-                reader.feed(&self.input[..take], &mut txn.content);
+                reader.feed(&self.input[..take], &mut piece);
             }
             self.input.drain(..take);
             *remaining -= take as u64;
-            if *remaining > 0 {
-                return false;
+            let more = *remaining > 0;
+            self.content(piece);
+            if more {
+                return true;
             }
         }
+        let Mode::Bdat { last, refusal, .. } = &mut self.mode else { unreachable!() };
         let (last, refusal) = (*last, refusal.take());
         self.mode = Mode::Command;
         if let Some(reply) = refusal {

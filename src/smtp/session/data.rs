@@ -1,6 +1,6 @@
 //! DATA (RFC 5321 §4.1.1.4) and the end of its content.
 
-use super::{Mode, Session};
+use super::{CONTENT_PIECE, Event, Mode, Session};
 use crate::smtp::body::BodyReader;
 use crate::smtp::reply::{Reply, common};
 
@@ -19,27 +19,25 @@ impl Session {
             return;
         }
         self.mode = Mode::Data(BodyReader::data(self.config.max_message_size));
+        self.events.push_back(Event::ContentStart);
         self.reply(Reply::new(354, (2, 0, 0), "End data with <CR><LF>.<CR><LF>"));
     }
 
-    /// Feeds buffered input to the DATA reader.
+    /// Feeds buffered input to the DATA reader, at most [`CONTENT_PIECE`] bytes a step.
     pub(super) fn read_data(&mut self) -> bool {
         if self.input.is_empty() {
             return false;
         }
         let Mode::Data(reader) = &mut self.mode else { unreachable!() };
-        let txn = self.txn.as_mut().expect("DATA without transaction");
-        match reader.feed(&self.input, &mut txn.content) {
-            None => {
-                self.input.clear();
-                false
-            }
-            Some(end) => {
-                self.input.drain(..end);
-                let Mode::Data(reader) = std::mem::replace(&mut self.mode, Mode::Command) else { unreachable!() };
-                self.finish_message(reader);
-                true
-            }
+        let take = self.input.len().min(CONTENT_PIECE);
+        let mut piece = Vec::new();
+        let end = reader.feed(&self.input[..take], &mut piece);
+        self.input.drain(..end.unwrap_or(take));
+        self.content(piece);
+        if end.is_some() {
+            let Mode::Data(reader) = std::mem::replace(&mut self.mode, Mode::Command) else { unreachable!() };
+            self.finish_message(reader);
         }
+        true
     }
 }

@@ -16,7 +16,7 @@ mod simple;
 mod starttls;
 
 use super::address::Mailbox;
-use super::body::BodyReader;
+use super::body::{BodyReader, HeaderEnd};
 use super::command::{self, Command};
 use super::params::{MailParams, RcptParams};
 use super::reply::{Reply, common};
@@ -25,6 +25,9 @@ use std::collections::VecDeque;
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4).
 pub const MAX_LINE: usize = 1000;
+
+/// Most input decoded into one [`Event::Content`] piece.
+pub const CONTENT_PIECE: usize = 64 * 1024;
 
 /// Limits and identity the session needs.
 #[derive(Debug, Clone)]
@@ -68,7 +71,8 @@ pub struct Recipient {
     pub routes: Vec<Destination>,
 }
 
-/// A complete transaction, handed out when the message content has arrived.
+/// A complete transaction, handed out when the message content has arrived. The
+/// content itself was handed out before, in [`Event::Content`] pieces.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub hello: Hello,
@@ -79,7 +83,8 @@ pub struct Message {
     pub from: Option<Mailbox>,
     pub params: MailParams,
     pub rcpts: Vec<Recipient>,
-    pub content: Vec<u8>,
+    /// Length of the content, in bytes.
+    pub size: u64,
 }
 
 /// A question for the layers above the protocol.
@@ -106,6 +111,12 @@ pub enum Check {
 pub enum Event {
     /// Send this reply.
     Reply(Reply),
+    /// The content of a new message starts: the pieces that follow belong to it, and
+    /// whatever was kept of an earlier one is to be dropped.
+    ContentStart,
+    /// The next piece of the message content (decoded: no dot-stuffing, CRLF lines), at
+    /// most [`CONTENT_PIECE`] bytes and never past the size limit.
+    Content(Vec<u8>),
     /// Decide, then answer the session.
     Check(Check),
     /// Send the replies so far, then start the TLS handshake and call
@@ -137,7 +148,8 @@ struct Transaction {
     from: Option<Mailbox>,
     params: MailParams,
     rcpts: Vec<Recipient>,
-    content: Vec<u8>,
+    /// Where the header block of the content ends, for its size limit.
+    header: HeaderEnd,
     /// Present once BDAT has started.
     chunks: Option<BodyReader>,
 }
@@ -231,6 +243,12 @@ impl Session {
         }
     }
 
+    /// True while the content of a message has started and is not yet finished or
+    /// dropped: what the caller keeps of it is still needed.
+    pub fn holds_content(&self) -> bool {
+        matches!(self.mode, Mode::Data(_)) || self.txn.as_ref().is_some_and(|t| t.chunks.is_some())
+    }
+
     /// The next thing to do, or `None` when more input (or an answer) is needed.
     pub fn poll(&mut self) -> Option<Event> {
         loop {
@@ -255,6 +273,17 @@ impl Session {
 
     fn reply(&mut self, reply: Reply) {
         self.events.push_back(Event::Reply(reply));
+    }
+
+    /// Hands out a piece of decoded content of the open transaction.
+    fn content(&mut self, piece: Vec<u8>) {
+        if let Some(txn) = self.txn.as_mut().filter(|_| !piece.is_empty()) {
+            // Past the limit without an empty line the header is too large already.
+            if txn.header.header_len() <= self.config.max_header_size {
+                txn.header.feed(&piece);
+            }
+            self.events.push_back(Event::Content(piece));
+        }
     }
 
     fn close_with(&mut self, reply: Reply) {
@@ -381,8 +410,7 @@ impl Session {
             self.reply(Reply::new(550, (5, 6, 0), "Message contains bare CR, refused"));
             return;
         }
-        let header_end = memchr::memmem::find(&txn.content, b"\r\n\r\n").map_or(txn.content.len(), |i| i + 2);
-        if header_end as u64 > self.config.max_header_size {
+        if txn.header.header_len() > self.config.max_header_size {
             self.reply(Reply::new(552, (5, 3, 4), "Message header size exceeds limit"));
             return;
         }
@@ -393,7 +421,7 @@ impl Session {
             from: txn.from,
             params: txn.params,
             rcpts: txn.rcpts,
-            content: txn.content,
+            size: reader.size(),
         };
         self.ask(Pending::Message, Check::Message(Box::new(message)));
     }
@@ -404,7 +432,8 @@ impl Session {
         let Some(Command::Mail(from, params)) = self.asked.take() else { unreachable!() };
         match verdict {
             Ok(()) => {
-                self.txn = Some(Transaction { from, params, rcpts: Vec::new(), content: Vec::new(), chunks: None });
+                self.txn =
+                    Some(Transaction { from, params, rcpts: Vec::new(), header: HeaderEnd::default(), chunks: None });
                 self.reply(Reply::new(250, (2, 1, 0), "Ok"));
             }
             Err(reply) => self.refuse(reply),

@@ -5,6 +5,10 @@ use super::*;
 struct Driver {
     session: Session,
     messages: Vec<Message>,
+    /// The content of each message in `messages`, put together from its pieces.
+    contents: Vec<Vec<u8>>,
+    /// The pieces of the message being received.
+    pieces: Vec<u8>,
     closed: bool,
     /// STARTTLS handshakes requested.
     handshakes: usize,
@@ -30,7 +34,14 @@ impl Driver {
     }
 
     fn with(config: SessionConfig) -> Driver {
-        Driver { session: Session::new(config), messages: Vec::new(), closed: false, handshakes: 0 }
+        Driver {
+            session: Session::new(config),
+            messages: Vec::new(),
+            contents: Vec::new(),
+            pieces: Vec::new(),
+            closed: false,
+            handshakes: 0,
+        }
     }
 
     /// Feeds `input` and returns the replies as `code status` strings; recipients whose
@@ -44,6 +55,11 @@ impl Driver {
                     Some(s) => format!("{} {s}", r.code),
                     None => r.code.to_string(),
                 }),
+                Event::ContentStart => self.pieces.clear(),
+                Event::Content(piece) => {
+                    assert!(piece.len() <= CONTENT_PIECE && !piece.is_empty());
+                    self.pieces.extend_from_slice(&piece);
+                }
                 Event::Close => self.closed = true,
                 Event::StartTls => {
                     self.handshakes += 1;
@@ -64,6 +80,8 @@ impl Driver {
                     self.session.answer_rcpt(verdict)
                 }
                 Event::Check(Check::Message(m)) => {
+                    assert_eq!(m.size, self.pieces.len() as u64);
+                    self.contents.push(std::mem::take(&mut self.pieces));
                     self.messages.push(*m);
                     self.session.answer_message(Ok(format!("Q{}", self.messages.len())));
                 }
@@ -86,7 +104,7 @@ fn plain_transaction() {
     assert_eq!(d.send(b"RCPT TO:<b@y.test>\r\n"), ["250 2.1.5"]);
     assert_eq!(d.send(b"DATA\r\n"), ["354 2.0.0"]);
     assert_eq!(d.send(b"Subject: hi\r\n\r\n..dot\r\n.\r\n"), ["250 2.0.0"]);
-    assert_eq!(d.messages[0].content, b"Subject: hi\r\n\r\n.dot\r\n");
+    assert_eq!(d.contents[0], b"Subject: hi\r\n\r\n.dot\r\n");
     assert_eq!(d.messages[0].rcpts[0].routes[0].address, "b@y.test");
     assert_eq!(d.send(b"QUIT\r\n"), ["221 2.0.0"]);
     assert!(d.closed);
@@ -206,7 +224,7 @@ fn smuggled_commands_stay_in_the_body() {
         .concat();
         assert_eq!(d.send(&body), ["250 2.0.0"], "{sep:?}");
         assert_eq!(d.messages.len(), 1);
-        assert!(d.messages[0].content.windows(9).any(|w| w == b"MAIL FROM"));
+        assert!(d.contents[0].windows(9).any(|w| w == b"MAIL FROM"));
     }
 }
 
@@ -225,10 +243,10 @@ fn bdat_chunks() {
     d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
     assert_eq!(d.send(b"BDAT 4\r\nab\r\n"), ["250 2.0.0"]);
     assert_eq!(d.send(b"BDAT 6 LAST\r\n.\r\nx\r\n"), ["250 2.0.0"]);
-    assert_eq!(d.messages[0].content, b"ab\r\n.\r\nx\r\n");
+    assert_eq!(d.contents[0], b"ab\r\n.\r\nx\r\n");
     d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
     assert_eq!(d.send(b"BDAT 0 LAST\r\n"), ["250 2.0.0"]);
-    assert_eq!(d.messages[1].content, b"");
+    assert_eq!(d.contents[1], b"");
 }
 
 #[test]
@@ -359,4 +377,78 @@ fn partial_line_is_known_for_commands_only() {
     assert_eq!(d.send(b"DATA\r\n"), ["354 2.0.0"]);
     assert!(d.send(b"Subject: half a li").is_empty());
     assert!(!d.session.partial_line(), "message content is not a command line");
+}
+
+/// A driver whose limits allow a message of `size` bytes.
+fn large(size: u64) -> Driver {
+    let mut d = Driver::with(SessionConfig { max_message_size: size, ..config() });
+    assert_eq!(d.send(b"EHLO client.test\r\n"), ["250"]);
+    d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
+    d
+}
+
+#[test]
+fn content_is_handed_out_in_bounded_pieces() {
+    let body: Vec<u8> = (0..20_000).flat_map(|i| format!("line {i:06} of the body\r\n").into_bytes()).collect();
+    let content = [&b"Subject: big\r\n\r\n"[..], &body].concat();
+    // All of it in one piece of input: the session keeps no more than a piece of it.
+    let mut d = large(1 << 20);
+    assert_eq!(d.send(b"DATA\r\n"), ["354 2.0.0"]);
+    d.session.receive(&content);
+    let mut pieces = 0;
+    while let Some(event) = d.session.poll() {
+        let Event::Content(piece) = event else { panic!("unexpected {event:?}") };
+        assert!(piece.len() <= CONTENT_PIECE);
+        assert!(d.session.input.len() <= content.len() - pieces * CONTENT_PIECE);
+        d.pieces.extend_from_slice(&piece);
+        pieces += 1;
+    }
+    assert!(pieces >= content.len() / CONTENT_PIECE, "{pieces} pieces");
+    assert!(d.session.holds_content());
+    assert_eq!(d.send(b".\r\n"), ["250 2.0.0"]);
+    assert_eq!(d.contents[0], content);
+    assert_eq!(d.messages[0].size, content.len() as u64);
+    assert!(!d.session.holds_content());
+    // The same by BDAT, in chunks that do not follow lines.
+    let mut d = large(1 << 20);
+    for chunk in content.chunks(100_003) {
+        let mut input = format!("BDAT {}\r\n", chunk.len()).into_bytes();
+        input.extend_from_slice(chunk);
+        assert_eq!(d.send(&input), ["250 2.0.0"]);
+        assert!(d.session.holds_content());
+    }
+    assert_eq!(d.send(b"BDAT 0 LAST\r\n"), ["250 2.0.0"]);
+    assert_eq!(d.contents[0], content);
+}
+
+#[test]
+fn a_new_message_starts_its_content_afresh() {
+    let mut d = large(1 << 20);
+    assert_eq!(d.send(b"BDAT 5\r\nstale"), ["250 2.0.0"]);
+    assert_eq!(d.pieces, b"stale");
+    // RSET drops the transaction and its content: nothing of it is held any more.
+    assert_eq!(d.send(b"RSET\r\n"), ["250 2.0.0"]);
+    assert!(!d.session.holds_content());
+    d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
+    assert_eq!(d.send(b"BDAT 0 LAST\r\n"), ["250 2.0.0"]);
+    assert_eq!(d.contents[0], b"", "content of the reset transaction was handed out again");
+}
+
+#[test]
+fn header_limit_holds_across_pieces() {
+    let mut d = Driver::greeted();
+    d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
+    d.send(b"DATA\r\n");
+    for _ in 0..30 {
+        assert_eq!(d.send(b"X-Long: 0123456789\r\n"), Vec::<String>::new());
+    }
+    assert_eq!(d.send(b"\r\nbody\r\n.\r\n"), ["552 5.3.4"]);
+    assert!(!d.session.holds_content());
+    // Within the limit, a header block cut anywhere is fine.
+    d.send(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n");
+    d.send(b"DATA\r\n");
+    for piece in [&b"Subject: a\r"[..], b"\n", b"\r", b"\nbody\r\n.\r\n"] {
+        d.send(piece);
+    }
+    assert_eq!(d.contents[0], b"Subject: a\r\n\r\nbody\r\n");
 }
