@@ -58,12 +58,12 @@ pub async fn run(
             tracing::error!(id, error = %e, "cannot read message from spool");
             let f = Failure::temporary((4, 3, 0), format!("cannot read spool: {e}"));
             let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
-            settle(shared, &mut stored, results, &mut outcome).await;
+            settle(shared, &mut stored, results, &mut outcome, true).await;
         }
         Ok(content) if count_received(content) > MAX_HOPS => {
             let f = Failure::permanent((5, 4, 6), format!("mail loop: more than {MAX_HOPS} Received headers"));
             let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
-            settle(shared, &mut stored, results, &mut outcome).await;
+            settle(shared, &mut stored, results, &mut outcome, true).await;
         }
         Ok(content) => deliver(shared, &mut stored, &pending, content, &mut outcome).await,
     }
@@ -86,8 +86,9 @@ pub async fn run(
 /// Turns the results of one destination into recipient states. The changes are
 /// recorded at once, except those that owe the sender a notice: they wait until the
 /// notice is stored, so that a crash in between repeats the attempt rather than
-/// losing the notice.
-async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome: &mut Outcome) {
+/// losing the notice. The `last` destination's changes wait for the attempt's final
+/// record (with `Done`), which follows at once.
+async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome: &mut Outcome, last: bool) {
     let id = stored.envelope.id.clone();
     let now = now();
     let expired = now - stored.envelope.arrival > shared.config.max_age.as_secs() as i64;
@@ -134,6 +135,11 @@ async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome:
         };
         let change = Change::Recipient { id: id.clone(), index: i, state: rcpt.state.clone() };
         if outcome.reports.len() > reports { outcome.held.push(change) } else { changes.push(change) }
+    }
+    // The last destination's results go with the attempt's final record: one write.
+    if last {
+        outcome.held.extend(changes);
+        return;
     }
     record(shared, &id, &changes).await;
     let mut progress = outcome.progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -223,7 +229,7 @@ async fn deliver(
         })
         .await
         .expect("local delivery panicked");
-        settle(shared, stored, results, outcome).await;
+        settle(shared, stored, results, outcome, remote.is_empty()).await;
     }
     let mut by_destination: BTreeMap<String, Vec<(usize, &Recipient)>> = BTreeMap::new();
     for &i in &remote {
@@ -232,7 +238,8 @@ async fn deliver(
         let key = crate::smtp::address::canonical_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase());
         by_destination.entry(key).or_default().push((i, r));
     }
-    for (domain, recipients) in by_destination {
+    let destinations = by_destination.len();
+    for (n, (domain, recipients)) in by_destination.into_iter().enumerate() {
         let job = Job {
             sender: &envelope.sender,
             recipients,
@@ -243,7 +250,7 @@ async fn deliver(
             envid: envelope.envid.as_deref(),
         };
         let results = remote::deliver(&shared.config.remote, &shared.dns, &domain, &job).await;
-        settle(shared, stored, results, outcome).await;
+        settle(shared, stored, results, outcome, n + 1 == destinations).await;
     }
 }
 
