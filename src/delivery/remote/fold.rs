@@ -45,8 +45,18 @@ pub fn fold_long_lines(content: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// Whether any line (its CR aside) is longer than [`MAX_LINE`]; every message to
+/// another server is scanned, so this uses memchr rather than a byte loop.
 fn has_long_line(content: &[u8]) -> bool {
-    content.split(|&b| b == b'\n').any(|line| line.strip_suffix(b"\r").unwrap_or(line).len() > MAX_LINE)
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', content).chain([content.len()]) {
+        let line = &content[start..end];
+        if line.len() > MAX_LINE && line.strip_suffix(b"\r").unwrap_or(line).len() > MAX_LINE {
+            return true;
+        }
+        start = end + 1;
+    }
+    false
 }
 
 /// Where to break `text` so that the first part holds at most `room` octets: at
