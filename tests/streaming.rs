@@ -162,12 +162,23 @@ fn refused_messages_leave_no_file_behind() {
     assert_eq!(names_in(&t.data_dir.join("tmp")), Vec::<String>::new());
 }
 
+/// Only the header block must be held in memory: a message whose header block does
+/// not fit in what is left of the budget is refused; a large body alone never is (it
+/// goes to the spill file).
 #[test]
 fn a_spent_in_flight_budget_answers_452() {
     let t = Tern::start(&format!("{LOCAL_OPEN}{NO_AUTH_CHECKS}\n[limits]\nmax_inflight_bytes = 100000\n"));
     let (small, small_wire) = message(1024, SENDER);
-    let (_, big_wire) = message(MIB, SENDER);
+    let (large, large_wire) = message(MIB, SENDER);
     let mut c = transaction(&t);
+    assert_eq!(c.cmd("DATA").code, 354);
+    c.send(&large_wire).unwrap();
+    assert_eq!(c.cmd(".").code, 250, "a large body goes to the spill file, whatever the budget");
+    assert_delivered(&t.wait_one("localhost", "alice"), SENDER, &large);
+    let filler: String = (0..2000).map(|i| format!("X-Filler-{i:04}: {}\r\n", "f".repeat(60))).collect();
+    let big_wire = [filler.as_bytes(), &small_wire].concat();
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{SENDER}>")).code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@localhost>").code, 250);
     assert_eq!(c.cmd("DATA").code, 354);
     c.send(&big_wire).unwrap();
     let reply = c.cmd(".");
@@ -180,7 +191,8 @@ fn a_spent_in_flight_budget_answers_452() {
     assert_eq!(c.cmd("DATA").code, 354);
     c.send(&small_wire).unwrap();
     assert_eq!(c.cmd(".").code, 250);
-    assert_delivered(&t.wait_one("localhost", "alice"), SENDER, &small);
+    let mail = t.wait_mail("localhost", "alice", 2);
+    assert!(mail.iter().any(|m| m.ends_with(&small)), "the small message was not delivered");
 }
 
 /// A `[[dkim]]` table for example.org with a fresh Ed25519 key in `dir`.
@@ -238,4 +250,95 @@ fn kill_9_during_a_transfer_leaves_no_file() {
     let list = t.queue_list();
     list.assert_success("queue list");
     assert!(!list.all().contains(SENDER), "a message half received was queued:\n{}", list.all());
+}
+
+/// The client of `thousand_slow_sessions_stay_in_bounded_memory`: N sessions, each
+/// sending SIZE bytes of content in 64 KiB pieces a fifth of a second apart. Once every
+/// session has sent its content it writes `half` and waits for `go` before the final
+/// dots; then prints how many got 250.
+const SLOW_SESSIONS: &str = r#"
+import asyncio, os, sys
+PORT = int(os.environ["TERN_PORT"]); DIR = os.environ["TERN_DIR"]
+N, SIZE = int(sys.argv[1]), int(sys.argv[2])
+PIECE = (b"x" * 78 + b"\r\n") * 820
+sent = 0
+
+async def reply(r):
+    line = await r.readline()
+    while line[3:4] == b"-":
+        line = await r.readline()
+    return line
+
+async def session(i, go):
+    global sent
+    r, w = await asyncio.open_connection("127.0.0.1", PORT)
+    await reply(r)
+    for cmd in (b"EHLO c.test", b"MAIL FROM:<s@localhost>", b"RCPT TO:<alice@localhost>", b"DATA"):
+        w.write(cmd + b"\r\n")
+        await w.drain()
+        code = await reply(r)
+        assert code[:1] in b"23", (cmd, code)
+    w.write(b"Subject: slow %d\r\n\r\n" % i)
+    n = 0
+    while n < SIZE:
+        w.write(PIECE)
+        await w.drain()
+        n += len(PIECE)
+        await asyncio.sleep(0.2)
+    sent += 1
+    if sent == N:
+        open(os.path.join(DIR, "half"), "w").close()
+    await go.wait()
+    w.write(b".\r\n")
+    await w.drain()
+    code = await reply(r)
+    w.close()
+    return code[:3] == b"250"
+
+async def main():
+    go = asyncio.Event()
+    async def watch():
+        while not os.path.exists(os.path.join(DIR, "go")):
+            await asyncio.sleep(0.05)
+        go.set()
+    watcher = asyncio.create_task(watch())
+    tasks = []
+    for i in range(N):
+        tasks.append(asyncio.create_task(session(i, go)))
+        if i % 50 == 49:
+            await asyncio.sleep(0.05)
+    results = await asyncio.gather(*tasks)
+    watcher.cancel()
+    print("accepted", sum(results))
+
+asyncio.run(main())
+"#;
+
+/// A thousand sessions each streaming 1 MiB slowly at the same time: the server's peak
+/// RSS grows by less than 128 MiB while all of them hold an open message.
+#[test]
+fn thousand_slow_sessions_stay_in_bounded_memory() {
+    const SESSIONS: usize = 1000;
+    let t = Tern::start(&format!(
+        "{LOCAL_OPEN}{NO_AUTH_CHECKS}\n[limits]\nmax_connections = 2000\n\n[queue]\nconcurrency = 1\n"
+    ));
+    let pid = t.pid().unwrap();
+    let before = proc_status(pid, "VmHWM");
+    let script = format!("import sys\nsys.argv = ['-', '{SESSIONS}', '{MIB}']\n{SLOW_SESSIONS}");
+    let out = std::thread::scope(|scope| {
+        let client = scope.spawn(|| t.python_within(&script, Duration::from_secs(300)));
+        let half = t.path().join("half");
+        wait_until("every session to send its content", Duration::from_secs(240), || {
+            half.exists() || client.is_finished()
+        });
+        let growth = proc_status(pid, "VmHWM").saturating_sub(before);
+        eprintln!("peak RSS growth with {SESSIONS} sessions holding 1 MiB each: {} MiB", growth >> 20);
+        fs::write(t.path().join("go"), "").unwrap();
+        let out = client.join().unwrap();
+        assert!(half.exists(), "the client failed: {}", out.all());
+        assert!(growth < 128 * MIB, "peak RSS grew by {} MiB", growth >> 20);
+        out
+    });
+    out.assert_success("the slow sessions");
+    assert!(out.stdout.contains(&format!("accepted {SESSIONS}")), "{}", out.all());
 }

@@ -32,11 +32,11 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn take(&self, bytes: u64) -> bool {
+    /// Takes `bytes` if the total stays within `cap` (at most the limit).
+    fn take(&self, bytes: u64, cap: u64) -> bool {
+        let cap = cap.min(self.limit);
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&u| u <= self.limit)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(bytes).filter(|&u| u <= cap))
             .is_ok()
     }
 }
@@ -44,7 +44,19 @@ impl Budget {
 impl Reservation {
     /// Takes `bytes` more; false (and nothing taken) when the budget has not enough left.
     pub fn grow(&mut self, bytes: u64) -> bool {
-        let ok = self.budget.take(bytes);
+        self.grow_within(bytes, u64::MAX)
+    }
+
+    /// Like [`Reservation::grow`], but only while the whole budget's use stays within
+    /// `share` of its limit (`share` in (0, 1]): for memory that is a convenience, which
+    /// many sessions at once must not take all of.
+    pub fn grow_within_share(&mut self, bytes: u64, share: f64) -> bool {
+        let cap = (self.budget.limit as f64 * share) as u64;
+        self.grow_within(bytes, cap)
+    }
+
+    fn grow_within(&mut self, bytes: u64, cap: u64) -> bool {
+        let ok = self.budget.take(bytes, cap);
         if ok {
             self.bytes += bytes;
         }
@@ -93,5 +105,16 @@ mod tests {
         assert!(b.grow(60));
         drop(b);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_share_caps_what_the_whole_budget_may_use() {
+        let budget = Budget::new(100);
+        let mut a = budget.reservation();
+        assert!(a.grow(20));
+        let mut b = budget.reservation();
+        assert!(b.grow_within_share(5, 0.25));
+        assert!(!b.grow_within_share(1, 0.25), "25 of 100 in use");
+        assert!(b.grow(75), "the rest of the limit is still there");
     }
 }

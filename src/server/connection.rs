@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
-const READ_BUFFER: usize = 64 * 1024;
+const READ_BUFFER: usize = 16 * 1024;
 /// The data rate is judged only after a message has been arriving this long.
 const DATA_RATE_GRACE: Duration = Duration::from_secs(30);
 /// The TLS handshake of a client refused on an implicit TLS listener must be done

@@ -23,7 +23,11 @@ use std::sync::{Arc, Mutex};
 /// tenth of the throughput for 300 KiB messages (bench/README.md).
 pub const IN_MEMORY: usize = 128 * 1024;
 /// The write buffer of the file.
-const WRITE_BUFFER: usize = 64 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
+/// Small messages stay in memory whole only while all sessions together hold less
+/// than this share of `[limits] max_inflight_bytes` (a sixteenth: 16 MiB by default),
+/// so that many slow sessions at once hold little more than their header blocks.
+const SMALL_SHARE: f64 = 0.0625;
 /// Empty files kept for later messages, at most.
 const IDLE_FILES: usize = 64;
 
@@ -174,11 +178,20 @@ impl<'a> Spill<'a> {
 
     fn try_push(&mut self, piece: &[u8]) -> Result<(), Reply> {
         let in_header = self.header.found().is_none() && (self.head.len() as u64) < self.max_header_size;
-        if self.file.is_none() && (self.head.len() < IN_MEMORY || in_header) {
-            if !self.reservation.grow(piece.len() as u64) {
-                tracing::warn!("in-flight message budget spent; message refused");
-                return Err(exhausted());
-            }
+        let bytes = piece.len() as u64;
+        // The header block must be in memory; the rest of a small message may be, while
+        // all sessions together hold little (many slow sessions at once spill early).
+        let keep = self.file.is_none()
+            && if in_header {
+                if !self.reservation.grow(bytes) {
+                    tracing::warn!("in-flight message budget spent; message refused");
+                    return Err(exhausted());
+                }
+                true
+            } else {
+                self.head.len() < IN_MEMORY && self.reservation.grow_within_share(bytes, SMALL_SHARE)
+            };
+        if keep {
             self.header.feed(piece);
             self.head.extend_from_slice(piece);
             self.sign(piece);
