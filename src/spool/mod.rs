@@ -234,6 +234,7 @@ impl Spool {
     }
 
     /// Stores a message durably; returns once it is on disk.
+    #[cfg(test)]
     pub async fn store(&self, envelope: &Envelope, body: &[u8]) -> io::Result<Stored> {
         self.store_parts(envelope, vec![Part::Bytes(body.to_vec())]).await
     }
