@@ -147,12 +147,17 @@ impl Checker {
                 _ => Action::Accept,
             },
             Outcome::Fail | Outcome::Pass => Action::Accept,
-            // Never a permanent refusal for what may be a passing DNS problem.
-            Outcome::TempError if defer => Action::Refuse(Reply::new(
-                451,
-                (4, 7, 1),
-                format!("Temporary DNS error checking the DMARC policy of {}, try again later", dmarc.domain),
-            )),
+            // Never a permanent refusal for what may be a passing DNS problem. The text
+            // names the lookup that failed: the policy itself, or (a policy was found)
+            // the SPF record or a DKIM key it needed (RFC 7372 §3.3 for SPF's 4.7.24).
+            Outcome::TempError if defer => {
+                let (status, what) = match (dmarc.policy, spf.result) {
+                    (None, _) => ((4, 7, 1), format!("the DMARC policy of {}", dmarc.domain)),
+                    (Some(_), SpfResult::TempError) => ((4, 7, 24), format!("the SPF record of {}", spf.domain)),
+                    (Some(_), _) => ((4, 7, 1), format!("a DKIM key for mail from {}", dmarc.domain)),
+                };
+                Action::Refuse(Reply::new(451, status, format!("Temporary DNS error checking {what}, try again later")))
+            }
             Outcome::TempError => Action::Accept,
             // Without a DMARC policy, SPF has the say.
             Outcome::None | Outcome::PermError => match spf.result {
@@ -233,6 +238,14 @@ mod tests {
             code(c.decide_for(&spf(SpfResult::Pass), &dmarc(Outcome::TempError, None))),
             Some((451, "4.7.1".into()))
         );
+        // With a policy found, the text names the lookup that failed.
+        let text = |spf_result| match c.decide_for(&spf(spf_result), &dmarc(Outcome::TempError, reject)) {
+            Action::Refuse(r) => r.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert!(text(SpfResult::TempError).contains("4.7.24") && text(SpfResult::TempError).contains("SPF record"));
+        assert!(text(SpfResult::Fail).contains("4.7.1") && text(SpfResult::Fail).contains("DKIM key"));
+        assert!(!text(SpfResult::Fail).contains("DMARC policy"));
     }
 
     #[tokio::test]
