@@ -7,7 +7,9 @@ The zone file is JSON: {"name.": [["MX", 10, "mx.name."], ["A", "127.0.0.2"],
 table answer NXDOMAIN; a name listed with no record of the asked type answers
 NOERROR with no records. A TXT value is a string (sent as 255-byte pieces of
 one record) or a list of strings (the pieces as given). ["TIMEOUT"] makes every
-question about the name go unanswered. A UDP answer longer than the client's
+question about the name go unanswered. ["CNAME", "target."] answers any
+question with the alias and the target's records (chains of up to 8, so a loop
+ends). A UDP answer longer than the client's
 buffer (EDNS, else 512 bytes) is sent truncated, so the client asks over TCP. The zone file is re-read when it changes. Prints
 "ready" once both sockets listen. Stops by itself after --lifetime seconds.
 """
@@ -19,7 +21,7 @@ import sys
 import threading
 import time
 
-from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSLabel, DNSRecord
 
 PORT = int(sys.argv[1])
 ZONE = sys.argv[2]
@@ -46,43 +48,57 @@ def udp_limit(data):
     return 512
 
 
+def rdata_for(rec, qtype):
+    kind = rec[0]
+    if kind != qtype:
+        return None
+    if kind == "MX":
+        return MX(rec[2], rec[1])
+    if kind == "A":
+        return A(rec[1])
+    if kind == "AAAA":
+        return AAAA(rec[1])
+    if kind == "PTR":
+        return PTR(rec[1])
+    if kind == "TXT":
+        value = rec[1]
+        if isinstance(value, str):
+            raw = value.encode()
+            value = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
+        else:
+            value = [v.encode() for v in value]
+        return TXT(value)
+    return None
+
+
 def answer(data):
     request = DNSRecord.parse(data)
     reply = request.reply()
-    qname = str(request.q.qname).lower()
     qtype = QTYPE[request.q.qtype]
-    records = zone().get(qname)
-    if records is None:
-        reply.header.rcode = RCODE.NXDOMAIN
-        return reply.pack()
-    for rec in records:
-        kind = rec[0]
-        if kind == "SERVFAIL":
-            reply.header.rcode = RCODE.SERVFAIL
+    name = request.q.qname
+    for _hop in range(8):
+        records = zone().get(str(name).lower())
+        if records is None:
+            reply.header.rcode = RCODE.NXDOMAIN
             return reply.pack()
-        if kind == "TIMEOUT":
-            return None
-        if kind != qtype:
-            continue
-        if kind == "MX":
-            rdata = MX(rec[2], rec[1])
-        elif kind == "A":
-            rdata = A(rec[1])
-        elif kind == "AAAA":
-            rdata = AAAA(rec[1])
-        elif kind == "PTR":
-            rdata = PTR(rec[1])
-        elif kind == "TXT":
-            value = rec[1]
-            if isinstance(value, str):
-                raw = value.encode()
-                value = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
-            else:
-                value = [v.encode() for v in value]
-            rdata = TXT(value)
-        else:
-            continue
-        reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=rdata, ttl=60))
+        alias = None
+        for rec in records:
+            kind = rec[0]
+            if kind == "SERVFAIL":
+                reply.header.rcode = RCODE.SERVFAIL
+                return reply.pack()
+            if kind == "TIMEOUT":
+                return None
+            if kind == "CNAME" and qtype != "CNAME":
+                alias = rec[1]
+                reply.add_answer(RR(name, QTYPE.CNAME, rdata=CNAME(alias), ttl=60))
+                break
+            rdata = rdata_for(rec, qtype)
+            if rdata is not None:
+                reply.add_answer(RR(name, request.q.qtype, rdata=rdata, ttl=60))
+        if alias is None:
+            break
+        name = DNSLabel(alias)
     return reply.pack()
 
 
