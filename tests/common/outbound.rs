@@ -11,6 +11,7 @@
 use super::*;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 /// The local domain of the sending Tern.
@@ -174,8 +175,14 @@ impl DnsServer {
 
     /// Replaces the zone; the server reads it again on its next query.
     pub fn set_zone(&self, zone: &serde_json::Value) {
+        // The server reloads when the file's mtime changes: give every version its
+        // own, so that two replacements within one clock tick are both seen.
+        static VERSION: AtomicU64 = AtomicU64::new(0);
+        let version = VERSION.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.path().join("zone.json.new");
         fs::write(&tmp, serde_json::to_vec_pretty(zone).expect("zone json")).expect("write zone");
+        let mtime = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000) + Duration::from_micros(version);
+        fs::File::options().write(true).open(&tmp).and_then(|f| f.set_modified(mtime)).expect("set zone mtime");
         fs::rename(&tmp, self.dir.path().join("zone.json")).expect("replace zone");
     }
 }

@@ -7,7 +7,8 @@ The zone file is JSON: {"name.": [["MX", 10, "mx.name."], ["A", "127.0.0.2"],
 table answer NXDOMAIN; a name listed with no record of the asked type answers
 NOERROR with no records. A TXT value is a string (sent as 255-byte pieces of
 one record) or a list of strings (the pieces as given). ["TIMEOUT"] makes every
-question about the name go unanswered. ["CNAME", "target."] answers any
+question about the name go unanswered, except questions of a type that has
+records listed before it (those are answered). ["CNAME", "target."] answers any
 question with the alias and the target's records (chains of up to 8, so a loop
 ends). A UDP answer longer than the client's
 buffer (EDNS, else 512 bytes) is sent truncated, so the client asks over TCP. The zone file is re-read when it changes. Prints
@@ -31,10 +32,11 @@ _zone = {"mtime": None, "data": {}}
 
 
 def zone():
-    mtime = os.stat(ZONE).st_mtime
+    mtime = os.stat(ZONE).st_mtime_ns
     if mtime != _zone["mtime"]:
         with open(ZONE) as f:
-            _zone["data"] = {k.lower(): v for k, v in json.load(f).items()}
+            # Keyed by the name's bytes (as asked on the wire), ASCII lower-cased.
+            _zone["data"] = {k.encode().lower(): v for k, v in json.load(f).items()}
         _zone["mtime"] = mtime
     return _zone["data"]
 
@@ -77,17 +79,20 @@ def answer(data):
     qtype = QTYPE[request.q.qtype]
     name = request.q.qname
     for _hop in range(8):
-        records = zone().get(str(name).lower())
+        records = zone().get(b".".join(name.label).lower() + b".")
         if records is None:
             reply.header.rcode = RCODE.NXDOMAIN
             return reply.pack()
         alias = None
+        found = False
         for rec in records:
             kind = rec[0]
             if kind == "SERVFAIL":
                 reply.header.rcode = RCODE.SERVFAIL
                 return reply.pack()
             if kind == "TIMEOUT":
+                if found:
+                    break
                 return None
             if kind == "CNAME" and qtype != "CNAME":
                 alias = rec[1]
@@ -95,6 +100,7 @@ def answer(data):
                 break
             rdata = rdata_for(rec, qtype)
             if rdata is not None:
+                found = True
                 reply.add_answer(RR(name, request.q.qtype, rdata=rdata, ttl=60))
         if alias is None:
             break
