@@ -3,7 +3,8 @@
 an in-memory zone in the format of tests/support/dns_server.py, answered the
 way that server answers: NXDOMAIN for absent names, SERVFAIL and TIMEOUT as
 errors (TIMEOUT after records of the asked type answers them), CNAME chains
-of up to 8, TXT strings of more than 255 bytes split into pieces.
+of up to 8 (an alias whose target has no data of the asked type is no data),
+TXT strings of more than 255 bytes split into pieces.
 
 As a module: install(zone), then evaluate(ip, mail_from, helo).
 As a program: spf_pyspf.py CASES.json, where CASES.json is a list of
@@ -69,8 +70,12 @@ def _lookup(name, qtype, strict=True, timeout=None):
                 found = True
                 out.append(((name.lower(), qtype), _value(rec)))
         if alias is None:
-            return out
+            break
         name = alias
+    # A resolver answers an alias without data of the asked type as no data
+    # (pyspf following the alias itself would count two void lookups).
+    if all(key[1] == "CNAME" for key, _value in out):
+        return []
     return out
 
 
