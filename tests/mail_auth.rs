@@ -170,11 +170,16 @@ except Exception as e:
 /// `helo`, MAIL FROM `mail_from` (empty for `<>`), RCPT TO each of `rcpts`,
 /// then `msg`. Stops at the first refusal.
 fn send_full(t: &Tern, ip: &str, helo: &str, mail_from: &str, rcpts: &[&str], msg: &str) -> Sent {
+    send_to_port(t, t.port, ip, helo, mail_from, rcpts, msg)
+}
+
+/// `send_full` to Tern's listener on 127.0.0.1:`port`.
+fn send_to_port(t: &Tern, port: u16, ip: &str, helo: &str, mail_from: &str, rcpts: &[&str], msg: &str) -> Sent {
     let params = json!({ "ip": ip, "helo": helo, "from": mail_from, "rcpts": rcpts, "msg": msg });
     let encoded = base64::engine::general_purpose::STANDARD.encode(params.to_string());
     let mut cmd = std::process::Command::new("python3");
     cmd.arg("-")
-        .env("TERN_PORT", t.port.to_string())
+        .env("TERN_PORT", port.to_string())
         .env("SEND_PARAMS", encoded)
         .env("PYTHONIOENCODING", "utf-8")
         .current_dir(t.path());
@@ -450,6 +455,81 @@ fn spf_temperror_is_delivered_when_temp_error_is_accept() {
     let (ar, stored) = deliver(&t, GOOD_IP, "alice@a.test", "alice@a.test", "servfail accepted", 1);
     ar.assert("spf", "temperror");
     assert_received_spf(&stored, "temperror", GOOD_IP);
+}
+
+#[test]
+fn spf_timeout_and_servfail_on_the_record_are_deferred_with_4_7_24() {
+    let entries = [("slow.test", json!([["TIMEOUT"]])), ("broken.test", json!([["SERVFAIL"]])), ok_test()];
+    let (_dns, t) = setup(&entries, "timeout = \"2s\"");
+    for domain in ["slow.test", "broken.test"] {
+        let sent = send(&t, GOOD_IP, &format!("alice@{domain}"), &format!("alice@{domain}"), domain);
+        // RFC 7372 §3.3: the SPF lookup failed for now (RFC 7208 §8.6).
+        assert!(
+            sent.code == 451 && sent.text.contains("4.7.24"),
+            "{domain}: expected 451 4.7.24, got {sent:?}\n{}",
+            t.logs()
+        );
+    }
+    assert_nothing_delivered(&t);
+    assert_alive(&t, 0);
+}
+
+#[test]
+fn spf_permerror_for_an_invalid_domain_is_not_deferred() {
+    // RFC 7208 §7.1: the domain-spec must end in a toplabel, and "com:8080" is
+    // none: a permanent error in the record, never a temporary one.
+    let entries = [("a.test", json!([["TXT", "v=spf1 a:a.test:8080 -all"], ["A", GOOD_IP]])), ok_test()];
+    let (_dns, t) = setup(&entries, "");
+    let sent = send(&t, BAD_IP, "alice@a.test", "alice@a.test", "port in the record");
+    assert!(sent.code != 451, "a permerror must not be deferred: {sent:?}\n{}", t.logs());
+    assert_accepted(&t, &sent);
+    let ar = tern_ar(&t.wait_one(LOCAL, "bob"));
+    ar.assert("spf", "permerror");
+    assert_alive(&t, 1);
+}
+
+/// A port free right now for a dual-stack `[::]` listener, if this machine has IPv6.
+fn dual_stack_port() -> Option<u16> {
+    let Ok(l) = std::net::TcpListener::bind("[::]:0") else {
+        eprintln!("skipped: no IPv6 on this machine");
+        return None;
+    };
+    Some(l.local_addr().expect("local addr").port())
+}
+
+#[test]
+fn spf_for_an_ipv4_client_of_a_dual_stack_listener() {
+    let Some(port) = dual_stack_port() else { return };
+    let entries =
+        [("ip.test", txt(SPF_GOOD_ONLY)), ("a.test", json!([["TXT", "v=spf1 a -all"], ["A", GOOD_IP]])), ok_test()];
+    let dns = DnsServer::start(&zone(&entries));
+    let t = start_tern_raw(
+        &dns,
+        &format!(
+            "{NO_RELAY}\n[local]\ndomains = [\"{LOCAL}\"]\naccept_unknown = true\n\n\
+             [[listen]]\naddr = \"[::]:{port}\"\nmode = \"smtp\"\n"
+        ),
+    );
+    if let Err(e) = wait_greeting("127.0.0.1", port, Duration::from_secs(15)) {
+        panic!("no greeting on the [::] listener: {e}\n{}", t.logs());
+    }
+    // The client is 127.0.0.5 (not ::ffff:127.0.0.5) to ip4: and to a.
+    for (n, domain) in ["ip.test", "a.test"].into_iter().enumerate() {
+        let from = format!("alice@{domain}");
+        let sent = send_to_port(&t, port, GOOD_IP, "client.test", &from, &[BOB], &message(&from, domain, ""));
+        assert_accepted(&t, &sent);
+        let mails = t.wait_mail(LOCAL, "bob", n + 1);
+        let stored = mails
+            .iter()
+            .find(|m| contains(m, format!("Subject: {domain}\r\n").as_bytes()))
+            .unwrap_or_else(|| panic!("message {domain} not found"));
+        tern_ar(stored).assert("spf", "pass");
+        assert_received_spf(stored, "pass", GOOD_IP);
+        // Another IPv4 client over the same listener fails, and is refused.
+        let sent = send_to_port(&t, port, BAD_IP, "client.test", &from, &[BOB], &message(&from, "other client", ""));
+        assert_refused(&t, &sent, 550, "5.7.23");
+    }
+    assert_eq!(t.settled_count(LOCAL, "bob"), 2);
 }
 
 // ---------------------------------------------------------------------------
