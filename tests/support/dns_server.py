@@ -6,8 +6,8 @@ The zone file is JSON: {"name.": [["MX", 10, "mx.name."], ["A", "127.0.0.2"],
 ["AAAA", "::1"], ["PTR", "host.name."], ["TXT", "v=spf1 -all"], ["SERVFAIL"]], ...}. Names not in the
 table answer NXDOMAIN; a name listed with no record of the asked type answers
 NOERROR with no records. A TXT value is a string (sent as 255-byte pieces of
-one record) or a list of strings (the pieces as given). ["TIMEOUT"] makes every
-question about the name go unanswered. ["CNAME", "target."] answers any
+one record) or a list of strings (the pieces as given). ["TIMEOUT"] leaves
+unanswered every question about the name that the records before it do not answer. ["CNAME", "target."] answers any
 question with the alias and the target's records (chains of up to 8, so a loop
 ends). A UDP answer longer than the client's
 buffer (EDNS, else 512 bytes) is sent truncated, so the client asks over TCP. The zone file is re-read when it changes. Prints
@@ -77,7 +77,9 @@ def answer(data):
     qtype = QTYPE[request.q.qtype]
     name = request.q.qname
     for _hop in range(8):
-        records = zone().get(str(name).lower())
+        # The raw labels, so names with spaces or other odd octets match the zone.
+        key = b".".join(name.label).decode("utf-8", "replace").lower() + "."
+        records = zone().get(key)
         if records is None:
             reply.header.rcode = RCODE.NXDOMAIN
             return reply.pack()
@@ -88,6 +90,8 @@ def answer(data):
                 reply.header.rcode = RCODE.SERVFAIL
                 return reply.pack()
             if kind == "TIMEOUT":
+                if reply.rr:
+                    break
                 return None
             if kind == "CNAME" and qtype != "CNAME":
                 alias = rec[1]

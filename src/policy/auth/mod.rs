@@ -161,11 +161,21 @@ impl Checker {
             Outcome::TempError => Action::Accept,
             // Without a DMARC policy, SPF has the say.
             Outcome::None | Outcome::PermError => match spf.result {
-                SpfResult::Fail if c.spf_fail == FailAction::Reject => Action::Refuse(Reply::new(
-                    550,
-                    (5, 7, 23),
-                    format!("SPF check failed: {} is not allowed to send mail for {}", spf.ip, spf.domain),
-                )),
+                SpfResult::Fail if c.spf_fail == FailAction::Reject => {
+                    // RFC 7208 §8.4: the domain's explanation, when it gives one.
+                    let explanation: String = match &spf.explanation {
+                        Some(e) => format!(": {}", e.chars().take(200).collect::<String>()),
+                        None => String::new(),
+                    };
+                    Action::Refuse(Reply::new(
+                        550,
+                        (5, 7, 23),
+                        format!(
+                            "SPF check failed: {} is not allowed to send mail for {}{explanation}",
+                            spf.ip, spf.domain
+                        ),
+                    ))
+                }
                 SpfResult::TempError if defer => Action::Refuse(Reply::new(
                     451,
                     (4, 7, 24),
@@ -184,13 +194,14 @@ mod tests {
 
     fn checker(config: AuthChecks) -> Checker {
         let nameservers = vec!["127.0.0.1:9".parse().unwrap()];
-        let dns = Dns::new(&crate::config::Dns { nameservers }).unwrap();
+        let dns = Dns::new(&crate::config::Dns { nameservers, ..Default::default() }).unwrap();
         Checker::new("mx.test", &config, &dns)
     }
 
     fn spf(result: SpfResult) -> SpfCheck {
         SpfCheck {
             result,
+            explanation: None,
             identity: SpfIdentity::MailFrom("a@a.test".into()),
             domain: "a.test".into(),
             ip: "192.0.2.1".parse().unwrap(),
