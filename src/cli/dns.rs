@@ -474,10 +474,6 @@ mod tests {
 
     #[test]
     fn record_kinds_are_recognized() {
-        assert!(is_spf("v=spf1 mx -all"));
-        assert!(is_spf("V=SPF1"));
-        assert!(!is_spf("v=spf10 mx"));
-        assert!(!is_spf("google-site-verification=abc"));
         assert!(is_dmarc("v=DMARC1; p=none"));
         assert!(is_dmarc("v = DMARC1;p=none"));
         assert!(!is_dmarc("v=spf1 -all"));
