@@ -131,3 +131,54 @@ fn names_that_cannot_exist() {
     assert_eq!(result(&zone, "192.0.2.1", "a@nothing.test"), SpfResult::None);
     assert_eq!(result(&zone, "192.0.2.1", "a@localhost"), SpfResult::None);
 }
+
+/// Every name answers with the same record, addresses, an MX and a PTR name, and
+/// the lookups are counted.
+struct Echo {
+    record: String,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+impl Echo {
+    fn answer<T>(&self, value: T) -> Result<Vec<T>, DnsError> {
+        self.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(vec![value])
+    }
+}
+
+impl Resolve for Echo {
+    async fn txt(&self, _: &str) -> Result<Vec<String>, DnsError> {
+        self.answer(self.record.clone())
+    }
+    async fn addresses(&self, _: &str, v6: bool) -> Result<Vec<IpAddr>, DnsError> {
+        self.answer(if v6 { "2001:db8::1".parse().unwrap() } else { "192.0.2.1".parse().unwrap() })
+    }
+    async fn mx(&self, _: &str) -> Result<Vec<String>, DnsError> {
+        self.answer("mx.x.test".into())
+    }
+    async fn ptr(&self, _: IpAddr) -> Result<Vec<String>, DnsError> {
+        self.answer("x.test".into())
+    }
+}
+
+proptest::proptest! {
+    /// Any record evaluates to a result within a bounded number of lookups, and a
+    /// record that does not parse is a permanent error.
+    #[test]
+    fn any_record_evaluates(
+        terms in "( [-+~?]?(a|mx|ptr|all|exists|include|ip4|ip6|redirect=|exp=|x=)[a-z0-9:./%{}=_-]{0,12}){0,8}",
+        v6 in proptest::bool::ANY,
+    ) {
+        let record = format!("v=spf1{terms}");
+        let echo = Echo { record: record.clone(), lookups: Default::default() };
+        let ip: IpAddr = if v6 { "2001:db8::2".parse().unwrap() } else { "192.0.2.2".parse().unwrap() };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let verdict = rt.block_on(check_host(&echo, ip, "x.test", "a@x.test", "helo.test", "mx.test"));
+        let lookups = echo.lookups.into_inner();
+        proptest::prop_assert!(lookups <= 250, "{lookups} lookups for {record:?}");
+        proptest::prop_assert!(verdict.result != SpfResult::None);
+        if Record::parse(&record).is_err() {
+            proptest::prop_assert_eq!(verdict.result, SpfResult::PermError);
+        }
+    }
+}
