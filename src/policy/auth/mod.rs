@@ -2,6 +2,7 @@
 //! DMARC (RFC 7489) — through mail-auth and Tern's resolver (DKIM with Tern's own
 //! canonicalization, see `dkim`), and what the verdict means for the message.
 
+pub mod body;
 pub mod cache;
 pub mod dkim;
 pub mod dmarc;
@@ -11,6 +12,7 @@ pub mod spf;
 use crate::config::{AuthChecks, FailAction, TempErrorAction};
 use crate::dns::Dns;
 use crate::smtp::Reply;
+use body::Hashed;
 use cache::Caches;
 use dmarc::{Identifiers, Outcome};
 use mail_auth::dmarc::Policy;
@@ -72,11 +74,14 @@ impl Checker {
     }
 
     /// DKIM, ARC and DMARC for the message, run together within the time budget, and
-    /// the decision they lead to with the SPF verdict.
-    pub async fn message(&self, spf: &SpfCheck, content: &[u8]) -> Verdict {
+    /// the decision they lead to with the SPF verdict. The message is its header block
+    /// (up to the CRLF before the empty line) and the body hashes its signatures need,
+    /// computed as the body arrived ([`body::BodyHashes`]).
+    pub async fn message(&self, spf: &SpfCheck, header: &[u8], body: &Hashed) -> Verdict {
         let deadline = Instant::now() + self.config.timeout;
-        let mut message = AuthenticatedMessage::parse(content).unwrap_or_default();
-        dkim::rehash_bodies(&mut message);
+        let header = body::header_message(header);
+        let mut message = AuthenticatedMessage::parse(&header).unwrap_or_default();
+        body.inject(&mut message);
         let (dkim, arc) = tokio::join!(
             timeout_at(deadline, dkim::verify(&self.resolver, &self.caches, &message)),
             timeout_at(deadline, self.resolver.verify_arc(self.caches.with(&message))),
