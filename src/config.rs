@@ -266,11 +266,20 @@ pub enum SmarthostTls {
     None,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Dns {
     /// `ip:port` of the nameservers to ask; empty means those of /etc/resolv.conf.
     pub nameservers: Vec<SocketAddr>,
+    /// How long to wait for a nameserver's answer; a question is asked twice.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns { nameservers: Vec::new(), timeout: Duration::from_secs(5) }
+    }
 }
 
 /// Sending mail to other servers.

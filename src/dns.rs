@@ -5,10 +5,16 @@ use crate::config;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use std::net::IpAddr;
-use std::time::Duration;
+
+/// A name as its labels' octets joined by dots, lower-case, without the final dot:
+/// unlike `to_ascii`, nothing is escaped.
+pub fn name_text(name: &Name) -> String {
+    let labels: Vec<String> = name.iter().map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
+    labels.join(".")
+}
 
 /// A lookup that did not give an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +57,7 @@ impl Dns {
     /// A resolver using `[dns] nameservers`, or the system's when none are given.
     pub fn new(config: &config::Dns) -> Result<Dns, String> {
         let mut options = ResolverOpts::default();
-        options.timeout = Duration::from_secs(5);
+        options.timeout = config.timeout;
         options.attempts = 2;
         let builder = if config.nameservers.is_empty() {
             Resolver::builder(TokioRuntimeProvider::default()).unwrap_or_else(|e| {
@@ -124,19 +130,11 @@ impl Dns {
     /// The TXT records of a name, each one's strings joined (RFC 7208 §3.3); empty
     /// when the name exists without TXT records.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        let lookup = match self.resolver.txt_lookup(Self::fqdn(name)).await {
-            Ok(l) => l,
-            Err(e) => {
-                return match classify(e) {
-                    DnsError::NoRecords => Ok(Vec::new()),
-                    other => Err(other),
-                };
-            }
-        };
-        Ok(lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
+        Ok(self
+            .records(name, RecordType::TXT)
+            .await?
+            .into_iter()
+            .filter_map(|r| match r {
                 RData::TXT(txt) => Some(String::from_utf8_lossy(&txt.txt_data.concat()).into_owned()),
                 _ => None,
             })
@@ -160,10 +158,28 @@ impl Dns {
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
-                RData::PTR(ptr) => Some(ptr.0.to_ascii().trim_end_matches('.').to_lowercase()),
+                RData::PTR(ptr) => Some(name_text(&ptr.0)),
                 _ => None,
             })
             .collect())
+    }
+
+    /// The records of one type at a name, CNAMEs followed; empty when the name
+    /// exists without such records. Labels may hold any octets but dots (RFC 2181
+    /// §11), as names built by SPF macros do.
+    pub async fn records(&self, name: &str, kind: RecordType) -> Result<Vec<RData>, DnsError> {
+        let labels = name.strip_suffix('.').unwrap_or(name).split('.').map(str::as_bytes);
+        let Ok(mut name) = Name::from_labels(labels) else { return Err(DnsError::NoSuchDomain) };
+        name.set_fqdn(true);
+        match self.resolver.lookup(name, kind).await {
+            Ok(lookup) => {
+                Ok(lookup.answers().iter().filter(|r| r.record_type() == kind).map(|r| r.data.clone()).collect())
+            }
+            Err(e) => match classify(e) {
+                DnsError::NoRecords => Ok(Vec::new()),
+                other => Err(other),
+            },
+        }
     }
 
     /// The IPv4 addresses (A records) of a name, as they are: no sorting, no

@@ -3,6 +3,7 @@
 mod dkim;
 mod dns;
 mod queue;
+mod spf;
 mod user;
 
 use crate::config::{Config, DkimAlgorithm};
@@ -75,6 +76,23 @@ enum DkimCommand {
 enum DnsCommand {
     /// Compare the MX, SPF, DKIM and DMARC records of a served domain with what DNS returns.
     Check { domain: String },
+    /// Evaluate SPF (RFC 7208) for a client as the server does at MAIL FROM: the
+    /// result, and the explanation of a fail.
+    Spf {
+        /// The client's address.
+        #[arg(long, required_unless_present = "stdin")]
+        ip: Option<std::net::IpAddr>,
+        /// The MAIL FROM address; without it, the HELO name is checked.
+        #[arg(long, default_value = "")]
+        mail_from: String,
+        /// The HELO name (also `%{h}`).
+        #[arg(long, default_value = "")]
+        helo: String,
+        /// Read queries as JSON lines ({"ip", "mail_from", "helo"}) and answer each with
+        /// a JSON line ({"result", "explanation", "problem"}).
+        #[arg(long, conflicts_with_all = ["ip", "mail_from", "helo"])]
+        stdin: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,6 +206,9 @@ pub fn main() -> ExitCode {
             dkim::keygen(&config, &domain, selector.as_deref(), algorithm, out)
         }
         Command::Dns { command: DnsCommand::Check { domain } } => dns::check(&config, &domain),
+        Command::Dns { command: DnsCommand::Spf { ip, mail_from, helo, stdin: _ } } => {
+            spf::spf(&config, ip.map(|ip| (ip, mail_from, helo)))
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 use super::Failure;
 use crate::files::{self, Access};
+use crate::spool::Content;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -82,6 +83,7 @@ fn ensure_maildir(root: &MailRoot, domain: &str, mailbox: &str, folder: Option<&
 
 /// Delivers `header` followed by `content` into the Maildir `<root>/<domain>/<mailbox>`,
 /// or into its folder `folder` (such as `Junk`). Returns the path of the new message.
+/// Content not in memory is copied a piece at a time (blocking).
 pub fn deliver(
     root: &MailRoot,
     domain: &str,
@@ -89,18 +91,18 @@ pub fn deliver(
     folder: Option<&str>,
     host: &str,
     header: &[u8],
-    content: &[u8],
+    content: &Content,
 ) -> Result<PathBuf, Failure> {
     let fail = |what: &str, e: io::Error| {
         Failure::temporary((4, 3, 0), format!("cannot {what} Maildir {domain}/{mailbox}: {e}"))
     };
     let dir = ensure_maildir(root, domain, mailbox, folder).map_err(|e| fail("create", e))?;
-    let name = unique_name(host, header.len() + content.len());
+    let name = unique_name(host, header.len() + content.len() as usize);
     let tmp = dir.join("tmp").join(&name);
     let write = || -> io::Result<()> {
         let mut file = files::create_file(&tmp, root.access, true)?;
         file.write_all(header)?;
-        file.write_all(content)?;
+        content.for_each_piece(&mut Vec::new(), |piece| file.write_all(piece))?;
         file.sync_all()
     };
     if let Err(e) = write() {
@@ -121,6 +123,10 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    fn x() -> Content {
+        Content::from(b"x".to_vec())
+    }
+
     fn private(root: &Path) -> MailRoot {
         MailRoot { path: root.to_path_buf(), access: Access::PRIVATE }
     }
@@ -140,8 +146,8 @@ mod tests {
     fn deliver_both(access: Access) -> Vec<(PathBuf, bool, u32, u32)> {
         let tmp = tempfile::tempdir().unwrap();
         let root = MailRoot { path: tmp.path().join("mail"), access };
-        deliver(&root, "example.test", "alice", None, "mx", b"", b"x").unwrap();
-        deliver(&root, "example.test", "alice", Some("Junk"), "mx", b"", b"x").unwrap();
+        deliver(&root, "example.test", "alice", None, "mx", b"", &x()).unwrap();
+        deliver(&root, "example.test", "alice", Some("Junk"), "mx", b"", &x()).unwrap();
         let mut out = Vec::new();
         modes(&root.path, &mut out);
         assert!(out.iter().any(|(p, ..)| p.ends_with(".Junk/maildirfolder")), "{out:?}");
@@ -178,16 +184,16 @@ mod tests {
             None,
             "mx",
             b"Return-Path: <a@b>\r\n",
-            b"Subject: x\r\n\r\nhi\r\n",
+            &Content::from(b"Subject: x\r\n\r\nhi\r\n".to_vec()),
         )
         .unwrap();
         assert!(path.starts_with(root.path().join("example.test/alice/new")));
         assert_eq!(fs::read(&path).unwrap(), b"Return-Path: <a@b>\r\nSubject: x\r\n\r\nhi\r\n");
         assert!(root.path().join("example.test/alice/cur").is_dir());
         assert_eq!(fs::read_dir(root.path().join("example.test/alice/tmp")).unwrap().count(), 0);
-        let second = deliver(&private(root.path()), "example.test", "alice", None, "mx", b"", b"x").unwrap();
+        let second = deliver(&private(root.path()), "example.test", "alice", None, "mx", b"", &x()).unwrap();
         assert_ne!(path, second);
-        let junk = deliver(&private(root.path()), "example.test", "alice", Some("Junk"), "mx", b"", b"x").unwrap();
+        let junk = deliver(&private(root.path()), "example.test", "alice", Some("Junk"), "mx", b"", &x()).unwrap();
         assert!(junk.starts_with(root.path().join("example.test/alice/.Junk/new")));
         assert!(root.path().join("example.test/alice/.Junk/maildirfolder").is_file());
     }
@@ -197,7 +203,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         fs::create_dir_all(root.path().join("example.test")).unwrap();
         fs::write(root.path().join("example.test/alice"), b"not a directory").unwrap();
-        let err = deliver(&private(root.path()), "example.test", "alice", None, "mx", b"", b"x").unwrap_err();
+        let err = deliver(&private(root.path()), "example.test", "alice", None, "mx", b"", &x()).unwrap_err();
         assert!(err.temporary);
         assert_eq!(err.detail.status, crate::delivery::Status(4, 3, 0), "{}", err.detail);
     }

@@ -7,6 +7,7 @@ pub mod dnsbl;
 pub mod greylist;
 pub mod limits;
 pub mod local;
+pub mod spf;
 pub mod users;
 
 pub use local::LocalPolicy;

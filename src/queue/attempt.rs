@@ -1,16 +1,25 @@
 //! One delivery attempt for one message: every recipient not yet final.
 
-use super::bounce::{self, Action, Report};
+use super::bounce::{self, Action, Quoted, Report};
 use super::{Shared, now, retry};
 use crate::delivery::remote::{self, Job};
 use crate::delivery::{Delivered, Detail, Failure, maildir};
-use crate::spool::{Change, Envelope, Part, RcptState, Recipient, Stored};
+use crate::spool::{Change, Content, Envelope, Part, RcptState, Recipient, Stored};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// RFC 5321 §6.3: more Received headers than this means a mail loop.
 const MAX_HOPS: usize = 50;
+
+/// Content up to this size is read from the store once and shared by every
+/// destination; larger content is read a piece at a time by each, so that an attempt
+/// holds a bounded buffer whatever the message's size. The same bound keeps a
+/// message being received in memory.
+const HELD_WHOLE: u64 = 128 << 10;
+
+/// How much of a message is searched for the end of its header block.
+const MAX_HEAD: usize = 1 << 20;
 
 /// The message after the attempt, and the notices (DSNs) it caused, already stored.
 pub struct Finished {
@@ -42,12 +51,17 @@ pub async fn run(
     crate::fault::point("attempt");
     let id = stored.envelope.id.clone();
     let content = match content {
-        Some(c) => Ok(c),
+        Some(c) => Ok((Content::from(c.clone()), count_received(&c))),
         None => {
             let (store, stored) = (shared.store.clone(), stored.clone());
-            tokio::task::spawn_blocking(move || store.read_content(&stored).map(Arc::new))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            tokio::task::spawn_blocking(move || {
+                let content = store.open_content(&stored)?.held_if_within(HELD_WHOLE)?;
+                let head = content.head(MAX_HEAD)?;
+                Ok((content, head))
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map(|(content, head)| (content, count_received(&head)))
         }
     };
     let pending: Vec<usize> =
@@ -60,15 +74,15 @@ pub async fn run(
             let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
             settle(shared, &mut stored, results, &mut outcome, true).await;
         }
-        Ok(content) if count_received(content) > MAX_HOPS => {
+        Ok((_, hops)) if *hops > MAX_HOPS => {
             let f = Failure::permanent((5, 4, 6), format!("mail loop: more than {MAX_HOPS} Received headers"));
             let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
             settle(shared, &mut stored, results, &mut outcome, true).await;
         }
-        Ok(content) => deliver(shared, &mut stored, &pending, content, &mut outcome).await,
+        Ok((content, _)) => deliver(shared, &mut stored, &pending, content, &mut outcome).await,
     }
     let notices = match (&content, outcome.reports.is_empty()) {
-        (Ok(content), false) => notify(shared, &stored.envelope, content, &outcome.reports).await,
+        (Ok((content, _)), false) => notify(shared, &stored.envelope, content, &outcome.reports).await,
         _ => Some(Vec::new()),
     };
     // Without its notice stored (the server is stopping), a held result is left for
@@ -198,9 +212,10 @@ where
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// Counts `Received:` header fields in the header block.
+/// Counts `Received:` header fields in the header block (of `content`, or of the
+/// head that [`Content::head`] gives).
 fn count_received(content: &[u8]) -> usize {
-    let end = content.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(content.len());
+    let end = memchr::memmem::find(content, b"\r\n\r\n").unwrap_or(content.len());
     content[..end]
         .split(|&b| b == b'\n')
         .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
@@ -214,7 +229,7 @@ async fn deliver(
     shared: &Arc<Shared>,
     stored: &mut Stored,
     pending: &[usize],
-    content: &Arc<Vec<u8>>,
+    content: &Content,
     outcome: &mut Outcome,
 ) {
     let envelope = stored.envelope.clone();
@@ -254,7 +269,12 @@ async fn deliver(
     }
 }
 
-fn deliver_local(shared: &Shared, envelope: &Envelope, rcpt: &Recipient, content: &[u8]) -> Result<Delivered, Failure> {
+fn deliver_local(
+    shared: &Shared,
+    envelope: &Envelope,
+    rcpt: &Recipient,
+    content: &Content,
+) -> Result<Delivered, Failure> {
     let (mailbox, domain) = rcpt
         .address
         .rsplit_once('@')
@@ -273,7 +293,7 @@ fn deliver_local(shared: &Shared, envelope: &Envelope, rcpt: &Recipient, content
 fn notice(
     shared: &Shared,
     envelope: &Envelope,
-    content: &[u8],
+    quoted: &Quoted,
     reports: &[(usize, Action, Detail)],
 ) -> Option<(Envelope, Vec<u8>)> {
     if envelope.sender.is_empty() {
@@ -290,7 +310,7 @@ fn notice(
         .map(|(i, action, detail)| Report { recipient: &envelope.recipients[*i], action: *action, detail })
         .collect();
     let dsn_id = shared.store.new_id();
-    let dsn = bounce::build(&shared.config.hostname, &dsn_id, envelope, content, &lines);
+    let dsn = bounce::build(&shared.config.hostname, &dsn_id, envelope, quoted, &lines);
     let dsn_envelope = Envelope {
         id: dsn_id,
         arrival: now(),
@@ -321,15 +341,26 @@ fn queued(envelope: &Envelope, stored: Stored, dsn: Vec<u8>) -> Vec<(Stored, Arc
     vec![(stored, Arc::new(dsn))]
 }
 
+/// What a notice may return of `content`, read off the async threads.
+async fn quoted(content: &Content) -> std::io::Result<Quoted> {
+    let content = content.clone();
+    tokio::task::spawn_blocking(move || Quoted::of(&content)).await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 /// Builds and stores the DSN for `reports`, trying until it is stored; `None` when
-/// the server stopped first.
+/// the server stopped first. Content that cannot be read back is reported by its
+/// envelope alone.
 async fn notify(
     shared: &Shared,
     envelope: &Envelope,
-    content: &[u8],
+    content: &Content,
     reports: &[(usize, Action, Detail)],
 ) -> Option<Vec<(Stored, Arc<Vec<u8>>)>> {
-    let Some((dsn_envelope, dsn)) = notice(shared, envelope, content, reports) else { return Some(Vec::new()) };
+    let quoted = quoted(content).await.unwrap_or_else(|e| {
+        tracing::error!(id = %envelope.id, error = %e, "cannot read the message back for its notice");
+        Quoted::nothing()
+    });
+    let Some((dsn_envelope, dsn)) = notice(shared, envelope, &quoted, reports) else { return Some(Vec::new()) };
     let stored = durably(shared, &envelope.id, "delivery status notification", || {
         shared.store.store(&dsn_envelope, vec![Part::Bytes(dsn.clone())])
     })
@@ -346,8 +377,14 @@ pub async fn bounce_all(
     detail: Detail,
 ) -> Result<Vec<(Stored, Arc<Vec<u8>>)>, String> {
     let content = match content {
-        Some(c) => c,
-        None => Arc::new(shared.store.read_content(stored).map_err(|e| format!("cannot read the message: {e}"))?),
+        Some(c) => Content::from(c),
+        None => {
+            let (store, stored) = (shared.store.clone(), stored.clone());
+            tokio::task::spawn_blocking(move || store.open_content(&stored))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|e| format!("cannot read the message: {e}"))?
+        }
     };
     let reports: Vec<(usize, Action, Detail)> = stored
         .envelope
@@ -360,7 +397,8 @@ pub async fn bounce_all(
     if reports.is_empty() {
         return Ok(Vec::new());
     }
-    let Some((dsn_envelope, dsn)) = notice(shared, &stored.envelope, &content, &reports) else { return Ok(Vec::new()) };
+    let quoted = quoted(&content).await.map_err(|e| format!("cannot read the message: {e}"))?;
+    let Some((dsn_envelope, dsn)) = notice(shared, &stored.envelope, &quoted, &reports) else { return Ok(Vec::new()) };
     let queued_dsn = shared
         .store
         .store(&dsn_envelope, vec![Part::Bytes(dsn.clone())])

@@ -1,11 +1,34 @@
 //! Delivery status notifications (RFC 3464): bounces, delay notices and success
 //! reports, sent with a null reverse path to the original sender.
 
-use crate::spool::{Detail, Envelope, Recipient, Ret};
+use crate::spool::{Content, Detail, Envelope, Recipient, Ret};
 use chrono::{DateTime, Local};
 
 /// Content past this size is returned as headers only.
 const MAX_RETURNED: usize = 1 << 20;
+
+/// What a notice may return of the original message: all of it when it is at most
+/// [`MAX_RETURNED`] bytes, else no more than its header block.
+pub struct Quoted {
+    bytes: Vec<u8>,
+    whole: bool,
+}
+
+impl Quoted {
+    /// Reads what may be returned of `content` (blocking), never more than
+    /// [`MAX_RETURNED`] bytes.
+    pub fn of(content: &Content) -> std::io::Result<Quoted> {
+        if content.len() <= MAX_RETURNED as u64 {
+            return Ok(Quoted { bytes: content.to_vec()?, whole: true });
+        }
+        Ok(Quoted { bytes: content.head(MAX_RETURNED)?, whole: false })
+    }
+
+    /// Nothing of the message (it could not be read).
+    pub fn nothing() -> Quoted {
+        Quoted { bytes: Vec::new(), whole: false }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -55,7 +78,7 @@ fn headers(content: &[u8]) -> &[u8] {
 }
 
 /// Builds the DSN message for `reports` about `original`.
-pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, content: &[u8], reports: &[Report<'_>]) -> Vec<u8> {
+pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, quoted: &Quoted, reports: &[Report<'_>]) -> Vec<u8> {
     let now = crate::queue::now();
     let boundary = format!("{dsn_id}/{hostname}");
     let failed = reports.iter().any(|r| r.action == Action::Failed);
@@ -131,14 +154,14 @@ pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, content: &[u8], 
         Some(Ret::Headers) => false,
         Some(Ret::Full) => true,
         None => failed,
-    } && content.len() <= MAX_RETURNED;
+    } && quoted.whole;
     let mut out = m.into_bytes();
     if full {
         out.extend_from_slice(
             format!("--{boundary}\r\nContent-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\r\n")
                 .as_bytes(),
         );
-        out.extend_from_slice(content);
+        out.extend_from_slice(&quoted.bytes);
     } else {
         out.extend_from_slice(
             format!(
@@ -146,7 +169,7 @@ pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, content: &[u8], 
             )
             .as_bytes(),
         );
-        out.extend_from_slice(headers(content));
+        out.extend_from_slice(headers(&quoted.bytes));
     }
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -210,7 +233,7 @@ mod tests {
             "mx.local.test",
             "DSN1",
             &env,
-            b"Subject: hi\r\n\r\nbody\r\n",
+            &Quoted::of(&Content::from(b"Subject: hi\r\n\r\nbody\r\n".to_vec())).unwrap(),
             &[Report { recipient: &r, action: Action::Failed, detail: &detail }],
         );
         let text = String::from_utf8(dsn).unwrap();

@@ -162,9 +162,9 @@ impl Signing<'_> {
 /// signs the message (users and relay networks), adds the trace headers, stores
 /// durably, queues. Returns the queue id.
 ///
-/// Only the header block of `received` is in memory, unless the message is small; the
-/// whole content is read back only for the checks that need it (DKIM, ARC and DMARC).
-/// Mail of ours was signed while it arrived (see [`SignPlan`]).
+/// Only the header block of `received` is in memory, unless the message is small: the
+/// checks (DKIM, ARC and DMARC) need the header block and the body hashes made as the
+/// content arrived. Mail of ours was signed while it arrived (see [`SignPlan`]).
 pub async fn message(
     ctx: &Context,
     message: Message,
@@ -173,6 +173,8 @@ pub async fn message(
     spf: Option<SpfCheck>,
 ) -> Result<String, Reply> {
     let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
+    // Spill hashes the body of every message that has an SPF check.
+    let hashed = received.take_body_hashes().map(|h| h.finish()).unwrap_or_default();
     let id = signed.as_ref().map_or_else(|| ctx.spool.new_id(), |(id, ..)| id.clone());
     let hostname = &ctx.config.hostname;
     let ours = message.user.is_some() || ctx.trusted(peer);
@@ -185,9 +187,7 @@ pub async fn message(
     let mut prefix = received_header(&message, peer, hostname, &id).into_bytes();
     let mut quarantine = false;
     if let Some((spf, checker)) = spf.as_ref().zip(ctx.auth.as_ref()) {
-        let (whole, memory) = received.whole(header).await?;
-        let verdict = checker.message(spf, &whole).await;
-        drop((whole, memory));
+        let verdict = checker.message(spf, header, &hashed).await;
         tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
         match verdict.action {
             Action::Refuse(reply) => return Err(reply),

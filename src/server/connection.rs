@@ -239,7 +239,10 @@ async fn converse(
                 }
                 Event::ContentStart => {
                     let sign = checks::SignPlan::new(ctx, peer.ip(), session.user());
-                    spill = Some(Spill::new(&ctx.spill_files, limits.max_header_size, &ctx.budget, sign));
+                    // Mail whose SPF is checked has its DKIM and ARC body hashes made as
+                    // it arrives.
+                    let checked = spf.is_some();
+                    spill = Some(Spill::new(&ctx.spill_files, limits.max_header_size, &ctx.budget, sign, checked));
                 }
                 Event::Content(piece) => {
                     if let Some(spill) = spill.as_mut() {

@@ -8,12 +8,15 @@
 
 use super::budget::{Budget, Reservation, exhausted};
 use super::checks::{SignPlan, Signing};
+use crate::policy::auth::body::BodyHashes;
 use crate::smtp::Reply;
 use crate::smtp::body::HeaderEnd;
 use crate::spool::Part;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Seek, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+#[cfg(test)]
+use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,6 +100,16 @@ pub struct Spill<'a> {
     /// How the message is signed, until its header block is in; then its signing.
     plan: Option<SignPlan<'a>>,
     signing: Option<Signing<'a>>,
+    /// The body hashes for the checks of the message.
+    hashing: Hashing,
+}
+
+/// The body hashes the checks (DKIM, ARC) need of a message, if it is checked.
+enum Hashing {
+    Off,
+    /// Until the header block is in and says which hashes are needed.
+    Waiting,
+    On(BodyHashes),
 }
 
 /// A message received whole.
@@ -109,6 +122,7 @@ pub struct Received<'a> {
     file_len: u64,
     reservation: Reservation,
     signing: Option<Signing<'a>>,
+    hashes: Option<BodyHashes>,
 }
 
 fn storage_error(what: &str, e: io::Error) -> Reply {
@@ -117,13 +131,14 @@ fn storage_error(what: &str, e: io::Error) -> Reply {
 }
 
 impl<'a> Spill<'a> {
-    /// A message whose file, if it needs one, comes from `files`, and which is signed
-    /// as it arrives by `plan`.
+    /// A message whose file, if it needs one, comes from `files`, which is signed as
+    /// it arrives by `plan`, and whose body is hashed as it arrives if it is `checked`.
     pub fn new(
         files: &Arc<Files>,
         max_header_size: u64,
         budget: &Arc<Budget>,
         plan: Option<SignPlan<'a>>,
+        checked: bool,
     ) -> Spill<'a> {
         Spill {
             files: files.clone(),
@@ -136,6 +151,7 @@ impl<'a> Spill<'a> {
             failed: None,
             plan,
             signing: None,
+            hashing: if checked { Hashing::Waiting } else { Hashing::Off },
         }
     }
 
@@ -150,13 +166,14 @@ impl<'a> Spill<'a> {
             self.head = Vec::new();
             self.drop_file();
             self.signing = None;
+            self.hashing = Hashing::Off;
             self.reservation.clear();
         }
     }
 
-    /// Passes `piece` (just taken) to the signing, which starts once the header block
-    /// is in.
-    fn sign(&mut self, piece: &[u8]) {
+    /// Passes `piece` (just taken) to the signing and the body hashing, which start
+    /// once the header block is in.
+    fn follow(&mut self, piece: &[u8]) {
         match &mut self.signing {
             Some(signing) => signing.write(piece),
             None => {
@@ -164,6 +181,15 @@ impl<'a> Spill<'a> {
                     self.start_signing(end as usize);
                 }
             }
+        }
+        match &mut self.hashing {
+            Hashing::On(hashes) => hashes.feed(piece),
+            Hashing::Waiting => {
+                if let Some(end) = self.header.found() {
+                    self.start_hashing(end as usize);
+                }
+            }
+            Hashing::Off => {}
         }
     }
 
@@ -173,6 +199,16 @@ impl<'a> Spill<'a> {
             if let Some(signing) = &mut self.signing {
                 signing.write(&self.head);
             }
+        }
+    }
+
+    /// The header block of `header_len` bytes is in `head`: the hashes its signatures
+    /// need start, with the body received so far (after the empty line).
+    fn start_hashing(&mut self, header_len: usize) {
+        if let Hashing::Waiting = self.hashing {
+            let mut hashes = BodyHashes::for_header(&self.head[..header_len]);
+            hashes.feed(self.head.get(header_len + 2..).unwrap_or_default());
+            self.hashing = Hashing::On(hashes);
         }
     }
 
@@ -194,7 +230,7 @@ impl<'a> Spill<'a> {
         if keep {
             self.header.feed(piece);
             self.head.extend_from_slice(piece);
-            self.sign(piece);
+            self.follow(piece);
             return Ok(());
         }
         let file = match &mut self.file {
@@ -210,7 +246,7 @@ impl<'a> Spill<'a> {
         };
         file.write_all(piece).map_err(|e| storage_error("write", e))?;
         self.file_len += piece.len() as u64;
-        self.sign(piece);
+        self.follow(piece);
         Ok(())
     }
 
@@ -229,6 +265,7 @@ impl<'a> Spill<'a> {
         if self.header.found().is_none() {
             // No empty line: all of it is header.
             self.start_signing(self.head.len());
+            self.start_hashing(self.head.len());
         }
         let file = match self.file.take() {
             None => None,
@@ -243,6 +280,10 @@ impl<'a> Spill<'a> {
             file_len: self.file_len,
             reservation: self.take_reservation(),
             signing: self.signing.take(),
+            hashes: match std::mem::replace(&mut self.hashing, Hashing::Off) {
+                Hashing::On(hashes) => Some(hashes),
+                Hashing::Waiting | Hashing::Off => None,
+            },
         })
     }
 
@@ -272,6 +313,11 @@ impl<'a> Received<'a> {
         self.signing.take()
     }
 
+    /// The body hashes for the checks, when the message is checked.
+    pub fn take_body_hashes(&mut self) -> Option<BodyHashes> {
+        self.hashes.take()
+    }
+
     /// The header block, up to and including the CRLF before the empty line.
     pub fn header(&self) -> &[u8] {
         &self.head[..self.header_len]
@@ -287,8 +333,9 @@ impl<'a> Received<'a> {
         self.file.is_none()
     }
 
-    /// The whole content in memory, with `header` in place of the header block, for
-    /// the checks that need it; and its share of the budget, to drop with it.
+    /// The whole content in memory, with `header` in place of the header block; and
+    /// its share of the budget, to drop with it.
+    #[cfg(test)]
     pub async fn whole(&self, header: &[u8]) -> Result<(Vec<u8>, Reservation), Reply> {
         let size = header.len() as u64 + self.len() - self.header_len as u64;
         let mut reservation = self.reservation.empty();
@@ -373,7 +420,7 @@ mod tests {
     use super::*;
 
     fn spill<'a>(dir: &Path, budget: &Arc<Budget>) -> Spill<'a> {
-        Spill::new(&Files::new(dir.to_path_buf()), 1 << 20, budget, None)
+        Spill::new(&Files::new(dir.to_path_buf()), 1 << 20, budget, None, false)
     }
 
     #[tokio::test]
@@ -412,7 +459,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (budget, files) = (Budget::new(1 << 30), Files::new(dir.path().to_path_buf()));
         for (round, byte) in [b'a', b'b'].into_iter().enumerate() {
-            let mut s = Spill::new(&files, 1 << 20, &budget, None);
+            let mut s = Spill::new(&files, 1 << 20, &budget, None, false);
             s.push(b"Subject: x\r\n\r\n");
             let size = 200_000 - round * 50_000;
             vec![byte; size].chunks(10_000).for_each(|piece| s.push(piece));
@@ -426,6 +473,34 @@ mod tests {
             assert_eq!(idle.len(), 1);
             assert_eq!(idle[0].metadata().unwrap().len(), 0, "an idle file holds content");
         }
+    }
+
+    #[test]
+    fn checked_messages_have_their_body_hashed_as_it_arrives() {
+        use crate::policy::auth::body::{header_message, rehash_bodies};
+        use mail_auth::AuthenticatedMessage;
+        let dir = tempfile::tempdir().unwrap();
+        let (budget, files) = (Budget::new(1 << 30), Files::new(dir.path().to_path_buf()));
+        let header = b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/simple; d=a.test; s=s;\r\n\
+            \th=from; bh=AAAA; b=AAAA\r\nFrom: a@a.test\r\n";
+        // Small (in memory) and large (spilled); the header block's end cut anywhere.
+        for (lines, piece) in [(3, 1), (3, 7), (20_000, 7_001), (20_000, 65_536)] {
+            let body = b"a  line \t\r\n\r\n".repeat(lines);
+            let whole = [&header[..], b"\r\n", &body].concat();
+            let mut s = Spill::new(&files, 1 << 20, &budget, None, true);
+            whole.chunks(piece).for_each(|p| s.push(p));
+            let mut r = s.finish().unwrap();
+            let hashed = r.take_body_hashes().expect("hashed").finish();
+            let mut want = AuthenticatedMessage::parse(&whole).unwrap();
+            rehash_bodies(&mut want);
+            let header = header_message(r.header());
+            let mut got = AuthenticatedMessage::parse(&header).unwrap();
+            hashed.inject(&mut got);
+            assert_eq!(got.body_hashes, want.body_hashes, "{lines} lines in pieces of {piece}");
+        }
+        let mut s = Spill::new(&files, 1 << 20, &budget, None, false);
+        s.push(header);
+        assert!(s.finish().unwrap().take_body_hashes().is_none(), "a message not checked is not hashed");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! writer compacts old segments by copying their live messages forward. Recovery on
 //! start reads the segments back through the same bookkeeping.
 
+mod content;
 mod detail;
 mod index;
 mod record;
@@ -15,6 +16,7 @@ mod recover;
 mod store;
 mod writer;
 
+pub use content::{Content, PIECE, Pieces, ReadAt};
 pub use detail::{Detail, ServerReply, Status};
 pub use recover::scan;
 pub use store::Store;
@@ -267,11 +269,18 @@ impl Spool {
 
     /// Reads a message's content (blocking), wherever compaction has moved it.
     pub fn read_content(&self, stored: &Stored) -> io::Result<Vec<u8>> {
+        self.open_content(stored)?.to_vec()
+    }
+
+    /// Opens a message's content for reading in pieces (blocking), wherever
+    /// compaction has moved it. The segment stays readable through the handle even
+    /// if compaction deletes it meanwhile.
+    pub fn open_content(&self, stored: &Stored) -> io::Result<Content> {
         let locate = || self.inner.locations.lock().expect("locations").get(&stored.envelope.id).copied();
-        match read_body(&self.inner.dir, &locate().unwrap_or(stored.body)) {
-            // Moved by compaction between the look-up and the read.
+        match open_body(&self.inner.dir, locate().unwrap_or(stored.body)) {
+            // Moved by compaction between the look-up and the open.
             Err(e) if e.kind() == io::ErrorKind::NotFound => match locate() {
-                Some(body) => read_body(&self.inner.dir, &body),
+                Some(body) => open_body(&self.inner.dir, body),
                 None => Err(e),
             },
             other => other,
@@ -279,12 +288,26 @@ impl Spool {
     }
 }
 
+/// A message's content as a range of its segment file.
+struct SegmentRange {
+    file: std::fs::File,
+    offset: u64,
+}
+
+impl ReadAt for SegmentRange {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.file.read_at(buf, self.offset + offset)
+    }
+}
+
+fn open_body(dir: &Path, body: BodyRef) -> io::Result<Content> {
+    let file = std::fs::File::open(segment_path(dir, body.segment))?;
+    Ok(Content::from_reader(Arc::new(SegmentRange { file, offset: body.offset }), body.len))
+}
+
 /// Reads a message's content from the segments in `dir` (blocking).
 pub fn read_body(dir: &Path, body: &BodyRef) -> io::Result<Vec<u8>> {
-    let file = std::fs::File::open(segment_path(dir, body.segment))?;
-    let mut buf = vec![0; body.len as usize];
-    file.read_exact_at(&mut buf, body.offset)?;
-    Ok(buf)
+    open_body(dir, *body)?.to_vec()
 }
 
 #[cfg(test)]

@@ -74,13 +74,16 @@ struct Harness {
     model: BTreeMap<String, Entry>,
     unsure: Vec<Unsure>,
     crashed: bool,
+    /// Run the spool without rule 2 of `index.rs`, as the first spool did.
+    forget_done: bool,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    fn new(forget_done: bool) -> Harness {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let mut h = Harness { dir, rt, spool: None, model: BTreeMap::new(), unsure: Vec::new(), crashed: false };
+        let mut h =
+            Harness { dir, rt, spool: None, model: BTreeMap::new(), unsure: Vec::new(), crashed: false, forget_done };
         h.open(Fuel::default());
         h
     }
@@ -91,7 +94,12 @@ impl Harness {
 
     fn open(&mut self, fuel: Fuel) {
         self.spool = None;
-        self.spool = Some(Spool::open_with(self.dir.path(), Self::options(), fuel).expect("open the spool"));
+        self.spool = Some(self.open_with(fuel).expect("open the spool"));
+    }
+
+    fn open_with(&self, mut fuel: Fuel) -> std::io::Result<Spool> {
+        fuel.forget_done = self.forget_done;
+        Spool::open_with(self.dir.path(), Self::options(), fuel)
     }
 
     fn spool(&self) -> &Spool {
@@ -200,7 +208,7 @@ impl Harness {
             Op::CrashAfter { ops } => {
                 // Opening already takes file-system operations, and may die doing so.
                 self.spool = None;
-                self.spool = Spool::open_with(self.dir.path(), Self::options(), Fuel::new(ops)).ok();
+                self.spool = self.open_with(Fuel::new(ops)).ok();
                 self.crashed = self.spool.is_none();
             }
             Op::Torn { cut } => {
@@ -237,34 +245,56 @@ impl Harness {
     }
 }
 
+/// Random operations, then everything finished and compacted: the space comes back.
+fn run(ops: Vec<Op>, forget_done: bool) -> Result<(), TestCaseError> {
+    let mut h = Harness::new(forget_done);
+    for op in ops {
+        h.step(op);
+    }
+    h.recover();
+    let ids: Vec<String> = h.model.keys().cloned().collect();
+    for id in ids {
+        h.rt.block_on(h.spool().record(&[Change::Done { id: id.clone() }])).unwrap();
+        h.model.remove(&id);
+    }
+    h.rt.block_on(h.spool().compact()).unwrap();
+    h.open(Fuel::default());
+    h.check();
+    prop_assert!(h.on_disk() <= 2 * SEGMENT, "{} bytes left in a drained spool", h.on_disk());
+    Ok(())
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig { cases: 96, max_shrink_iters: 2000, ..ProptestConfig::default() }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn spool_matches_model(ops in proptest::collection::vec(op(), 1..150)) {
-        let mut h = Harness::new();
-        for op in ops {
-            h.step(op);
-        }
-        h.recover();
-        // Everything finished, compacted: the space comes back.
-        let ids: Vec<String> = h.model.keys().cloned().collect();
-        for id in ids {
-            h.rt.block_on(h.spool().record(&[Change::Done { id: id.clone() }])).unwrap();
-            h.model.remove(&id);
-        }
-        h.rt.block_on(h.spool().compact()).unwrap();
-        h.open(Fuel::default());
-        h.check();
-        prop_assert!(h.on_disk() <= 2 * SEGMENT, "{} bytes left in a drained spool", h.on_disk());
+        run(ops, false)?;
     }
+}
+
+/// The model test finds the bug of the first spool: without rule 2, a finished
+/// message whose `Done` record goes with its segment comes back at a recovery.
+#[test]
+fn model_test_finds_delivered_mail_coming_back_without_rule_2() {
+    let config = ProptestConfig { failure_persistence: None, max_shrink_iters: 0, ..config() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let outcome = runner.run(&proptest::collection::vec(op(), 1..150), |ops| run(ops, true));
+    let Err(proptest::test_runner::TestError::Fail(why, _)) = outcome else {
+        panic!("the model test passed a spool without rule 2: {outcome:?}");
+    };
+    assert!(why.message().contains("spool and model differ"), "{why}");
 }
 
 /// The report that found the first version of the spool wanting: a message
 /// delivered while an older one stays deferred comes back after restarts.
 #[test]
 fn finished_message_stays_finished_across_restarts() {
-    let mut h = Harness::new();
+    let mut h = Harness::new(false);
     h.step(Op::Store { rcpts: 1, len: 100 });
     h.step(Op::Store { rcpts: 1, len: 100 });
     for _ in 0..5 {

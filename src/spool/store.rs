@@ -1,7 +1,7 @@
 //! The interface the queue keeps its messages through, so that another store can
 //! stand in for the local spool without a second scheduler.
 
-use super::{Change, Envelope, Part, Spool, Stored};
+use super::{Change, Content, Envelope, Part, Spool, Stored};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -21,8 +21,14 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self) -> Durable<'_, Vec<Stored>>;
     /// Gives back the space of what is no longer needed.
     fn compact(&self) -> Durable<'_, ()>;
-    /// A message's content (blocking: call it off the async threads).
-    fn read_content(&self, stored: &Stored) -> io::Result<Vec<u8>>;
+    /// A message's content, to read in pieces (blocking: call it off the async
+    /// threads). It stays readable while the handle lives, whatever the store does
+    /// with its copies meanwhile.
+    fn open_content(&self, stored: &Stored) -> io::Result<Content>;
+    /// A message's whole content in memory (blocking).
+    fn read_content(&self, stored: &Stored) -> io::Result<Vec<u8>> {
+        self.open_content(stored)?.to_vec()
+    }
 }
 
 impl Store for Spool {
@@ -46,7 +52,7 @@ impl Store for Spool {
         Box::pin(Spool::compact(self))
     }
 
-    fn read_content(&self, stored: &Stored) -> io::Result<Vec<u8>> {
-        Spool::read_content(self, stored)
+    fn open_content(&self, stored: &Stored) -> io::Result<Content> {
+        Spool::open_content(self, stored)
     }
 }

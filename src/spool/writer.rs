@@ -83,16 +83,21 @@ struct Writer {
 /// process had died there: every later operation fails and nothing more reaches the
 /// disk. Only the spool's model test sets one.
 #[derive(Clone, Default)]
-pub struct Fuel(Option<Arc<AtomicI64>>);
+pub struct Fuel {
+    left: Option<Arc<AtomicI64>>,
+    /// Test only: see `Index::forget_done`.
+    #[cfg(test)]
+    pub forget_done: bool,
+}
 
 impl Fuel {
     #[cfg(test)]
     pub fn new(ops: i64) -> Fuel {
-        Fuel(Some(Arc::new(AtomicI64::new(ops))))
+        Fuel { left: Some(Arc::new(AtomicI64::new(ops))), forget_done: false }
     }
 
     fn burn(&self) -> io::Result<()> {
-        match &self.0 {
+        match &self.left {
             Some(left) if left.fetch_sub(1, Ordering::SeqCst) <= 0 => Err(io::Error::other("simulated crash")),
             _ => Ok(()),
         }
@@ -121,6 +126,10 @@ pub fn start(
     fuel: Fuel,
 ) -> io::Result<(mpsc::Sender<Request>, Locations, std::thread::JoinHandle<()>)> {
     let Found { mut index, mut sizes } = found;
+    #[cfg(test)]
+    {
+        index.forget_done = fuel.forget_done;
+    }
     let segment = sizes.keys().last().map_or(1, |s| s + 1);
     let file = create_segment(&dir, segment, &fuel)?;
     index.add_segment(segment);

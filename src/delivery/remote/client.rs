@@ -149,19 +149,59 @@ impl Client {
 /// Dot-stuffs CRLF-clean content and appends the terminator (RFC 5321 §4.5.2).
 pub fn dot_stuff(content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(content.len() + content.len() / 64 + 5);
-    let mut at_line_start = true;
-    for &b in content {
-        if at_line_start && b == b'.' {
+    let mut stuffer = Stuffer::default();
+    stuffer.push(content, &mut out);
+    stuffer.finish(&mut out);
+    out
+}
+
+/// Dot-stuffs content given in pieces of any size (RFC 5321 §4.5.2): a line that
+/// starts with a dot gets another in front.
+#[derive(Debug)]
+pub struct Stuffer {
+    at_line_start: bool,
+    /// The last two octets so far, the later one last.
+    tail: [u8; 2],
+    empty: bool,
+}
+
+impl Default for Stuffer {
+    fn default() -> Stuffer {
+        Stuffer { at_line_start: true, tail: [0; 2], empty: true }
+    }
+}
+
+impl Stuffer {
+    /// Puts the next piece, stuffed, at the end of `out`.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = input.last() else { return };
+        if self.at_line_start && input[0] == b'.' {
             out.push(b'.');
         }
-        out.push(b);
-        at_line_start = b == b'\n';
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', input) {
+            out.extend_from_slice(&input[start..=end]);
+            start = end + 1;
+            if input.get(start) == Some(&b'.') {
+                out.push(b'.');
+            }
+        }
+        out.extend_from_slice(&input[start..]);
+        self.at_line_start = last == b'\n';
+        self.tail = match input {
+            [.., a, b] => [*a, *b],
+            _ => [self.tail[1], last],
+        };
+        self.empty = false;
     }
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
+
+    /// Ends the content: a CRLF if the last line lacks one, then the lone dot.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.empty && self.tail != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
     }
-    out.extend_from_slice(b".\r\n");
-    out
 }
 
 #[cfg(test)]
@@ -183,6 +223,22 @@ mod tests {
         assert_eq!(dot_stuff(b".a\r\nb\r\n..\r\n"), b"..a\r\nb\r\n...\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
         assert_eq!(dot_stuff(b"x"), b"x\r\n.\r\n");
+        assert_eq!(dot_stuff(b"x\r"), b"x\r\r\n.\r\n");
+    }
+
+    #[test]
+    fn stuffing_in_pieces_of_any_size() {
+        let content = b".a\r\nb\r\n..\r\n.\r\nc.\r\n\r\n.d";
+        let whole = dot_stuff(content);
+        for size in 1..content.len() {
+            let (mut stuffer, mut out) = (Stuffer::default(), Vec::new());
+            for piece in content.chunks(size) {
+                stuffer.push(piece, &mut out);
+            }
+            stuffer.push(b"", &mut out);
+            stuffer.finish(&mut out);
+            assert_eq!(out, whole, "pieces of {size}");
+        }
     }
 
     #[tokio::test]

@@ -16,8 +16,7 @@ pub use tls::{AcceptAny, TlsClient, TlsLevel};
 use super::{Delivered, Failure};
 use crate::config::SmarthostTls;
 use crate::dns::Dns;
-use crate::spool::Recipient;
-use crate::spool::Ret;
+use crate::spool::{Content, Recipient, Ret};
 use client::{Client, Stream};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -58,7 +57,7 @@ pub struct RemoteConfig {
 pub struct Job<'a> {
     pub sender: &'a str,
     pub recipients: Vec<(usize, &'a Recipient)>,
-    pub content: &'a [u8],
+    pub content: &'a Content,
     pub smtputf8: bool,
     pub eight_bit: bool,
     pub ret: Option<Ret>,

@@ -1,10 +1,12 @@
 //! One mail transaction on an open connection: EHLO, MAIL, RCPT…, DATA or BDAT.
 
-use super::client::{Client, ConnError, RemoteReply, dot_stuff};
-use super::fold::fold_long_lines;
+use super::client::{Client, ConnError, RemoteReply, Stuffer};
+use super::fold::{Count, Folder};
 use super::tls::TlsLevel;
 use super::{Job, Outcome, RemoteConfig, TlsPolicy};
 use crate::delivery::{Delivered, Detail, Failure, ServerReply};
+use crate::spool::{Content, PIECE};
+use std::io;
 use std::net::IpAddr;
 
 /// What the server offered in its EHLO reply.
@@ -148,8 +150,12 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         return Ok(everyone(job, Err(f)));
     }
     // RFC 5321 §4.5.3.1.6: no line the next hop receives is longer than 998 octets.
-    let content = fold_long_lines(job.content);
-    let size = content.len() as u64;
+    // The size once folded is needed before the content goes (SIZE, BDAT): a first
+    // pass over the content counts it.
+    let (size, fold) = match folded_size(job.content).await {
+        Ok(counted) => counted,
+        Err(e) => return Ok(everyone(job, Err(unreadable(&e)))),
+    };
     if caps.size.is_some_and(|max| size > max) {
         let f = Failure::permanent(
             (5, 3, 4),
@@ -241,11 +247,8 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         conn.ready = settle(client, data_reply).await;
         return Ok(outcome);
     }
-    let final_reply = if use_bdat {
-        let mut chunk = format!("BDAT {size} LAST\r\n").into_bytes();
-        chunk.extend_from_slice(&content);
-        client.write(&chunk).await?;
-        client.read_reply_within(config.data_timeout).await?
+    let prefix = if use_bdat {
+        format!("BDAT {size} LAST\r\n").into_bytes()
     } else {
         match data_reply {
             Some(reply) if reply.code == 354 => {}
@@ -257,9 +260,19 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
             // DATA goes out whenever a recipient is accepted.
             None => return Err(ConnError("DATA was not sent".into())),
         }
-        client.write(&dot_stuff(&content)).await?;
-        client.read_reply_within(config.data_timeout).await?
+        Vec::new()
     };
+    match send_content(client, job.content, prefix, fold, !use_bdat).await {
+        Ok(()) => {}
+        // Part of the content is out: the connection can only be closed (by dropping
+        // it, not ready), so that the server drops the incomplete message.
+        Err(Sending::Read(e)) => {
+            outcome.extend(accepted.iter().map(|i| (*i, Err(unreadable(&e)))));
+            return Ok(outcome);
+        }
+        Err(Sending::Conn(e)) => return Err(e),
+    }
+    let final_reply = client.read_reply_within(config.data_timeout).await?;
     // A final reply to the content ends the transaction, whatever it says.
     conn.ready = true;
     let result = if final_reply.is_positive() {
@@ -270,6 +283,75 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     };
     outcome.extend(accepted.iter().map(|i| (*i, result.clone())));
     Ok(outcome)
+}
+
+/// A message whose content cannot be read from the store: tried again later.
+fn unreadable(e: &io::Error) -> Failure {
+    Failure::temporary((4, 3, 0), format!("cannot read the message from the spool: {e}"))
+}
+
+/// The content's size once long lines are folded, and whether any are.
+async fn folded_size(content: &Content) -> io::Result<(u64, bool)> {
+    let (mut folder, mut count) = (Folder::default(), Count::default());
+    let mut pieces = content.pieces();
+    while let Some(piece) = pieces.next().await? {
+        folder.push(piece, &mut count);
+    }
+    folder.finish(&mut count);
+    Ok((count.0, folder.folded()))
+}
+
+/// What stopped the content on its way.
+enum Sending {
+    Read(io::Error),
+    Conn(ConnError),
+}
+
+/// Sends `prefix` (a BDAT command, or nothing) and the content, read a piece at a
+/// time: folded when `fold`, and dot-stuffed and terminated when `stuff` (DATA). A
+/// small message goes in one write with its prefix and terminator, as it did whole.
+async fn send_content(
+    client: &mut Client,
+    content: &Content,
+    prefix: Vec<u8>,
+    fold: bool,
+    stuff: bool,
+) -> Result<(), Sending> {
+    let mut folder = fold.then(Folder::default);
+    let mut stuffer = stuff.then(Stuffer::default);
+    let (mut folded, mut wire) = (Vec::new(), prefix);
+    wire.reserve(content.len().min(PIECE as u64) as usize + PIECE / 32 + 8);
+    let (mut pieces, mut read) = (content.pieces(), 0);
+    loop {
+        let piece = pieces.next().await.map_err(Sending::Read)?;
+        read += piece.map_or(0, |p| p.len() as u64);
+        let done = read >= content.len();
+        folded.clear();
+        let mut text = piece.unwrap_or_default();
+        if let Some(folder) = &mut folder {
+            folder.push(text, &mut folded);
+            if done {
+                folder.finish(&mut folded);
+            }
+            text = &folded;
+        }
+        match &mut stuffer {
+            Some(stuffer) => {
+                stuffer.push(text, &mut wire);
+                if done {
+                    stuffer.finish(&mut wire);
+                }
+            }
+            None => wire.extend_from_slice(text),
+        }
+        if !wire.is_empty() {
+            client.write(&wire).await.map_err(Sending::Conn)?;
+            wire.clear();
+        }
+        if done {
+            return Ok(());
+        }
+    }
 }
 
 /// Ends a transaction that sent no content; true when the connection is ready for

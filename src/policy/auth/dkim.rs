@@ -5,15 +5,15 @@
 //! whitespace before its colon), so correctly signed mail would fail. Tern
 //! therefore checks each signature itself: mail-auth parses the `DKIM-Signature`
 //! fields and the key records (fetched through Tern's resolver and cache); Tern
-//! hashes the body (`rehash_bodies`, whose hashes mail-auth's ARC check then uses
-//! too), selects and canonicalizes the signed header fields (`dkim::canon`), and
+//! hashes the body as it arrives (`super::body`, whose hashes mail-auth's ARC check
+//! then uses too), selects and canonicalizes the signed header fields (`dkim::canon`), and
 //! checks `b=` with the record's public key. Checking the whole signature, not
 //! only the body hash, keeps a match of `bh=` from standing in for a valid
 //! signature. A signature with a body length count (`l=`) is refused as insecure
 //! by mail-auth's parser (RFC 6376 §8.2) and reported as neutral.
 
 use super::cache::Caches;
-use crate::policy::dkim::canon::{self, BodyHasher, Hash};
+use crate::policy::dkim::canon;
 use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::dkim::{DkimError, Signature};
@@ -23,21 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The record's `t=s` flag (RFC 6376 §3.6.1): `i=` must be in `d=` itself.
 const FLAG_SAME_DOMAIN: u64 = 0x20;
 
-/// Replaces the body hashes mail-auth made when parsing `message` (for its DKIM
-/// signatures and ARC-Message-Signatures) with Tern's.
-pub fn rehash_bodies(message: &mut AuthenticatedMessage<'_>) {
-    let raw = message.raw_message;
-    let body = &raw[canon::body_offset(raw)..];
-    for (c, h, l, bh) in &mut message.body_hashes {
-        let hash = if *h == HashAlgorithm::Sha1 { Hash::Sha1 } else { Hash::Sha256 };
-        let mut hasher = BodyHasher::new(*c, hash, (*l > 0).then_some(*l));
-        hasher.feed(body);
-        *bh = hasher.finish().0;
-    }
-}
-
 /// One result per `DKIM-Signature` field, malformed ones included (as neutral);
-/// `message` has gone through `rehash_bodies`.
+/// `message` (which may be its header block alone) holds Tern's body hashes.
 pub async fn verify<'x>(
     resolver: &MessageAuthenticator,
     caches: &Caches,
@@ -116,6 +103,7 @@ fn signed_data(sig: &Signature, fields: &[canon::Field<'_>], name: &[u8]) -> Vec
 mod tests {
     use super::*;
     use crate::config::{DkimAlgorithm, DkimKey};
+    use crate::policy::auth::body::rehash_bodies;
     use crate::policy::dkim::Signer;
     use crate::policy::dkim::key::KeyFile;
     use mail_auth::common::parse::TxtRecordParser;

@@ -2,6 +2,7 @@
 //! DMARC (RFC 7489) — through mail-auth and Tern's resolver (DKIM with Tern's own
 //! canonicalization, see `dkim`), and what the verdict means for the message.
 
+pub mod body;
 pub mod cache;
 pub mod dkim;
 pub mod dmarc;
@@ -11,6 +12,7 @@ pub mod spf;
 use crate::config::{AuthChecks, FailAction, TempErrorAction};
 use crate::dns::Dns;
 use crate::smtp::Reply;
+use body::Hashed;
 use cache::Caches;
 use dmarc::{Identifiers, Outcome};
 use mail_auth::dmarc::Policy;
@@ -72,11 +74,14 @@ impl Checker {
     }
 
     /// DKIM, ARC and DMARC for the message, run together within the time budget, and
-    /// the decision they lead to with the SPF verdict.
-    pub async fn message(&self, spf: &SpfCheck, content: &[u8]) -> Verdict {
+    /// the decision they lead to with the SPF verdict. The message is its header block
+    /// (up to the CRLF before the empty line) and the body hashes its signatures need,
+    /// computed as the body arrived ([`body::BodyHashes`]).
+    pub async fn message(&self, spf: &SpfCheck, header: &[u8], body: &Hashed) -> Verdict {
         let deadline = Instant::now() + self.config.timeout;
-        let mut message = AuthenticatedMessage::parse(content).unwrap_or_default();
-        dkim::rehash_bodies(&mut message);
+        let header = body::header_message(header);
+        let mut message = AuthenticatedMessage::parse(&header).unwrap_or_default();
+        body.inject(&mut message);
         let (dkim, arc) = tokio::join!(
             timeout_at(deadline, dkim::verify(&self.resolver, &self.caches, &message)),
             timeout_at(deadline, self.resolver.verify_arc(self.caches.with(&message))),
@@ -161,11 +166,21 @@ impl Checker {
             Outcome::TempError => Action::Accept,
             // Without a DMARC policy, SPF has the say.
             Outcome::None | Outcome::PermError => match spf.result {
-                SpfResult::Fail if c.spf_fail == FailAction::Reject => Action::Refuse(Reply::new(
-                    550,
-                    (5, 7, 23),
-                    format!("SPF check failed: {} is not allowed to send mail for {}", spf.ip, spf.domain),
-                )),
+                SpfResult::Fail if c.spf_fail == FailAction::Reject => {
+                    // RFC 7208 §8.4: the domain's explanation, when it gives one.
+                    let explanation: String = match &spf.explanation {
+                        Some(e) => format!(": {}", e.chars().take(200).collect::<String>()),
+                        None => String::new(),
+                    };
+                    Action::Refuse(Reply::new(
+                        550,
+                        (5, 7, 23),
+                        format!(
+                            "SPF check failed: {} is not allowed to send mail for {}{explanation}",
+                            spf.ip, spf.domain
+                        ),
+                    ))
+                }
                 SpfResult::TempError if defer => Action::Refuse(Reply::new(
                     451,
                     (4, 7, 24),
@@ -184,13 +199,14 @@ mod tests {
 
     fn checker(config: AuthChecks) -> Checker {
         let nameservers = vec!["127.0.0.1:9".parse().unwrap()];
-        let dns = Dns::new(&crate::config::Dns { nameservers }).unwrap();
+        let dns = Dns::new(&crate::config::Dns { nameservers, ..Default::default() }).unwrap();
         Checker::new("mx.test", &config, &dns)
     }
 
     fn spf(result: SpfResult) -> SpfCheck {
         SpfCheck {
             result,
+            explanation: None,
             identity: SpfIdentity::MailFrom("a@a.test".into()),
             domain: "a.test".into(),
             ip: "192.0.2.1".parse().unwrap(),
