@@ -91,15 +91,14 @@ fn tern_agrees_with_pyspf_on_random_setups() {
 /// A mismatch with the setup's records.
 fn describe(case: &Value, answer: &Answer, zone: &Value) -> String {
     let mut out = format!(
-        "MISMATCH setup {}: ip={} mail_from={:?} helo={:?}\n  pyspf: {} {:?}\n  tern:  {} {:?}\n  zone:",
+        "MISMATCH setup {}: ip={} mail_from={:?} helo={:?}\n  pyspf: {} {:?}\n  tern:  {}\n  zone:",
         case["id"],
         case["ip"].as_str().unwrap_or_default(),
         case["mail_from"].as_str().unwrap_or_default(),
         case["helo"].as_str().unwrap_or_default(),
         case["result"].as_str().unwrap_or_default(),
         case["explanation"].as_str(),
-        answer.result,
-        answer.explanation,
+        answer.show(),
     );
     for name in case["names"].as_array().into_iter().flatten().filter_map(Value::as_str) {
         for record in zone[name].as_array().into_iter().flatten() {

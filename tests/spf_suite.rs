@@ -89,8 +89,7 @@ fn rfc7208_test_suite() {
 fn judge(case: &Value, answer: &Answer) -> Option<String> {
     let allowed: Vec<&str> = case["result"].as_array().expect("result").iter().filter_map(Value::as_str).collect();
     if !allowed.contains(&answer.result.as_str()) {
-        let exp = answer.explanation.as_deref().map(|e| format!(" (explanation {e:?})")).unwrap_or_default();
-        return Some(format!("expected {}, got {}{exp}", allowed.join(" or "), answer.result));
+        return Some(format!("expected {}, got {}", allowed.join(" or "), answer.show()));
     }
     match case["explanation"].as_str() {
         Some(want) if want != "DEFAULT" && answer.explanation.as_deref() != Some(want) => {

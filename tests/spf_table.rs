@@ -194,7 +194,8 @@ fn rfc7208_table_through_tern() {
             Ok(answers) => {
                 for (c, a) in group.iter().zip(&answers) {
                     if let Some(problem) = c.judge(&a.result, a.explanation.as_deref()) {
-                        mismatches.push(format!("{}: {problem}{}", c.describe(), c.zone_text()));
+                        let why = a.problem.as_deref().map(|p| format!(" [tern: {p}]")).unwrap_or_default();
+                        mismatches.push(format!("{}: {problem}{why}{}", c.describe(), c.zone_text()));
                     }
                 }
             }
@@ -254,4 +255,43 @@ fn rfc7208_table_against_pyspf() {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
+}
+
+/// The one-query form: the result on the first line, for fail the explanation
+/// on the second; exit status 0, and 2 for bad arguments.
+#[test]
+fn one_query_form() {
+    let zone = json!({
+        "example.com.": [["TXT", "v=spf1 ip4:192.0.2.10 -all exp=why.example.com"]],
+        "why.example.com.": [["TXT", "%{i} is not %{l}'s server"]],
+        "mx.example.net.": [["TXT", "v=spf1 ip6:2001:db8::10 ~all"]],
+    });
+    let cli = SpfCli::start(&zone, "2s");
+    let run = |args: &[&str]| cli.run(args, None, Duration::from_secs(60));
+
+    let out = run(&["--ip", "192.0.2.10", "--mail-from", "alice@example.com", "--helo", "mx.example.net"]);
+    out.assert_success("tern dns spf (pass)");
+    assert_eq!(out.stdout.lines().next(), Some("pass"), "{}", out.all());
+
+    let out = run(&["--ip", "192.0.2.99", "--mail-from", "alice@example.com"]);
+    out.assert_success("tern dns spf (fail)");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"fail"), "{}", out.all());
+    assert_eq!(lines.get(1), Some(&"explanation: 192.0.2.99 is not alice's server"), "{}", out.all());
+
+    // No MAIL FROM (or an empty one): the HELO identity.
+    for extra in [&[][..], &["--mail-from", ""][..]] {
+        let mut args = vec!["--ip", "2001:db8::99", "--helo", "mx.example.net"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        out.assert_success("tern dns spf (HELO identity)");
+        assert_eq!(out.stdout.lines().next(), Some("softfail"), "{args:?}: {}", out.all());
+    }
+
+    for bad in
+        [&["--ip", "192.0.2.300", "--mail-from", "alice@example.com"][..], &["--mail-from", "alice@example.com"][..]]
+    {
+        let out = run(bad);
+        assert_eq!(out.code(), Some(2), "{bad:?} should be refused with status 2: {}", out.all());
+    }
 }

@@ -18,11 +18,27 @@ pub struct Query {
     pub helo: String,
 }
 
-/// One answer of the batch form: the result word and, for `fail`, the explanation.
+/// One answer of the batch form: the result word, for `fail` the explanation,
+/// and what went wrong (a permerror's or temperror's cause), if Tern says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub result: String,
     pub explanation: Option<String>,
+    pub problem: Option<String>,
+}
+
+impl Answer {
+    /// The result with the explanation or problem, for mismatch reports.
+    pub fn show(&self) -> String {
+        let mut out = self.result.clone();
+        if let Some(e) = &self.explanation {
+            out.push_str(&format!(" (explanation {e:?})"));
+        }
+        if let Some(p) = &self.problem {
+            out.push_str(&format!(" (problem {p:?})"));
+        }
+        out
+    }
 }
 
 /// A test DNS server and a config for `tern dns spf` that asks it.
@@ -104,7 +120,8 @@ pub fn parse_answer(line: &str) -> Result<Answer, String> {
         (Value::Null, _) => None,
         _ => return Err(format!("explanation given with {result} (only fail has one): {line}")),
     };
-    Ok(Answer { result, explanation })
+    let problem = v["problem"].as_str().map(str::to_string);
+    Ok(Answer { result, explanation, problem })
 }
 
 /// The last `max` bytes of `s` (on a character boundary).
