@@ -364,6 +364,7 @@ class Setup:
             "a:h0.%s.123" % b, "mx:h0.%s.-bad" % b, "a:%s:8080" % b, "a:h\u00e9.%s" % b,
             "ip4:192.0.2.1/24//64", "exists:h0.%s/24" % b, "include:", "include", "ptr/24",
             "exists", "a:", "ip4:", "ip6", "redirect=%%{t}.%s" % b, "ptr:",
+            "a:%{d}.", "exists:%{l}x", "-redirect=i1.%s" % b, "ip4:192.0.2.1/", "a://64",
         ]
         records = self.zone[self.identity.lower() + "."]
         for rec in records:
