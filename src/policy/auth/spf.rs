@@ -8,6 +8,7 @@ use crate::smtp::address::{Mailbox, canonical_domain};
 use mail_auth::SpfResult;
 use std::net::IpAddr;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The SPF verdict reached at MAIL, kept for the end of the message.
 #[derive(Debug, Clone)]
@@ -67,7 +68,11 @@ pub async fn evaluate(
         }
         _ => return spf::Verdict { result: SpfResult::None, explanation: None, problem: None },
     };
-    let evaluation = tokio::time::timeout(timeout, spf::check_host(dns, ip, &domain, sender, helo, hostname));
+    // The explanation of a fail is given up early enough for the fail to stand.
+    let evaluation = spf::Evaluation::new(dns, ip, sender, helo, hostname)
+        .explain_by(Instant::now() + timeout * 3 / 4)
+        .check_host(&domain);
+    let evaluation = tokio::time::timeout(timeout, evaluation);
     let verdict = evaluation.await.unwrap_or_else(|_| spf::Verdict {
         result: SpfResult::TempError,
         explanation: None,

@@ -9,6 +9,7 @@ use mail_auth::SpfResult;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use tokio::time::Instant;
 
 /// Terms that query DNS (`include`, `a`, `mx`, `ptr`, `exists`, `redirect`).
 const MAX_TERMS: u32 = 10;
@@ -62,6 +63,9 @@ pub struct Evaluation<'a, R> {
     voids: u32,
     /// `%{p}` once found, per domain it was found for.
     validated: Option<(String, String)>,
+    /// When the explanation lookup gives up, so a slow `exp=` cannot turn a
+    /// `fail` into a timeout.
+    explain_by: Option<Instant>,
 }
 
 impl<'a, R: Resolve> Evaluation<'a, R> {
@@ -82,7 +86,14 @@ impl<'a, R: Resolve> Evaluation<'a, R> {
             terms: 0,
             voids: 0,
             validated: None,
+            explain_by: None,
         }
+    }
+
+    /// Gives up on an explanation not found by `deadline` (§6.2: any trouble with it
+    /// means no explanation).
+    pub fn explain_by(self, deadline: Instant) -> Self {
+        Evaluation { explain_by: Some(deadline), ..self }
     }
 
     /// `check_host()` for `domain`.
@@ -309,7 +320,12 @@ impl<'a, R: Resolve> Evaluation<'a, R> {
         if !is_valid_name(&name) {
             return None;
         }
-        let texts = self.dns.txt(&name).await.ok()?;
+        let lookup = self.dns.txt(&name);
+        let texts = match self.explain_by {
+            Some(deadline) => tokio::time::timeout_at(deadline, lookup).await.ok()?,
+            None => lookup.await,
+        }
+        .ok()?;
         let [text] = texts.as_slice() else { return None };
         let text = MacroString::parse(text, super::macros::Context::Explanation).ok()?;
         let validated = match text.uses(b'p') {

@@ -83,14 +83,10 @@ impl MacroString {
         Ok(MacroString { pieces })
     }
 
-    /// True when the string ends with a macro (`%{…}`), or a macro and a dot;
-    /// `domain-end` (§7.1) allows that instead of a top label.
-    pub fn ends_with_macro_or_dot(&self) -> bool {
-        match self.pieces.as_slice() {
-            [.., Piece::Expand { .. }] => true,
-            [.., Piece::Expand { .. }, Piece::Literal(dot)] => dot == ".",
-            _ => false,
-        }
+    /// True when the string ends with a macro (`%{…}`); `domain-end` (§7.1) allows
+    /// that instead of a top label.
+    pub fn ends_with_macro(&self) -> bool {
+        matches!(self.pieces.last(), Some(Piece::Expand { .. }))
     }
 
     /// The literal text after the last macro.

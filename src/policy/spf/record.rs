@@ -162,16 +162,18 @@ fn cidr(digits: &str, max: u8) -> Result<u8, String> {
 }
 
 /// `domain-spec = macro-string domain-end`, where `domain-end` is a macro or
-/// `"." toplabel ["."]` (§7.1). A final dot after a macro is taken as the root.
+/// `"." toplabel ["."]` (§7.1): a macro followed by a lone dot is neither.
 fn domain_spec(text: &str) -> Result<MacroString, String> {
     let spec = MacroString::parse(text, Context::Domain)?;
+    if spec.ends_with_macro() {
+        return Ok(spec);
+    }
     let tail = spec.tail();
     let tail = tail.strip_suffix('.').unwrap_or(tail);
-    let valid = match tail.rsplit_once('.') {
-        Some((_, top)) => is_toplabel(top),
-        None => tail.is_empty() && spec.ends_with_macro_or_dot(),
-    };
-    if valid { Ok(spec) } else { Err(format!("{text:?} does not end in a top-level domain")) }
+    match tail.rsplit_once('.') {
+        Some((_, top)) if is_toplabel(top) => Ok(spec),
+        _ => Err(format!("{text:?} does not end in a top-level domain")),
+    }
 }
 
 /// `toplabel`: letters, digits and inner hyphens, not all digits (§7.1).
@@ -208,7 +210,7 @@ mod tests {
         ok("v=spf1 -all redirect=_spf.%{d}");
         ok("v=spf1 redirect=x.test -all");
         ok("v=spf1 exists:%{ir}.%{l1r+-}._spf.%{d} a:xn--zckzah.example.xn--zckzah");
-        ok("v=spf1 include:foo.123-4 exp=explain.%{d}.");
+        ok("v=spf1 include:foo.123-4 exp=explain.%{d}");
     }
 
     #[test]
@@ -242,6 +244,7 @@ mod tests {
             "v=spf1 redirect=%{q}.test",
             "v=spf1 exp=museum",
             "v=spf1 a:%{c}.test",
+            "v=spf1 a:%{d}.",
             "v=spf1 foo=%",
             "v=spf1 a:x.test\tptr",
             "v=spf1 ip4:192.0.2.5\n",
