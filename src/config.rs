@@ -5,9 +5,11 @@
 
 mod antispam;
 mod mail_auth;
+mod sendmail;
 
 pub use antispam::{Antispam, Greylisting};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
+pub use sendmail::{SUBMIT_SOCKET, Sendmail};
 
 use crate::files::Access;
 use serde::Deserialize;
@@ -65,6 +67,8 @@ pub struct Config {
     pub antispam: Antispam,
     #[serde(default)]
     pub spool: SpoolConfig,
+    #[serde(default)]
+    pub sendmail: Sendmail,
 }
 
 /// How the spool lays out its files.

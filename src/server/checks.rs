@@ -2,6 +2,7 @@
 //! stored in the spool and handed to the queue.
 
 use super::Context;
+use super::local_submit::LocalUser;
 use super::received::received_header;
 use super::spill::Received;
 use crate::log_limit::{self, LogLimit};
@@ -35,8 +36,26 @@ fn rate_limited(what: &str) -> Reply {
 
 /// MAIL: an authenticated user may only use its own addresses; every client is held
 /// to the message rate.
-pub fn sender(ctx: &Context, from: Option<&Mailbox>, user: Option<&str>, client: IpAddr) -> Result<(), Reply> {
-    if let Some(user) = user
+/// A local user on the submission socket is held to [`LocalUser::may_send_as`].
+pub fn sender(
+    ctx: &Context,
+    from: Option<&Mailbox>,
+    user: Option<&str>,
+    client: IpAddr,
+    local: Option<&LocalUser>,
+) -> Result<(), Reply> {
+    if let Some(local) = local {
+        if !local.may_send_as(ctx, from) {
+            let from = from.map(Mailbox::to_string).unwrap_or_default();
+            tracing::info!(user = %local.login, %from, "local user may not use this sender");
+            let own = format!("{}@{}", local.login, ctx.config.hostname);
+            return Err(Reply::new(
+                553,
+                (5, 7, 1),
+                format!("Sender address rejected: user {} may send only as {own}", local.login),
+            ));
+        }
+    } else if let Some(user) = user
         && ctx.config.auth.sender_must_match
         && !ctx.policy.may_send_as(user, from)
     {
@@ -171,6 +190,7 @@ pub async fn message(
     mut received: Received<'_>,
     peer: IpAddr,
     spf: Option<SpfCheck>,
+    local: Option<&LocalUser>,
 ) -> Result<String, Reply> {
     let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
     // Spill hashes the body of every message that has an SPF check.
@@ -184,7 +204,7 @@ pub async fn message(
         tracing::info!(id, client = %peer, "removed forged Authentication-Results");
     }
     let header = cleaned.as_deref().unwrap_or(received.header());
-    let mut prefix = received_header(&message, peer, hostname, &id).into_bytes();
+    let mut prefix = received_header(&message, peer, hostname, &id, local).into_bytes();
     let mut quarantine = false;
     if let Some((spf, checker)) = spf.as_ref().zip(ctx.auth.as_ref()) {
         let verdict = checker.message(spf, header, &hashed).await;
