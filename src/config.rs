@@ -4,10 +4,12 @@
 //! errors (a typo must never silently fall back to a default).
 
 mod antispam;
+mod locate;
 mod mail_auth;
 mod sendmail;
 
 pub use antispam::{Antispam, Greylisting};
+pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
 pub use sendmail::{SUBMIT_SOCKET, Sendmail};
 

@@ -2,11 +2,13 @@
 
 mod dkim;
 mod dns;
+mod mailq;
 mod queue;
+mod sendmail;
 mod spf;
 mod user;
 
-use crate::config::{Config, DkimAlgorithm};
+use crate::config::{Config, ConfigSource, DkimAlgorithm};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +16,8 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "tern", version, about = "Tern: a durable, fast SMTP mail transfer agent")]
 struct Cli {
-    /// Configuration file (TOML); without it the embedded default applies.
+    /// Configuration file (TOML); without it $TERN_CONFIG, else /etc/tern/tern.toml
+    /// when it exists, else the embedded default.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -53,6 +56,13 @@ enum Command {
     Dns {
         #[command(subcommand)]
         command: DnsCommand,
+    },
+    /// Send mail like sendmail(1), with Postfix's flags (`tern sendmail --help`); the
+    /// binary called `sendmail`, `mailq` or `newaliases` acts as this.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
     },
 }
 
@@ -160,23 +170,33 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+fn load(source: &ConfigSource) -> Result<Config, ExitCode> {
+    source.load().map_err(|e| {
         eprintln!("tern: {e}");
         ExitCode::from(2)
     })
 }
 
 pub fn main() -> ExitCode {
+    if let Some(code) = sendmail::by_program_name() {
+        return code;
+    }
     let cli = Cli::parse();
-    let config = match load(cli.config.as_deref()) {
+    if let Command::Sendmail { args } = &cli.command {
+        return sendmail::run(cli.config.as_deref(), args, None);
+    }
+    let source = ConfigSource::find(cli.config.as_deref());
+    let config = match load(&source) {
         Ok(c) => c,
         Err(code) => return code,
     };
     match cli.command {
-        Command::Serve { log_format } => serve(config, log_format),
+        Command::Serve { log_format } => {
+            eprintln!("tern: configuration: {source}");
+            serve(config, log_format)
+        }
         Command::Config { command: ConfigCommand::Check } => {
-            let origin = cli.config.as_ref().map_or("embedded default".to_string(), |p| p.display().to_string());
+            let origin = source.to_string();
             // The DKIM keys are read as `serve` reads them, so a bad key shows up here.
             if let Err(e) = crate::policy::dkim::Signer::load(&config.dkim) {
                 eprintln!("tern: {origin}: {e}");
@@ -209,6 +229,7 @@ pub fn main() -> ExitCode {
         Command::Dns { command: DnsCommand::Spf { ip, mail_from, helo, stdin: _ } } => {
             spf::spf(&config, ip.map(|ip| (ip, mail_from, helo)))
         }
+        Command::Sendmail { .. } => unreachable!("handled before the configuration is read"),
     }
 }
 

@@ -22,7 +22,7 @@ fn describe(state: &RcptState) -> String {
     }
 }
 
-fn scan(config: &Config) -> Result<Vec<spool::Stored>, ExitCode> {
+pub(super) fn scan(config: &Config) -> Result<Vec<spool::Stored>, ExitCode> {
     spool::scan(&config.spool_dir()).map_err(|e| {
         eprintln!("tern: cannot read spool {}: {e}", config.spool_dir().display());
         ExitCode::FAILURE
