@@ -56,9 +56,11 @@ impl LocalUser {
     }
 }
 
-/// Binds the socket (mode 0666: who may reach it is up to its directory).
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    control::bind_socket(path, 0o666)
+/// Binds the socket: owner-only in the data directory, like everything there (root
+/// reaches it too); elsewhere mode 0666, who may reach it being up to its directory.
+pub fn bind(path: &Path, data_dir: &Path) -> std::io::Result<UnixListener> {
+    let in_data_dir = path.parent() == Some(data_dir);
+    control::bind_socket(path, if in_data_dir { 0o600 } else { 0o666 })
 }
 
 /// Takes local submissions until `stop`.

@@ -132,7 +132,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let control = control::start(&config.data_dir, queue.clone())
         .map_err(|e| format!("cannot open control socket in {}: {e}", config.data_dir.display()))?;
     let submit_path = config.submit_socket();
-    let submit = local_submit::bind(&submit_path)
+    let submit = local_submit::bind(&submit_path, &config.data_dir)
         .map_err(|e| format!("cannot open the local submission socket {}: {e}", submit_path.display()))?;
     let grace = config.limits.shutdown_grace;
     let limits = &config.limits;
