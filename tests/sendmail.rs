@@ -318,8 +318,13 @@ fn other_users_send_only_as_themselves() {
     let open = |p: &Path| fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     open(run.path());
     let socket = run.path().join("submit.sock");
-    let t = Tern::start(&format!("{}\n[sendmail]\nsocket = \"{}\"\n", config(), socket.display()));
+    let limits = "\n[limits]\nmax_messages_per_window = 1\n";
+    let t = Tern::start(&format!("{}{limits}\n[sendmail]\nsocket = \"{}\"\n", config(), socket.display()));
     open(t.path());
+    // Root is exempt from the rate limits, as [relay] networks are.
+    for _ in 0..2 {
+        sendmail(&t, &["carol@localhost"], "Subject: from root\n\nx\n").assert_success("sendmail as root");
+    }
     let as_nobody = |config: &Path, args: &[&str]| {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", TERN_BIN, "sendmail", "--config"])
@@ -334,6 +339,10 @@ fn other_users_send_only_as_themselves() {
     let forged = as_nobody(&t.config_path, &["-f", "alice@localhost", "bob@localhost"]);
     assert_eq!(forged.code(), Some(77), "{}", forged.all());
     assert!(forged.stderr.contains(&format!("may send only as nobody@{HOSTNAME}")), "{}", forged.all());
+    // Other users are held to them like authenticated users.
+    let limited = as_nobody(&t.config_path, &["bob@localhost"]);
+    assert_eq!(limited.code(), Some(75), "{}", limited.all());
+    assert!(limited.stderr.contains("Rate limit"), "{}", limited.all());
     // The default socket is in the private data directory, out of other users' reach.
     let private = t.path().join("private.toml");
     let text = fs::read_to_string(&t.config_path).unwrap();
@@ -342,4 +351,5 @@ fn other_users_send_only_as_themselves() {
     assert_eq!(refused.code(), Some(77), "{}", refused.all());
     assert!(refused.stderr.contains("permission denied"), "{}", refused.all());
     assert_eq!(t.settled_count("localhost", "bob"), 1);
+    assert_eq!(t.settled_count("localhost", "carol"), 2);
 }

@@ -21,8 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The key under which a client's messages and recipients are counted, or `None`
-/// for trusted networks (exempt).
-fn rate_key(ctx: &Context, client: IpAddr, user: Option<&str>) -> Option<String> {
+/// for trusted networks and trusted local users (exempt).
+fn rate_key(ctx: &Context, client: IpAddr, user: Option<&str>, local: Option<&LocalUser>) -> Option<String> {
+    if local.is_some_and(|l| l.trusted) {
+        return None;
+    }
     match user {
         Some(user) => Some(format!("user:{user}")),
         None if ctx.trusted(client) => None,
@@ -63,7 +66,7 @@ pub fn sender(
         tracing::info!(%client, user, %from, "sender not owned by the authenticated user");
         return Err(Reply::new(553, (5, 7, 1), format!("Sender address rejected: not owned by user {user}")));
     }
-    match rate_key(ctx, client, user) {
+    match rate_key(ctx, client, user, local) {
         Some(key) if !ctx.rates.message(&key) => {
             tracing::warn!(%client, key, "message rate limit reached");
             Err(rate_limited("messages"))
@@ -85,6 +88,7 @@ pub fn recipient(
     user: Option<&str>,
     greylist: bool,
     from: Option<&Mailbox>,
+    local: Option<&LocalUser>,
 ) -> Result<Vec<Destination>, Reply> {
     let routes = if !to.domain.is_empty() && !ctx.policy.is_local(to) {
         if user.is_none() && !ctx.trusted(client) {
@@ -103,7 +107,7 @@ pub fn recipient(
         let secs = wait.as_millis().div_ceil(1000).max(1);
         return Err(Reply::new(451, (4, 7, 1), format!("Greylisted, try again in {secs} seconds")));
     }
-    match rate_key(ctx, client, user) {
+    match rate_key(ctx, client, user, local) {
         Some(key) if !ctx.rates.recipient(&key) => {
             tracing::warn!(%client, key, "recipient rate limit reached");
             Err(rate_limited("recipients"))

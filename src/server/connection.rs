@@ -298,7 +298,8 @@ pub(super) async fn converse(
                     let user = session.user().map(str::to_string);
                     // Greylisting is for strangers on port 25, not for clients on an allow list.
                     let greylist = mode == ListenMode::Smtp && !allowlisted;
-                    let verdict = checks::recipient(ctx, &to, peer.ip(), user.as_deref(), greylist, session.sender());
+                    let verdict =
+                        checks::recipient(ctx, &to, peer.ip(), user.as_deref(), greylist, session.sender(), local);
                     session.answer_rcpt(verdict);
                 }
                 Event::Check(Check::Auth { user, password }) => {
