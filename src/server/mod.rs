@@ -5,6 +5,7 @@ mod checks;
 mod connection;
 pub mod control;
 mod listen;
+pub mod local_submit;
 pub mod lock;
 mod received;
 mod routing;
@@ -130,6 +131,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let (queue, queue_task) = Queue::start(shared, pending);
     let control = control::start(&config.data_dir, queue.clone())
         .map_err(|e| format!("cannot open control socket in {}: {e}", config.data_dir.display()))?;
+    let submit_path = config.submit_socket();
+    let submit = local_submit::bind(&submit_path, &config.data_dir)
+        .map_err(|e| format!("cannot open the local submission socket {}: {e}", submit_path.display()))?;
     let grace = config.limits.shutdown_grace;
     let limits = &config.limits;
     let rates = Rates::new(limits.rate_window, limits.max_messages_per_window, limits.max_recipients_per_window);
@@ -196,6 +200,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             }
         });
     }
+    tokio::spawn(local_submit::serve(ctx.clone(), submit, stop_rx.clone(), alive.clone()));
     drop(alive);
 
     loop {
@@ -220,6 +225,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     control.abort();
     let _ = std::fs::remove_file(ctx.config.data_dir.join(control::SOCKET_NAME));
+    let _ = std::fs::remove_file(&submit_path);
     tracing::info!("stopped");
     Ok(())
 }
