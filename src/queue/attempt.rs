@@ -321,6 +321,7 @@ fn notice(
         ret: None,
         envid: None,
         quarantine: false,
+        held: false,
         recipients: destinations
             .into_iter()
             .map(|(address, local)| Recipient {

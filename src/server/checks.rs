@@ -249,6 +249,7 @@ pub async fn message(
         ret: message.params.ret,
         envid: message.params.envid.clone(),
         quarantine,
+        held: false,
         recipients,
     };
     match ctx.spool.store_parts(&envelope, parts).await {
