@@ -3,9 +3,11 @@
 //! Every key has a default, so an empty file is a valid configuration. Unknown keys are
 //! errors (a typo must never silently fall back to a default).
 
+mod admin;
 mod antispam;
 mod mail_auth;
 
+pub use admin::Admin;
 pub use antispam::{Antispam, Greylisting};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
 
@@ -65,6 +67,11 @@ pub struct Config {
     pub antispam: Antispam,
     #[serde(default)]
     pub spool: SpoolConfig,
+    #[serde(default)]
+    pub admin: Admin,
+    /// The file this was read from (none for the embedded default), and when.
+    #[serde(skip)]
+    pub source: Option<(PathBuf, std::time::SystemTime)>,
 }
 
 /// How the spool lays out its files.
@@ -404,7 +411,9 @@ impl Config {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
-                Config::parse(&text, &p.display().to_string())
+                let mut config = Config::parse(&text, &p.display().to_string())?;
+                config.source = Some((p.to_path_buf(), std::time::SystemTime::now()));
+                Ok(config)
             }
         }
     }
@@ -488,6 +497,7 @@ impl Config {
             crate::smtp::address::canonical_domain(zone)
                 .ok_or_else(|| format!("antispam: {zone:?} is not a DNS zone"))?;
         }
+        self.admin.validate()?;
         Ok(())
     }
 
@@ -507,6 +517,11 @@ impl Config {
 
     pub fn users_file(&self) -> PathBuf {
         self.auth.users_file.clone().unwrap_or_else(|| self.data_dir.join("users.toml"))
+    }
+
+    /// The admin API's bearer token: `[admin] token_file`, or `<data_dir>/admin.token`.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin.token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
     }
 
     pub fn spool_dir(&self) -> PathBuf {

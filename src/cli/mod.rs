@@ -1,12 +1,15 @@
 //! The `tern` command line.
 
+mod control;
 mod dkim;
 mod dns;
 mod queue;
 mod spf;
+mod status;
 mod user;
 
 use crate::config::{Config, DkimAlgorithm};
+use crate::queue::Action;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +57,8 @@ enum Command {
         #[command(subcommand)]
         command: DnsCommand,
     },
+    /// What the running server says of itself: version, uptime, listeners, queue sizes.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -122,11 +127,34 @@ enum ConfigCommand {
 #[derive(Subcommand)]
 enum QueueCommand {
     /// Show every queued message and the state of each recipient.
-    List,
+    List {
+        /// As JSON, like `GET /api/v1/queue`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one message: envelope, each recipient's state, attempts and last reply.
     Show { id: String },
-    /// Retry deferred messages now (one, or all).
-    Flush { id: Option<String> },
+    /// Retry deferred messages now (one, those a filter selects, or all).
+    Flush {
+        #[arg(conflicts_with_all = ["domain", "sender", "state", "older_than"])]
+        id: Option<String>,
+        #[command(flatten)]
+        filter: queue::FilterArgs,
+    },
+    /// Put messages on hold: not attempted until released.
+    Hold {
+        #[arg(conflicts_with_all = ["domain", "sender", "state", "older_than"])]
+        id: Option<String>,
+        #[command(flatten)]
+        filter: queue::FilterArgs,
+    },
+    /// Release messages on hold.
+    Release {
+        #[arg(conflicts_with_all = ["domain", "sender", "state", "older_than"])]
+        id: Option<String>,
+        #[command(flatten)]
+        filter: queue::FilterArgs,
+    },
     /// Remove a message from the queue.
     Delete {
         id: String,
@@ -191,13 +219,18 @@ pub fn main() -> ExitCode {
             UserCommand::Del { address } => user::del(&config, &address),
         },
         Command::Queue { command } => match command {
-            QueueCommand::List => queue::list(&config),
+            QueueCommand::List { json: false } => queue::list(&config),
+            QueueCommand::List { json: true } => queue::list_json(&config),
             QueueCommand::Show { id } => queue::show(&config, &id),
-            QueueCommand::Flush { id } => queue::control(&config, &format!("flush {}", id.unwrap_or_default())),
+            QueueCommand::Flush { id, filter } => queue::manage(&config, Action::Flush, id, filter),
+            QueueCommand::Hold { id, filter } => queue::manage(&config, Action::Hold, id, filter),
+            QueueCommand::Release { id, filter } => queue::manage(&config, Action::Release, id, filter),
             QueueCommand::Delete { id, bounce } => {
-                queue::control(&config, &format!("delete {id}{}", if bounce { " bounce" } else { "" }))
+                let action = if bounce { Action::Bounce } else { Action::Delete };
+                queue::manage(&config, action, Some(id), Default::default())
             }
         },
+        Command::Status => status::status(&config),
         Command::Dkim { command: DkimCommand::Keygen { domain, selector, algorithm, out } } => {
             let algorithm = match algorithm {
                 KeyAlgorithm::Rsa => DkimAlgorithm::RsaSha256,
