@@ -9,6 +9,7 @@ pub mod dns;
 pub mod fault;
 pub mod files;
 pub mod log_limit;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod queue;

@@ -1,13 +1,15 @@
 //! The admin HTTP listener against the real server: the token, health and readiness,
 //! status, the queue API (filters, pages, hold and release, flush, bounce and delete
-//! by filter), and the CLI commands that reach the same code through the control
-//! socket.
+//! by filter), the CLI commands that reach the same code through the control socket,
+//! and the metrics, read by the Prometheus project's own parser (Python
+//! `prometheus_client`, its OpenMetrics parser: the format `prometheus-client` writes).
 
 mod common;
 
 use common::outbound::wait_for;
 use common::*;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -121,6 +123,7 @@ fn the_api_needs_the_token_and_probes_do_not() {
         ("POST", "/api/v1/queue/flush"),
         ("DELETE", "/api/v1/queue/0123456789ABCDEF"),
         ("POST", "/api/v1/reload"),
+        ("GET", "/metrics"),
     ] {
         for token in [None, Some("wrong"), Some(&token[..63])] {
             let a = http(&t, method, path, token);
@@ -341,4 +344,111 @@ fn an_empty_listen_address_turns_it_off() {
     let status = t.tern_cmd(&["status"]);
     status.assert_success("tern status");
     assert!(status.stdout.contains("admin API:  off"), "{}", status.stdout);
+}
+
+/// Every sample of `/metrics` as `name{label="value",…}` (labels sorted) → value,
+/// parsed by `prometheus_client`; the token sent when given.
+fn scrape(t: &Tern, token: Option<&str>) -> HashMap<String, f64> {
+    let script = format!(
+        r#"
+import json, urllib.request
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+headers = {{"Authorization": "Bearer {token}"}} if "{token}" else {{}}
+request = urllib.request.Request("{url}/metrics", headers=headers)
+with urllib.request.urlopen(request, timeout=20) as answer:
+    assert answer.headers["Content-Type"].startswith("application/openmetrics-text"), answer.headers["Content-Type"]
+    text = answer.read().decode()
+samples = {{}}
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        labels = ",".join('%s="%s"' % kv for kv in sorted(s.labels.items()))
+        samples["%s{{%s}}" % (s.name, labels)] = s.value
+print(json.dumps(samples))
+"#,
+        token = token.unwrap_or(""),
+        url = t.admin_url()
+    );
+    let out = t.python(&script);
+    out.assert_success("scrape /metrics with prometheus_client");
+    serde_json::from_str(&out.stdout).expect("samples as JSON")
+}
+
+#[track_caller]
+fn sample(samples: &HashMap<String, f64>, key: &str) -> f64 {
+    *samples.get(key).unwrap_or_else(|| {
+        let mut keys: Vec<&String> = samples.keys().collect();
+        keys.sort();
+        panic!("no sample {key} among {keys:#?}")
+    })
+}
+
+#[test]
+fn metrics_move_with_real_traffic() {
+    // A stranger (no relay networks) whose mail is checked; DNS trouble does not
+    // hold the message back.
+    let t = Tern::start(&format!("{LOCAL_OPEN}{NO_RELAY}\n[auth_checks]\ntemp_error = \"accept\"\ntimeout = \"2s\"\n"));
+    let listener = format!("listener=\"127.0.0.1:{}\"", t.port);
+    let before = scrape(&t, Some(&t.admin_token()));
+    assert_eq!(sample(&before, &format!("tern_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), 1.0);
+    for key in [
+        "tern_queue_messages{state=\"held\"}",
+        "tern_tls_handshakes_total{direction=\"outbound\",version=\"TLSv1.3\"}",
+        "tern_deliveries_total{result=\"delivered\",transport=\"lmtp\"}",
+        "tern_dns_lookups_total{result=\"nxdomain\",type=\"mx\"}",
+    ] {
+        assert_eq!(sample(&before, key), 0.0, "{key}");
+    }
+
+    let out = t.py("s = connect()\n\
+         assert s.mail('someone@sender.test')[0] == 250\n\
+         assert s.rcpt('alice@localhost')[0] == 250\n\
+         code, text = s.rcpt('bob@elsewhere.test')\n\
+         assert code == 554, (code, text)\n\
+         code, text = s.data(b'Subject: metrics\\r\\n\\r\\nhello\\r\\n')\n\
+         assert code == 250, (code, text)\n\
+         s.quit()\n");
+    out.assert_success("a message with a refused recipient");
+    t.wait_one("localhost", "alice");
+    let after = wait_for(
+        WAIT,
+        "the delivery counted",
+        || {
+            let now = scrape(&t, Some(&t.admin_token()));
+            let key = "tern_deliveries_total{result=\"delivered\",transport=\"local\"}";
+            (sample(&now, key) > sample(&before, key)).then_some(now)
+        },
+        || t.logs(),
+    );
+    let moved = |key: &str| sample(&after, key) - sample(&before, key);
+    assert_eq!(moved(&format!("tern_connections_total{{{listener},result=\"accepted\"}}")), 1.0);
+    assert_eq!(moved(&format!("tern_messages_received_total{{{listener}}}")), 1.0);
+    assert_eq!(moved("tern_messages_refused_total{reason=\"relay_denied\"}"), 1.0);
+    assert_eq!(moved("tern_deliveries_total{result=\"delivered\",transport=\"local\"}"), 1.0);
+    // The nameserver does not answer: SPF could not be decided.
+    assert_eq!(moved("tern_auth_results_total{method=\"spf\",result=\"temperror\"}"), 1.0);
+    assert_eq!(moved("tern_auth_results_total{method=\"dkim\",result=\"none\"}"), 1.0);
+    assert_eq!(moved("tern_receive_latency_seconds_count{}"), 1.0);
+    assert_eq!(moved("tern_delivery_latency_seconds_count{}"), 1.0);
+    assert!(moved("tern_spool_commit_batch_size_count{}") >= 2.0, "the message and its result");
+    assert!(sample(&after, "tern_spool_bytes{}") > 0.0);
+    assert_eq!(sample(&after, &format!("tern_connections_active{{{listener}}}")), 0.0);
+    assert_eq!(sample(&after, "tern_queue_messages{state=\"queued\"}"), 0.0);
+    // SPF asked Tern's resolver for the TXT records of sender.test, in vain.
+    assert!(moved("tern_dns_lookups_total{result=\"error\",type=\"txt\"}") >= 1.0, "no DNS lookup counted");
+}
+
+#[test]
+fn metrics_may_be_public_and_count_the_queue() {
+    let t = Tern::start(&format!(
+        "{LOCAL_OPEN}\n[admin]\nlisten = \"127.0.0.1:0\"\nmetrics_public = true\n\n[relay.routes]\n\"a.test\" = \"127.0.0.1:{}\"\n",
+        free_port()
+    ));
+    send(&t, &["x@a.test", "y@a.test"]);
+    wait_total(&t, "state=deferred", 2);
+    assert_eq!(affected(&t, "POST", "/api/v1/queue/hold?sender=sender@localhost&older_than=0s"), 2);
+    let samples = scrape(&t, None);
+    assert_eq!(sample(&samples, "tern_queue_messages{state=\"held\"}"), 2.0);
+    assert_eq!(sample(&samples, "tern_deliveries_total{result=\"deferred\",transport=\"remote\"}"), 2.0);
+    assert!(sample(&samples, "tern_queue_oldest_seconds{}") >= 0.0);
+    assert_eq!(http(&t, "GET", "/api/v1/status", None).status, 401, "only the metrics are public");
 }

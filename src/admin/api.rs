@@ -1,6 +1,6 @@
 //! The HTTP routes: `/healthz` and `/readyz` for anyone, `/api/v1/…` with the bearer
-//! token, `/metrics` with it unless `metrics_public`. Every answer is JSON (the
-//! metrics excepted); every error is `{"error": "..."}`.
+//! token, `/metrics` (OpenMetrics text) with it unless `metrics_public`. Every other
+//! answer is JSON; every error is `{"error": "..."}`.
 
 use super::ops::{self, ApiError, Request};
 use super::token::Token;
@@ -21,6 +21,8 @@ use std::sync::Arc;
 pub struct App {
     pub ops: Arc<ops::State>,
     pub token: Token,
+    /// `/metrics` without the token.
+    pub metrics_public: bool,
 }
 
 type Shared = State<Arc<App>>;
@@ -35,10 +37,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/queue/{id}/{action}", post(act))
         .route("/api/v1/reload", post(reload))
         .route_layer(auth());
+    let metrics = Router::new().route("/metrics", get(metrics));
+    let metrics = if app.metrics_public { metrics } else { metrics.route_layer(auth()) };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api)
+        .merge(metrics)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(app)
 }
@@ -102,6 +107,16 @@ fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new().write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir)?;
     file.write_all(b"r")
+}
+
+/// Every series, the queue's gauges brought up to date first.
+async fn metrics(State(app): Shared) -> Response {
+    let queue = app.ops.queue.summary().await;
+    let oldest = queue.oldest_arrival.map_or(0, |arrival| (crate::queue::now() - arrival).max(0));
+    let metrics = crate::metrics::get();
+    metrics.set_queue(queue.queued, queue.deferred, queue.held, oldest);
+    let content_type = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    ([(header::CONTENT_TYPE, content_type)], metrics.encode()).into_response()
 }
 
 async fn status(State(app): Shared) -> Result<Json<serde_json::Value>, ApiError> {

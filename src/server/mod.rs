@@ -187,8 +187,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a clone of `alive`; when all are gone, `all_gone` returns.
     let (alive, mut all_gone) = mpsc::channel::<()>(1);
-    for (listener, mode) in listeners {
+    for ((listener, mode), configured) in listeners.into_iter().zip(&ctx.config.listen) {
         let (ctx, mut stop, alive) = (ctx.clone(), stop_rx.clone(), alive.clone());
+        let counters = Arc::new(crate::metrics::get().listener(&configured.addr.to_string()));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -198,9 +199,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
                             // everything after this (limits, relay networks, SPF, logs,
                             // Received) sees `a.b.c.d`.
                             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                            let (ctx, stop, alive) = (ctx.clone(), stop.clone(), alive.clone());
+                            let (ctx, stop, alive, counters) = (ctx.clone(), stop.clone(), alive.clone(), counters.clone());
                             tokio::spawn(async move {
-                                connection::handle(ctx, stream, peer, mode, stop).await;
+                                connection::handle(ctx, stream, peer, mode, stop, counters).await;
                                 drop(alive);
                             });
                         }
