@@ -1,4 +1,5 @@
-//! What the server counts, for Prometheus (`GET /metrics` on the admin listener).
+//! What the server counts, for Prometheus (`GET /metrics` on the admin listener). It
+//! uses nothing of Tern, so every layer (the spool too) may count into it.
 //!
 //! Every series is made when the process starts (or, per listener, when the server
 //! starts), with labels from small fixed sets: no address or queue id is ever a

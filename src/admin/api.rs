@@ -101,11 +101,25 @@ async fn readyz(State(app): Shared) -> Response {
     }
 }
 
-/// Writes a byte to a file without a name in `dir` (gone when closed).
+/// Writes a byte to a file without a name in `dir` (gone when closed); where the file
+/// system has no such files, to a named file removed at once.
 fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir)?;
+    let open = || {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).mode(0o600);
+        options
+    };
+    let mut file = match open().custom_flags(libc::O_TMPFILE).open(dir) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+            let path = dir.join(format!(".ready-{}", std::process::id()));
+            let file = open().create(true).truncate(true).open(&path);
+            let _ = std::fs::remove_file(&path);
+            file?
+        }
+        other => other?,
+    };
     file.write_all(b"r")
 }
 
