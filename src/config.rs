@@ -3,6 +3,7 @@
 //! Every key has a default, so an empty file is a valid configuration. Unknown keys are
 //! errors (a typo must never silently fall back to a default).
 
+mod admin;
 mod antispam;
 mod duration;
 mod lines;
@@ -10,6 +11,7 @@ mod locate;
 mod mail_auth;
 mod sendmail;
 
+pub use admin::Admin;
 pub use antispam::{Antispam, Greylisting};
 pub use lines::{key as path_key, line_of};
 pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
@@ -65,6 +67,11 @@ pub struct Config {
     pub spool: SpoolConfig,
     #[serde(default)]
     pub sendmail: Sendmail,
+    #[serde(default)]
+    pub admin: Admin,
+    /// The file this was read from (none for the embedded default), and when.
+    #[serde(skip)]
+    pub source: Option<(PathBuf, std::time::SystemTime)>,
 }
 
 /// How the spool lays out its files.
@@ -404,7 +411,9 @@ impl Config {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
-                Config::parse(&text, &p.display().to_string())
+                let mut config = Config::parse(&text, &p.display().to_string())?;
+                config.source = Some((p.to_path_buf(), std::time::SystemTime::now()));
+                Ok(config)
             }
         }
     }
@@ -510,6 +519,7 @@ impl Config {
                 }
             }
         }
+        self.admin.validate()?;
         Ok(())
     }
 
@@ -529,6 +539,11 @@ impl Config {
 
     pub fn users_file(&self) -> PathBuf {
         self.auth.users_file.clone().unwrap_or_else(|| self.data_dir.join("users.toml"))
+    }
+
+    /// The admin API's bearer token: `[admin] token_file`, or `<data_dir>/admin.token`.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin.token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
     }
 
     pub fn spool_dir(&self) -> PathBuf {

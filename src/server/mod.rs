@@ -12,6 +12,7 @@ mod routing;
 mod spill;
 pub mod tls;
 
+use crate::admin;
 use crate::config::{Config, ListenMode};
 use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::{Hop, Pool, RemoteConfig, TlsClient};
@@ -129,11 +130,23 @@ pub async fn serve(config: Config) -> Result<(), String> {
         Box::new(routing::PolicyRouter(policy.clone())),
     );
     let (queue, queue_task) = Queue::start(shared, pending);
-    let control = control::start(&config.data_dir, queue.clone())
+    let ops = Arc::new(admin::ops::State {
+        queue: queue.clone(),
+        store: Arc::new(spool.clone()),
+        started: (std::time::Instant::now(), std::time::SystemTime::now()),
+        listeners: listeners.iter().filter_map(|(l, mode)| Some((l.local_addr().ok()?, *mode))).collect(),
+        admin: Default::default(),
+        config_source: config.source.clone(),
+        data_dir: config.data_dir.clone(),
+        spool_dir: spool_dir.clone(),
+        ready: Default::default(),
+    });
+    let control = control::start(&config.data_dir, ops.clone())
         .map_err(|e| format!("cannot open control socket in {}: {e}", config.data_dir.display()))?;
     let submit_path = config.submit_socket();
     let submit = local_submit::bind(&submit_path, &config.data_dir)
         .map_err(|e| format!("cannot open the local submission socket {}: {e}", submit_path.display()))?;
+    let admin = admin::start(&config, ops.clone()).await?;
     let grace = config.limits.shutdown_grace;
     let limits = &config.limits;
     let rates = Rates::new(limits.rate_window, limits.max_messages_per_window, limits.max_recipients_per_window);
@@ -165,19 +178,22 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .iter()
         .map(|(l, mode)| format!("{} ({mode})", l.local_addr().map(|a| a.to_string()).unwrap_or_default()))
         .collect();
+    let admin_addr = admin.as_ref().map(|(addr, _)| *addr);
+    let admin_text = admin_addr.map_or("admin API off".to_string(), |a| format!("admin API on http://{a}"));
     println!(
-        "tern: listening on {}; mail for {} goes to {}; {recovered} queued message(s) recovered",
+        "tern: listening on {}; mail for {} goes to {}; {recovered} queued message(s) recovered; {admin_text}",
         addrs.join(", "),
         ctx.config.local.domains.join(", "),
         ctx.config.mail_root().display()
     );
-    tracing::info!(listen = %addrs.join(", "), recovered, "started");
+    tracing::info!(listen = %addrs.join(", "), admin = ?admin_addr, recovered, "started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a clone of `alive`; when all are gone, `all_gone` returns.
     let (alive, mut all_gone) = mpsc::channel::<()>(1);
-    for (listener, mode) in listeners {
+    for ((listener, mode), configured) in listeners.into_iter().zip(&ctx.config.listen) {
         let (ctx, mut stop, alive) = (ctx.clone(), stop_rx.clone(), alive.clone());
+        let counters = Arc::new(crate::metrics::get().listener(&configured.addr.to_string()));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -187,9 +203,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
                             // everything after this (limits, relay networks, SPF, logs,
                             // Received) sees `a.b.c.d`.
                             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                            let (ctx, stop, alive) = (ctx.clone(), stop.clone(), alive.clone());
+                            let (ctx, stop, alive, counters) = (ctx.clone(), stop.clone(), alive.clone(), counters.clone());
                             tokio::spawn(async move {
-                                connection::handle(ctx, stream, peer, mode, stop).await;
+                                connection::handle(ctx, stream, peer, mode, stop, counters).await;
                                 drop(alive);
                             });
                         }
@@ -202,6 +218,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     tokio::spawn(local_submit::serve(ctx.clone(), submit, stop_rx.clone(), alive.clone()));
     drop(alive);
+    ops.ready.store(true, std::sync::atomic::Ordering::Relaxed);
 
     loop {
         tokio::select! {
@@ -215,6 +232,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             }
         }
     }
+    ops.ready.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = stop_tx.send(true);
     if tokio::time::timeout(grace, all_gone.recv()).await.is_err() {
         tracing::warn!("sessions still open after the grace period; closing them");
@@ -224,6 +242,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!("deliveries still running after the grace period; they will be retried at next start");
     }
     control.abort();
+    if let Some((_, task)) = admin {
+        task.abort();
+    }
     let _ = std::fs::remove_file(ctx.config.data_dir.join(control::SOCKET_NAME));
     let _ = std::fs::remove_file(&submit_path);
     tracing::info!("stopped");
