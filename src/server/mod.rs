@@ -129,6 +129,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
         dns.clone(),
         Box::new(routing::PolicyRouter(policy.clone())),
     );
+    admin::trace::start(&config.data_dir, config.admin.trace_retention)
+        .map_err(|e| format!("cannot open the message trace in {}: {e}", config.data_dir.display()))?;
+    admin::activity::get().start();
     let (queue, queue_task) = Queue::start(shared, pending);
     let ops = Arc::new(admin::ops::State {
         queue: queue.clone(),
@@ -247,6 +250,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     let _ = std::fs::remove_file(ctx.config.data_dir.join(control::SOCKET_NAME));
     let _ = std::fs::remove_file(&submit_path);
+    crate::admin::trace::flush();
     tracing::info!("stopped");
     Ok(())
 }

@@ -128,6 +128,7 @@ async fn attempt(config: &RemoteConfig, hop: &Hop, addr: SocketAddr, job: &Job<'
         Some(conn) => conn,
         None => connect(config, hop, addr).await.map_err(conn_fail)?,
     };
+    crate::admin::trace::note_tls(conn.tls_level());
     let outcome = transaction::send(config, &mut conn, job).await.map_err(|e| conn_fail(e.0))?;
     // Only a connection between transactions is kept; one left in any other state
     // (say, a server still waiting for content) is closed by dropping it.
