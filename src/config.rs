@@ -5,9 +5,11 @@
 
 mod antispam;
 mod mail_auth;
+mod server;
 
 pub use antispam::{Antispam, Greylisting};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
+pub use server::Server;
 
 use crate::files::Access;
 use serde::Deserialize;
@@ -65,6 +67,8 @@ pub struct Config {
     pub antispam: Antispam,
     #[serde(default)]
     pub spool: SpoolConfig,
+    #[serde(default)]
+    pub server: Server,
 }
 
 /// How the spool lays out its files.
@@ -488,6 +492,7 @@ impl Config {
             crate::smtp::address::canonical_domain(zone)
                 .ok_or_else(|| format!("antispam: {zone:?} is not a DNS zone"))?;
         }
+        self.server.validate()?;
         Ok(())
     }
 

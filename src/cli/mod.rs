@@ -54,6 +54,8 @@ enum Command {
         #[command(subcommand)]
         command: DnsCommand,
     },
+    /// Make the running server read its configuration file again.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -174,7 +176,8 @@ pub fn main() -> ExitCode {
         Err(code) => return code,
     };
     match cli.command {
-        Command::Serve { log_format } => serve(config, log_format),
+        Command::Serve { log_format } => serve(config, cli.config, log_format),
+        Command::Reload => queue::control(&config, "reload"),
         Command::Config { command: ConfigCommand::Check } => {
             let origin = cli.config.as_ref().map_or("embedded default".to_string(), |p| p.display().to_string());
             // The DKIM keys are read as `serve` reads them, so a bad key shows up here.
@@ -212,12 +215,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config, log_format: LogFormat) -> ExitCode {
+fn serve(config: Config, origin: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
     init_logging(log_format);
     // A full disk or a file size limit must surface as a write error, not kill the server.
+    // A SIGHUP before the server catches it must not kill it either.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     raise_open_file_limit();
     let failed = |e: String| {
@@ -229,11 +234,17 @@ fn serve(config: Config, log_format: LogFormat) -> ExitCode {
         Ok(lock) => lock,
         Err(e) => return failed(e),
     };
+    // Whatever may need root happens before privileges are dropped, and the runtime's
+    // threads start only after.
+    let prepared = match crate::server::privileges::start_as_user(&config) {
+        Ok(prepared) => prepared,
+        Err(e) => return failed(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return failed(format!("cannot start runtime: {e}")),
     };
-    let code = match runtime.block_on(crate::server::serve(config)) {
+    let code = match runtime.block_on(crate::server::serve(config, origin, prepared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failed(e),
     };

@@ -1,7 +1,8 @@
-//! The control socket (`<data_dir>/control.sock`) through which `tern queue flush`
-//! and `tern queue delete` reach the running server. One request line, one answer
-//! line: `flush [ID]`, `delete ID [bounce]` → `ok …` or `error …`.
+//! The control socket (`<data_dir>/control.sock`) through which `tern queue flush`,
+//! `tern queue delete` and `tern reload` reach the running server. One request line,
+//! one answer line: `flush [ID]`, `delete ID [bounce]`, `reload` → `ok …` or `error …`.
 
+use super::reload::{Live, reload};
 use crate::queue::Queue;
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -10,11 +11,11 @@ use tokio::net::UnixListener;
 pub const SOCKET_NAME: &str = "control.sock";
 
 /// Listens on the control socket until the task is dropped.
-pub fn start(data_dir: &Path, queue: Queue) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn start(data_dir: &Path, queue: Queue, live: Live) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = bind_private(data_dir)?;
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let queue = queue.clone();
+            let (queue, live) = (queue.clone(), live.clone());
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
@@ -22,7 +23,7 @@ pub fn start(data_dir: &Path, queue: Queue) -> std::io::Result<tokio::task::Join
                 if reader.read_line(&mut line).await.is_err() {
                     return;
                 }
-                let answer = answer(&queue, line.trim()).await;
+                let answer = answer(&queue, &live, line.trim()).await;
                 let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
             });
         }
@@ -46,7 +47,7 @@ fn bind_private(data_dir: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn answer(queue: &Queue, request: &str) -> String {
+async fn answer(queue: &Queue, live: &Live, request: &str) -> String {
     let words: Vec<&str> = request.split_whitespace().collect();
     match words.as_slice() {
         ["flush"] => format!("ok {} message(s) scheduled for immediate delivery", queue.flush(None).await),
@@ -57,6 +58,10 @@ async fn answer(queue: &Queue, request: &str) -> String {
         ["delete", id] | ["delete", id, "bounce"] => match queue.delete(id.to_string(), words.len() == 3).await {
             Ok(()) => format!("ok {id} deleted"),
             Err(e) => format!("error {e}"),
+        },
+        ["reload"] => match reload(live).await {
+            Ok(summary) => format!("ok {summary}"),
+            Err(e) => format!("error {}", e.to_string().replace('\n', " ")),
         },
         _ => "error unknown request".into(),
     }
