@@ -162,6 +162,10 @@ async fn accept_loop(
 ) {
     loop {
         tokio::select! {
+            // A closed or stopping listener accepts nothing more, even when a client waits.
+            biased;
+            _ = &mut closed => break,
+            _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // An IPv4 client of a dual-stack listener is `::ffff:a.b.c.d`;
@@ -177,8 +181,6 @@ async fn accept_loop(
                 }
                 Err(e) => accept_failed(&e).await,
             },
-            _ = stop.changed() => break,
-            _ = &mut closed => break,
         }
     }
 }
