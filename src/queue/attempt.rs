@@ -53,7 +53,7 @@ pub async fn run(
     progress: Progress,
 ) -> Finished {
     crate::fault::point("attempt");
-    let clock = Clock::start(stored.envelope.arrival);
+    let clock = Clock::start(stored.envelope.arrival, &stored.envelope.id);
     let settings = shared.settings();
     let id = stored.envelope.id.clone();
     let content = match content {

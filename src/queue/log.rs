@@ -13,12 +13,18 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// Starts the clock of an attempt on a message that arrived at `arrival` (Unix
-    /// seconds, so the wait is counted from the start of that second).
-    pub fn start(arrival: i64) -> Clock {
+    /// Starts the clock of an attempt on the message `id` that arrived at `arrival`
+    /// (Unix seconds). A spool id is the arrival time in microseconds, in hex; when it
+    /// agrees with `arrival` it gives the finer time.
+    pub fn start(arrival: i64, id: &str) -> Clock {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let waited = now.saturating_sub(Duration::from_secs(arrival.max(0) as u64));
-        Clock { started: Instant::now(), waited }
+        let second = Duration::from_secs(arrival.max(0) as u64);
+        let arrived = u64::from_str_radix(id, 16)
+            .ok()
+            .map(Duration::from_micros)
+            .filter(|at| *at >= second && *at < second + Duration::from_secs(1))
+            .unwrap_or(second);
+        Clock { started: Instant::now(), waited: now.saturating_sub(arrived) }
     }
 }
 
@@ -50,6 +56,17 @@ mod tests {
         assert_eq!(seconds(Duration::from_secs(3)), "3");
         assert_eq!(seconds(Duration::from_millis(1)), "0");
         assert_eq!(seconds(Duration::from_millis(1500)), "1.5");
+    }
+
+    #[test]
+    fn the_id_gives_the_arrival_to_the_microsecond() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let id = format!("{:016X}", now.as_micros() - 250_000);
+        let clock = Clock::start((now.as_secs_f64() - 0.25) as i64, &id);
+        assert!((0.24..0.5).contains(&clock.waited.as_secs_f64()), "{:?}", clock.waited);
+        // An id that does not agree with the arrival second is not used.
+        let clock = Clock::start(now.as_secs() as i64 - 10, "0000000000000001");
+        assert!(clock.waited.as_secs() >= 10, "{:?}", clock.waited);
     }
 
     #[test]
