@@ -4,11 +4,18 @@
 //! errors (a typo must never silently fall back to a default).
 
 mod antispam;
+mod duration;
+mod lines;
+mod locate;
 mod mail_auth;
+mod sendmail;
 mod server;
 
 pub use antispam::{Antispam, Greylisting};
+pub use lines::{key as path_key, line_of};
+pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
+pub use sendmail::{SUBMIT_SOCKET, Sendmail};
 pub use server::Server;
 
 use crate::files::Access;
@@ -19,18 +26,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The configuration used when `--config` is not given: a working local mail server.
-pub const EMBEDDED_DEFAULT: &str = r#"
-data_dir = "./tern-data"
-
-[[listen]]
-addr = "127.0.0.1:2525"
-mode = "smtp"
-
-[local]
-domains = ["localhost", "localhost.localdomain"]
-accept_unknown = true
-"#;
+/// The configuration used when no file is given: a working local mail server, written
+/// as a commented file to start from (`tern config default`).
+pub const EMBEDDED_DEFAULT: &str = include_str!("config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +65,8 @@ pub struct Config {
     pub antispam: Antispam,
     #[serde(default)]
     pub spool: SpoolConfig,
+    #[serde(default)]
+    pub sendmail: Sendmail,
     #[serde(default)]
     pub server: Server,
 }
@@ -417,7 +417,7 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid { path: origin.to_string(), message };
         let config: Config = toml::from_str(text).map_err(|e| invalid(describe_toml_error(text, &e)))?;
-        config.validate().map_err(invalid)?;
+        config.validate().map_err(|message| invalid(with_line(text, message)))?;
         Ok(config)
     }
 
@@ -436,12 +436,13 @@ impl Config {
                 .ok_or_else(|| format!("local.domains: {d:?} is not a domain name"))?;
         }
         for (from, to) in &self.local.aliases {
-            check_address("local.aliases", from)?;
+            let key = format!("local.aliases.{}", path_key(from));
+            check_address(&key, from)?;
             if to.is_empty() {
-                return Err(format!("local.aliases: {from:?} expands to nothing"));
+                return Err(format!("{key}: expands to nothing"));
             }
             for t in to {
-                check_address("local.aliases", t)?;
+                check_address(&key, t)?;
             }
         }
         for u in &self.local.users {
@@ -458,9 +459,10 @@ impl Config {
             return Err("queue.retry: at least one interval is needed".into());
         }
         for (domain, hop) in &self.relay.routes {
+            let key = format!("relay.routes.{}", path_key(domain));
             crate::smtp::address::canonical_domain(domain)
-                .ok_or_else(|| format!("relay.routes: {domain:?} is not a domain name"))?;
-            check_host_port("relay.routes", hop)?;
+                .ok_or_else(|| format!("{key}: {domain:?} is not a domain name"))?;
+            check_host_port(&key, hop)?;
         }
         if let Some(hop) = &self.relay.smarthost {
             check_host_port("relay.smarthost", hop)?;
@@ -477,22 +479,42 @@ impl Config {
         if self.spool.segment_size < 4096 {
             return Err("spool.segment_size: must be at least 4096 bytes".into());
         }
-        for key in &self.dkim {
+        for (i, key) in self.dkim.iter().enumerate() {
             crate::smtp::address::canonical_domain(&key.domain)
-                .ok_or_else(|| format!("dkim: domain {:?} is not a domain name", key.domain))?;
+                .ok_or_else(|| format!("dkim[{i}].domain: {:?} is not a domain name", key.domain))?;
             if key.selector.is_empty() || crate::smtp::address::canonical_domain(&key.selector).is_none() {
-                return Err(format!("dkim: selector {:?} is not a DNS label", key.selector));
+                return Err(format!("dkim[{i}].selector: {:?} is not a DNS label", key.selector));
             }
         }
         for sealer in &self.auth_checks.trusted_arc_sealers {
             crate::smtp::address::canonical_domain(sealer)
                 .ok_or_else(|| format!("auth_checks.trusted_arc_sealers: {sealer:?} is not a domain name"))?;
         }
-        for zone in self.antispam.dnsbl.iter().chain(&self.antispam.dnswl) {
-            crate::smtp::address::canonical_domain(zone)
-                .ok_or_else(|| format!("antispam: {zone:?} is not a DNS zone"))?;
+        for (key, zones) in [("antispam.dnsbl", &self.antispam.dnsbl), ("antispam.dnswl", &self.antispam.dnswl)] {
+            for zone in zones {
+                crate::smtp::address::canonical_domain(zone)
+                    .ok_or_else(|| format!("{key}: {zone:?} is not a DNS zone"))?;
+            }
         }
+        self.check_listeners()?;
         self.server.validate()?;
+        Ok(())
+    }
+
+    /// Two listeners on one address cannot both bind: the same address and port, or
+    /// a wildcard and another address of its family on the same port (an IPv6
+    /// wildcard beside IPv4 listeners takes IPv6 only, so it binds).
+    fn check_listeners(&self) -> Result<(), String> {
+        for (i, a) in self.listen.iter().enumerate() {
+            for (j, b) in self.listen.iter().enumerate().take(i) {
+                let (a, b) = (a.addr, b.addr);
+                let family = a.is_ipv4() == b.is_ipv4();
+                let overlap = a.ip() == b.ip() || (family && (a.ip().is_unspecified() || b.ip().is_unspecified()));
+                if a.port() != 0 && a.port() == b.port() && overlap {
+                    return Err(format!("listen[{i}].addr: {a} is taken by listen[{j}] ({b})"));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -542,27 +564,41 @@ fn check_address(key: &str, addr: &str) -> Result<(), String> {
         .map_err(|e| format!("{key}: {addr:?} is not an address ({e})"))
 }
 
-/// Turns a TOML error into "line N: message", naming the offending key.
+/// Turns a TOML error into "line N: key.path: message", naming the offending key.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().to_string();
     match e.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
             let snippet = text[span.clone()].lines().next().unwrap_or("").trim();
-            format!("line {line}: {message} (at `{snippet}`)")
+            let key = lines::path_at(text, span.start).map(|p| format!("{p}: ")).unwrap_or_default();
+            format!("line {line}: {key}{message} (at `{snippet}`)")
         }
         None => message,
     }
 }
 
-/// Serde adapters for durations written like "5m" or "30s".
+/// `key.path: message` as `line N: key.path: message` when the text has the key.
+fn with_line(text: &str, message: String) -> String {
+    let mut quoted = false;
+    let end = message.char_indices().find(|&(i, c)| {
+        quoted ^= c == '"';
+        !quoted && message[i..].starts_with(": ")
+    });
+    match end.and_then(|(i, _)| line_of(text, &message[..i])) {
+        Some(line) => format!("line {line}: {message}"),
+        None => message,
+    }
+}
+
+/// Serde adapters for durations written like "5m" or "30s" (see `duration`).
 pub(crate) mod humantime_serde {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        super::duration::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -572,7 +608,7 @@ mod humantime_serde_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Some).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        super::duration::parse(&s).map(Some).map_err(serde::de::Error::custom)
     }
 }
 
@@ -583,7 +619,7 @@ mod humantime_serde_vec {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
-            .map(|s| humantime::parse_duration(s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))))
+            .map(|s| super::duration::parse(s).map_err(serde::de::Error::custom))
             .collect()
     }
 }
@@ -637,6 +673,22 @@ mod tests {
         let c = Config::parse("[outbound]\ngreeting_timeout = \"90s\"\n", "t").unwrap();
         assert_eq!(c.outbound.greeting_timeout, Duration::from_secs(90));
         assert!(Config::parse("[outbound]\ngreeting_timeout = \"never\"\n", "t").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_full_key_and_its_line() {
+        let err = |text: &str| Config::parse(text, "t").unwrap_err().to_string();
+        let e = err("[local]\ndomains = [\"y.test\"]\n\n[local.aliases]\n\"x@y.test\" = []\n");
+        assert!(e.contains("line 5: local.aliases.\"x@y.test\": expands to nothing"), "{e}");
+        let e = err("[[listen]]\naddr = \"0.0.0.0:25\"\n[[listen]]\naddr = \"127.0.0.1:25\"\n");
+        assert!(e.contains("line 4: listen[1].addr: 127.0.0.1:25 is taken by listen[0]"), "{e}");
+        let e = err("[limits]\ncommand_timeout = \"5M\"\n");
+        assert!(e.contains("line 2: limits.command_timeout: \"5M\" is not a duration"), "{e}");
+        assert!(e.contains("s (seconds)"), "{e}");
+        let e = err("[[dkim]]\ndomain = \"a.test\"\nselector = \"\"\nkey = \"k\"\n");
+        assert!(e.contains("line 3: dkim[0].selector:"), "{e}");
+        // An IPv6 wildcard beside IPv4 listeners binds (IPV6_V6ONLY).
+        assert!(Config::parse("[[listen]]\naddr = \"0.0.0.0:25\"\n[[listen]]\naddr = \"[::]:25\"\n", "t").is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod fault;
 pub mod files;
 pub mod log_limit;
 pub mod net;
+pub mod passwd;
 pub mod policy;
 pub mod queue;
 pub mod server;

@@ -108,10 +108,6 @@ fn config_check_on_a_missing_file_fails() {
 
 #[test]
 fn queue_list_on_an_empty_spool() {
-    let t = Tern::new_stopped(LOCAL_OPEN, &[]);
-    let out = t.queue_list();
-    out.assert_success("tern queue list (never started)");
-    assert!(out.all().to_lowercase().contains("empty"), "expected an 'empty' line: {}", out.all());
     let mut t = Tern::start(LOCAL_OPEN);
     let out = t.queue_list();
     out.assert_success("tern queue list (running)");
@@ -120,6 +116,21 @@ fn queue_list_on_an_empty_spool() {
     let out = t.queue_list();
     out.assert_success("tern queue list (stopped)");
     assert!(out.all().to_lowercase().contains("empty"), "{}", out.all());
+}
+
+/// A data directory that is not there is no empty queue: most likely the wrong
+/// configuration.
+#[test]
+fn queue_list_on_a_missing_data_dir_says_so() {
+    let t = Tern::new_stopped(LOCAL_OPEN, &[]);
+    let out = t.queue_list();
+    assert!(!out.success(), "{}", out.all());
+    assert!(
+        out.stderr.contains("does not exist") && out.stderr.contains(&t.data_dir.display().to_string()),
+        "{}",
+        out.all()
+    );
+    assert!(!out.all().contains("empty"), "{}", out.all());
 }
 
 #[test]
@@ -173,8 +184,16 @@ fn serve_without_config_uses_embedded_defaults() {
     }
     let dir = tempfile::tempdir().unwrap();
     let log = fs::File::create(dir.path().join("stderr.log")).unwrap();
-    let mut child = Command::new(TERN_BIN)
-        .arg("serve")
+    let mut serve = Command::new(TERN_BIN);
+    serve.arg("serve").env_remove("TERN_CONFIG");
+    // An installed server's file would be read instead of the embedded default; the
+    // embedded default as `tern config default` prints it stands in then.
+    if std::path::Path::new("/etc/tern/tern.toml").exists() {
+        let default = tern(&["config", "default"], dir.path());
+        fs::write(dir.path().join("default.toml"), &default.stdout).unwrap();
+        serve.env("TERN_CONFIG", dir.path().join("default.toml"));
+    }
+    let mut child = serve
         .current_dir(dir.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -252,7 +271,19 @@ fn config_check_reads_the_dkim_keys() {
     let missing = check();
     assert!(!missing.success() && missing.all().contains("a.pem"), "missing key accepted: {}", missing.all());
     let made = tern(
-        &["dkim", "keygen", "a.test", "--selector", "s1", "--algorithm", "rsa", "--out", key.to_str().unwrap()],
+        &[
+            "dkim",
+            "keygen",
+            "a.test",
+            "--selector",
+            "s1",
+            "--algorithm",
+            "rsa",
+            "--out",
+            key.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
         dir.path(),
     );
     made.assert_success("tern dkim keygen");
@@ -260,4 +291,226 @@ fn config_check_reads_the_dkim_keys() {
     assert!(!wrong.success() && wrong.all().contains("ed25519"), "an RSA key passed as Ed25519: {}", wrong.all());
     fs::write(&cfg, config.replace("ed25519-sha256", "rsa-sha256")).unwrap();
     check().assert_success("tern config check with an RSA key");
+}
+
+/// `tern config check --config FILE` on `text` written to a file in `dir`.
+fn check_text(dir: &std::path::Path, name: &str, text: &str) -> Out {
+    let cfg = dir.join(name);
+    fs::write(&cfg, text).unwrap();
+    tern(&["config", "check", "--config", cfg.to_str().unwrap()], dir)
+}
+
+#[test]
+fn config_default_is_the_embedded_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tern(&["config", "default"], dir.path());
+    out.assert_success("tern config default");
+    assert!(out.stdout.lines().filter(|l| l.starts_with('#')).count() > 50, "not commented: {}", out.stdout);
+    let printed = tern::config::Config::parse(&out.stdout, "printed").expect("the printed default parses");
+    let embedded = tern::config::Config::load(None).unwrap();
+    assert_eq!(format!("{printed:?}"), format!("{embedded:?}"));
+    let _ = check_text(dir.path(), "default.toml", &out.stdout);
+}
+
+#[test]
+fn without_config_the_environment_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let from_env = dir.path().join("env.toml");
+    fs::write(&from_env, format!("data_dir = \"{}\"\n", dir.path().join("env-data").display())).unwrap();
+    let flagged = dir.path().join("flag.toml");
+    fs::write(&flagged, format!("data_dir = \"{}\"\n", dir.path().join("flag-data").display())).unwrap();
+    let run_with_env = |args: &[&str]| {
+        let mut cmd = Command::new(TERN_BIN);
+        cmd.args(args).env("TERN_CONFIG", &from_env).current_dir(dir.path());
+        run(cmd, CLIENT_TIMEOUT)
+    };
+    let out = run_with_env(&["config", "check"]);
+    out.assert_success("config check from $TERN_CONFIG");
+    assert!(out.stdout.contains(&format!("{} (from $TERN_CONFIG)", from_env.display())), "{}", out.all());
+    let out = run_with_env(&["config", "check", "--config", flagged.to_str().unwrap()]);
+    assert!(out.stdout.starts_with(&format!("{}:", flagged.display())), "--config comes first: {}", out.all());
+    // Scripting commands stay quiet about it, and use it.
+    let out = run_with_env(&["queue", "list"]);
+    assert!(out.stderr.contains("env-data"), "{}", out.all());
+    let mut cmd = Command::new(TERN_BIN);
+    cmd.args(["config", "check"]).env("TERN_CONFIG", dir.path().join("missing.toml")).current_dir(dir.path());
+    let out = run(cmd, CLIENT_TIMEOUT);
+    assert!(!out.success() && out.stderr.contains("missing.toml"), "a missing $TERN_CONFIG is an error: {}", out.all());
+}
+
+#[test]
+fn config_check_finds_what_serve_would_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    fs::write(&file, "").unwrap();
+    let text = format!(
+        "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        file.join("data").display(),
+        dir.path().join("missing-cert.pem").display(),
+        dir.path().join("missing-key.pem").display()
+    );
+    let out = check_text(dir.path(), "bad.toml", &text);
+    assert_eq!(out.code(), Some(2), "{}", out.all());
+    assert!(out.stderr.contains("line 5: tls.cert: ") && out.stderr.contains("missing-cert.pem"), "{}", out.stderr);
+    assert!(out.stderr.contains("line 2: data_dir: ") && out.stderr.contains("not a directory"), "{}", out.stderr);
+    let text =
+        "[[listen]]\naddr = \"127.0.0.1:2525\"\n\n[[listen]]\naddr = \"127.0.0.1:2525\"\nmode = \"submission\"\n";
+    let out = check_text(dir.path(), "twice.toml", text);
+    assert_eq!(out.code(), Some(2), "{}", out.all());
+    assert!(out.stderr.contains("line 5: listen[1].addr: 127.0.0.1:2525 is taken by listen[0]"), "{}", out.stderr);
+}
+
+#[test]
+fn config_check_warns_about_likely_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "data_dir = \"{}\"\n\n[local]\ndomains = [\"example.test\"]\nusers = [\"alice@example.test\"]\n\n[local.aliases]\n\
+         \"team@example.test\" = [\"alice@example.test\", \"bob@example.test\", \"carol@elsewhere.test\"]\n\n\
+         [relay]\nnetworks = [\"127.0.0.0/8\", \"0.0.0.0/0\", \"::/0\"]\n\n[limits]\nmax_connections = 0\n",
+        dir.path().join("data").display()
+    );
+    let out = check_text(dir.path(), "warn.toml", &text);
+    out.assert_success("config check with warnings only");
+    let e = &out.stderr;
+    assert!(e.contains("line 8: local.aliases.\"team@example.test\": bob@example.test does not exist"), "{e}");
+    assert!(!e.contains("alice@example.test does not exist") && !e.contains("carol@"), "{e}");
+    assert!(e.contains("line 11: relay.networks: 0.0.0.0/0") && e.contains("::/0") && e.contains("open relay"), "{e}");
+    assert!(e.contains("line 14: limits.max_connections: 0 refuses every connection"), "{e}");
+    assert_eq!(e.matches("warning").count(), 4, "{e}");
+}
+
+#[test]
+fn durations_take_only_seconds_to_weeks() {
+    let dir = tempfile::tempdir().unwrap();
+    for (value, key, line) in
+        [("5M", "limits.command_timeout", 2), ("10y", "queue.max_age", 2), ("5 minutes", "auth.ban_time", 3)]
+    {
+        let (table, name) = key.split_once('.').unwrap();
+        let text = format!("[{table}]\n{}{name} = \"{value}\"\n", if line == 3 { "max_failures = 3\n" } else { "" });
+        let out = check_text(dir.path(), "d.toml", &text);
+        assert_eq!(out.code(), Some(2), "{value:?} accepted: {}", out.all());
+        let e = &out.stderr;
+        assert!(e.contains(&format!("line {line}: {key}: \"{value}\" is not a duration")), "{e}");
+        assert!(e.contains("s (seconds), m (minutes), h (hours), d (days) or w (weeks)"), "{e}");
+    }
+    check_text(dir.path(), "ok.toml", "[queue]\nmax_age = \"2w\"\nretry = [\"90s\", \"1h30m\", \"1d\"]\n")
+        .assert_success("s, m, h, d and w");
+}
+
+#[test]
+fn user_list_and_add() {
+    let t = Tern::new_stopped("\n[local]\ndomains = [\"example.test\"]\n", &[]);
+    let out = t.tern_cmd(&["user", "add", "alice@example.test"]);
+    assert!(!out.success() && out.stderr.contains("no terminal: use --password-stdin"), "{}", out.all());
+    let out = t.tern_cmd_with_input(&["user", "add", "eve@elsewhere.test", "--password-stdin"], Some(b"pw\n"));
+    assert!(!out.success() && out.stderr.contains("elsewhere.test is not a local domain"), "{}", out.all());
+    for who in ["bob@example.test", "Alice@Example.TEST"] {
+        t.tern_cmd_with_input(&["user", "add", who, "--password-stdin"], Some(b"s3cret\n")).assert_success("user add");
+    }
+    let out = t.tern_cmd(&["user", "list"]);
+    out.assert_success("user list");
+    assert_eq!(out.stdout, "alice@example.test\nbob@example.test\n");
+    assert!(!fs::read_to_string(t.data_dir.join("users.toml")).unwrap().contains("s3cret"));
+}
+
+#[test]
+fn a_fatal_start_error_is_printed_once() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tern.toml");
+    let text =
+        format!("data_dir = \"{}\"\n[[listen]]\naddr = \"127.0.0.1:{port}\"\n", dir.path().join("data").display());
+    fs::write(&cfg, text).unwrap();
+    let out = tern(&["serve", "--config", cfg.to_str().unwrap()], dir.path());
+    assert!(!out.timed_out && !out.success(), "{}", out.all());
+    assert_eq!(out.all().matches("cannot listen on").count(), 1, "{}", out.all());
+    assert_eq!(out.stderr.matches(&format!("configuration: {}", cfg.display())).count(), 1, "{}", out.stderr);
+}
+
+/// `tern quickstart` in a temporary directory: the file passes `config check`, and a
+/// server started on it (on loopback ports) takes the user's password.
+#[test]
+fn quickstart_writes_a_config_that_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    let data = dir.path().join("data");
+    let args = ["quickstart", "alice@example.test", "--hostname", "mail.example.test", "--dir", etc.to_str().unwrap()];
+    let out = tern(&[&args[..], &["--data-dir", data.to_str().unwrap()]].concat(), dir.path());
+    out.assert_success("tern quickstart");
+    let said = &out.stdout;
+    for record in [
+        "example.test. IN MX 10 mail.example.test.",
+        "example.test. IN TXT \"v=spf1 mx -all\"",
+        "mail.example.test. IN TXT \"v=spf1 a -all\"",
+        "._domainkey.example.test. IN TXT ( \"v=DKIM1; k=rsa; \" \"p=",
+        "_dmarc.example.test. IN TXT \"v=DMARC1; p=quarantine",
+        "systemctl daemon-reload && systemctl enable --now tern",
+    ] {
+        assert!(said.contains(record), "{record:?} missing:\n{said}");
+    }
+    let password = said.lines().skip_while(|l| !l.contains("with the password")).nth(2).unwrap().trim().to_string();
+    assert!(password.len() >= 16, "{said}");
+    let cfg = etc.join("tern.toml");
+    tern(&["config", "check", "--config", cfg.to_str().unwrap()], dir.path()).assert_success("config check");
+    let users = fs::read_to_string(data.join("users.toml")).unwrap();
+    assert!(users.contains("\"alice@example.test\" = \"$argon2id$") && !users.contains(&password), "{users}");
+    // Never twice over the same file.
+    let again = tern(&[&args[..], &["--data-dir", data.to_str().unwrap()]].concat(), dir.path());
+    assert!(!again.success() && again.stderr.contains("exists already"), "{}", again.all());
+
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut text = fs::read_to_string(&cfg).unwrap();
+    for (public, port) in [25, 587, 465].iter().zip(&ports) {
+        text = text.replace(&format!("\"0.0.0.0:{public}\""), &format!("\"127.0.0.1:{port}\""));
+    }
+    fs::write(&cfg, format!("{text}\n{}", loopback_only(free_port()))).unwrap();
+    let log = fs::File::create(dir.path().join("serve.log")).unwrap();
+    let child = Command::new(TERN_BIN)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Reap(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", ports[1])).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{}", fs::read_to_string(dir.path().join("serve.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", {port}, timeout=30)
+s.starttls(context=ctx)
+s.login("alice@example.test", {password:?})
+s.sendmail("alice@example.test", ["postmaster@example.test"], "From: alice@example.test\r\nSubject: hi\r\n\r\nhello\r\n")
+s.quit()
+"#,
+        port = ports[1]
+    );
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).current_dir(dir.path());
+    run(cmd, CLIENT_TIMEOUT).assert_success("login with the quickstart password");
+    // postmaster is an alias of the user; the message was signed with the new key.
+    let new = data.join("mail/example.test/alice/new");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while list_files(&new).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{}", fs::read_to_string(dir.path().join("serve.log")).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mail = fs::read_to_string(&list_files(&new)[0]).unwrap();
+    assert!(mail.contains("DKIM-Signature:") && mail.contains("d=example.test"), "{mail}");
 }

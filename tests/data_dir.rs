@@ -117,6 +117,7 @@ fn everything_is_private_under(umask: u32) {
     for made in [
         "lock",
         "control.sock",
+        "submit.sock",
         "spool",
         "tls/self-signed.key",
         "tls/self-signed.crt",

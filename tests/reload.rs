@@ -113,6 +113,7 @@ fn a_new_dkim_key_signs_after_reload_and_a_missing_one_changes_nothing() {
     edit_config(&t, &k2, &missing);
     let line = sighup(&t, false);
     assert!(line.contains("missing.pem"), "the error names the key file: {line}");
+    assert!(line.contains(": dkim: ") && line.contains(": line "), "and the key and its line: {line}");
     send_signed(&t, "third");
     let all = t.wait_mail("a.test", "bob", 3);
     assert_eq!(all.iter().filter(|m| contains(m, b"s=s2;")).count(), 2, "the running key stays");

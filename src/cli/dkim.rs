@@ -20,18 +20,50 @@ pub fn keygen(
     algorithm: DkimAlgorithm,
     out: Option<PathBuf>,
 ) -> ExitCode {
-    let Some(domain) = canonical_domain(domain) else {
-        eprintln!("tern: {domain:?} is not a domain name");
-        return ExitCode::from(2);
+    let made = match make_key(config, domain, selector, algorithm, out) {
+        Ok(made) => made,
+        Err((code, e)) => {
+            eprintln!("tern: {e}");
+            return code;
+        }
     };
+    println!("{}", made.zone_line);
+    let key_value = toml::Value::String(made.path.display().to_string());
+    eprintln!(
+        "Wrote the private key to {} (mode 0600).\n\
+         Publish the TXT record printed above, then add this to the configuration:\n\n\
+         [[dkim]]\ndomain = \"{}\"\nselector = \"{}\"\nkey = {key_value}\nalgorithm = \"{}\"",
+        made.path.display(),
+        made.domain,
+        made.selector,
+        algorithm.name()
+    );
+    ExitCode::SUCCESS
+}
+
+/// A new key, written.
+pub(super) struct NewKey {
+    pub domain: String,
+    pub selector: String,
+    /// Where it was written, made absolute.
+    pub path: PathBuf,
+    /// The TXT record that publishes it, as a zone-file line.
+    pub zone_line: String,
+}
+
+/// Makes a key and writes it (mode 0600) to `out` or `<data_dir>/dkim/DOMAIN.SELECTOR.pem`.
+pub(super) fn make_key(
+    config: &Config,
+    domain: &str,
+    selector: Option<&str>,
+    algorithm: DkimAlgorithm,
+    out: Option<PathBuf>,
+) -> Result<NewKey, (ExitCode, String)> {
+    let usage = |e: String| (ExitCode::from(2), e);
+    let failed = |e: String| (ExitCode::FAILURE, e);
+    let domain = canonical_domain(domain).ok_or_else(|| usage(format!("{domain:?} is not a domain name")))?;
     let selector = match selector {
-        Some(s) => match canonical_domain(s) {
-            Some(s) => s,
-            None => {
-                eprintln!("tern: selector {s:?} is not a DNS label");
-                return ExitCode::from(2);
-            }
-        },
+        Some(s) => canonical_domain(s).ok_or_else(|| usage(format!("selector {s:?} is not a DNS label")))?,
         None => format!("s{}", chrono::Utc::now().year()),
     };
     let path = match out {
@@ -39,44 +71,18 @@ pub fn keygen(
         None => {
             // The data directory as the server makes it.
             let dir = config.data_dir.join("dkim");
-            let made =
-                crate::files::create_data_dir(config).and_then(|()| crate::files::create_dir(&dir, Access::PRIVATE));
-            if let Err(e) = made {
-                eprintln!("tern: cannot create {}: {e}", dir.display());
-                return ExitCode::FAILURE;
-            }
+            crate::files::create_data_dir(config)
+                .and_then(|()| crate::files::create_dir(&dir, Access::PRIVATE))
+                .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
             dir.join(format!("{domain}.{selector}.pem"))
         }
     };
-    let key = match KeyFile::generate(algorithm) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("tern: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let record = match key.dns_record() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("tern: cannot publish the new key: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if let Err(e) = write_new(&path, key.to_pem().as_bytes()) {
-        eprintln!("tern: {e}");
-        return ExitCode::FAILURE;
-    }
-    println!("{}", dkim_zone_line(&format!("{selector}._domainkey.{domain}."), &record));
-    let shown = std::path::absolute(&path).unwrap_or(path);
-    let key_value = toml::Value::String(shown.display().to_string());
-    eprintln!(
-        "Wrote the private key to {} (mode 0600).\n\
-         Publish the TXT record printed above, then add this to the configuration:\n\n\
-         [[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nkey = {key_value}\nalgorithm = \"{}\"",
-        shown.display(),
-        algorithm.name()
-    );
-    ExitCode::SUCCESS
+    let key = KeyFile::generate(algorithm).map_err(failed)?;
+    let record = key.dns_record().map_err(|e| failed(format!("cannot publish the new key: {e}")))?;
+    write_new(&path, key.to_pem().as_bytes()).map_err(failed)?;
+    let zone_line = dkim_zone_line(&format!("{selector}._domainkey.{domain}."), &record);
+    let path = std::path::absolute(&path).unwrap_or(path);
+    Ok(NewKey { domain, selector, path, zone_line })
 }
 
 /// Writes `contents` to a file that must not exist yet, readable by its owner only

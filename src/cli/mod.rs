@@ -1,12 +1,16 @@
 //! The `tern` command line.
 
+mod check;
 mod dkim;
 mod dns;
+mod mailq;
 mod queue;
+mod quickstart;
+mod sendmail;
 mod spf;
 mod user;
 
-use crate::config::{Config, DkimAlgorithm};
+use crate::config::{Config, ConfigSource, DkimAlgorithm};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +18,8 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "tern", version, about = "Tern: a durable, fast SMTP mail transfer agent")]
 struct Cli {
-    /// Configuration file (TOML); without it the embedded default applies.
+    /// Configuration file (TOML); without it $TERN_CONFIG, else /etc/tern/tern.toml
+    /// when it exists, else the embedded default.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -53,6 +58,28 @@ enum Command {
     Dns {
         #[command(subcommand)]
         command: DnsCommand,
+    },
+    /// Write a complete configuration for ADDRESS's domain (listeners on 25, 587 and
+    /// 465, the user with a new password, a DKIM key) and print the DNS records to publish.
+    Quickstart {
+        address: String,
+        /// The server's host name (MX target, HELO); default the machine's full name, or
+        /// `mail.DOMAIN`.
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Where to write tern.toml.
+        #[arg(long, value_name = "DIR", default_value = "/etc/tern")]
+        dir: PathBuf,
+        /// The data directory the configuration names.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/tern")]
+        data_dir: PathBuf,
+    },
+    /// Send mail like sendmail(1), with Postfix's flags (`tern sendmail --help`); the
+    /// binary called `sendmail`, `mailq` or `newaliases` acts as this.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
     },
     /// Make the running server read its configuration file again.
     Reload,
@@ -113,12 +140,16 @@ enum UserCommand {
     },
     /// Remove a user.
     Del { address: String },
+    /// List the users (addresses only).
+    List,
 }
 
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate the configuration file and report the first error.
     Check,
+    /// Print the embedded default configuration, commented, to start a file from.
+    Default,
 }
 
 #[derive(Subcommand)]
@@ -162,36 +193,48 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+fn load(source: &ConfigSource) -> Result<Config, ExitCode> {
+    source.load().map_err(|e| {
         eprintln!("tern: {e}");
         ExitCode::from(2)
     })
 }
 
 pub fn main() -> ExitCode {
+    if let Some(code) = sendmail::by_program_name() {
+        return code;
+    }
     let cli = Cli::parse();
-    let config = match load(cli.config.as_deref()) {
+    if let Command::Sendmail { args } = &cli.command {
+        return sendmail::run(cli.config.as_deref(), args, None);
+    }
+    if let Command::Quickstart { address, hostname, dir, data_dir } = &cli.command {
+        let options = quickstart::Options {
+            address: address.clone(),
+            hostname: hostname.clone(),
+            dir: dir.clone(),
+            data_dir: data_dir.clone(),
+        };
+        return quickstart::quickstart(&options);
+    }
+    if let Command::Config { command: ConfigCommand::Default } = &cli.command {
+        print!("{}", crate::config::EMBEDDED_DEFAULT);
+        return ExitCode::SUCCESS;
+    }
+    let source = ConfigSource::find(cli.config.as_deref());
+    let config = match load(&source) {
         Ok(c) => c,
         Err(code) => return code,
     };
     match cli.command {
-        Command::Serve { log_format } => serve(config, cli.config, log_format),
+        Command::Serve { log_format } => serve(config, log_format, &source),
         Command::Reload => queue::control(&config, "reload"),
-        Command::Config { command: ConfigCommand::Check } => {
-            let origin = cli.config.as_ref().map_or("embedded default".to_string(), |p| p.display().to_string());
-            // The DKIM keys are read as `serve` reads them, so a bad key shows up here.
-            if let Err(e) = crate::policy::dkim::Signer::load(&config.dkim) {
-                eprintln!("tern: {origin}: {e}");
-                return ExitCode::from(2);
-            }
-            println!("{origin}: configuration is valid");
-            ExitCode::SUCCESS
-        }
+        Command::Config { command: ConfigCommand::Check } => check::check(&config, &source),
         Command::User { command } => match command {
             UserCommand::Add { address, password_stdin } => user::set(&config, &address, password_stdin, false),
             UserCommand::Passwd { address, password_stdin } => user::set(&config, &address, password_stdin, true),
             UserCommand::Del { address } => user::del(&config, &address),
+            UserCommand::List => user::list(&config),
         },
         Command::Queue { command } => match command {
             QueueCommand::List => queue::list(&config),
@@ -212,11 +255,15 @@ pub fn main() -> ExitCode {
         Command::Dns { command: DnsCommand::Spf { ip, mail_from, helo, stdin: _ } } => {
             spf::spf(&config, ip.map(|ip| (ip, mail_from, helo)))
         }
+        Command::Sendmail { .. } | Command::Quickstart { .. } | Command::Config { command: ConfigCommand::Default } => {
+            unreachable!("handled before the configuration is read")
+        }
     }
 }
 
-fn serve(config: Config, origin: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
+fn serve(config: Config, log_format: LogFormat, source: &ConfigSource) -> ExitCode {
     init_logging(log_format);
+    tracing::info!("configuration: {source}");
     // A full disk or a file size limit must surface as a write error, not kill the server.
     // A SIGHUP before the server catches it must not kill it either.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
@@ -225,8 +272,8 @@ fn serve(config: Config, origin: Option<PathBuf>, log_format: LogFormat) -> Exit
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     raise_open_file_limit();
+    // Logging is set up: the log line is the one place a fatal error is shown.
     let failed = |e: String| {
-        eprintln!("tern: {e}");
         tracing::error!("{e}");
         ExitCode::FAILURE
     };
@@ -244,7 +291,7 @@ fn serve(config: Config, origin: Option<PathBuf>, log_format: LogFormat) -> Exit
         Ok(rt) => rt,
         Err(e) => return failed(format!("cannot start runtime: {e}")),
     };
-    let code = match runtime.block_on(crate::server::serve(config, origin, prepared)) {
+    let code = match runtime.block_on(crate::server::serve(config, source.path().map(PathBuf::from), prepared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failed(e),
     };

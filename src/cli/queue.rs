@@ -22,7 +22,16 @@ fn describe(state: &RcptState) -> String {
     }
 }
 
-fn scan(config: &Config) -> Result<Vec<spool::Stored>, ExitCode> {
+pub(super) fn scan(config: &Config) -> Result<Vec<spool::Stored>, ExitCode> {
+    // An empty queue is a claim about a server's spool: without its data directory
+    // there is none (most likely the wrong configuration).
+    if !config.data_dir.is_dir() {
+        eprintln!(
+            "tern: data directory {} does not exist: no server has run with this configuration",
+            config.data_dir.display()
+        );
+        return Err(ExitCode::FAILURE);
+    }
     spool::scan(&config.spool_dir()).map_err(|e| {
         eprintln!("tern: cannot read spool {}: {e}", config.spool_dir().display());
         ExitCode::FAILURE

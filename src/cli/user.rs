@@ -1,9 +1,9 @@
-//! `tern user add|passwd|del`: edits the users file (atomically); a running server
-//! notices the change by itself.
+//! `tern user add|passwd|del|list`: edits the users file (atomically); a running
+//! server notices the change by itself.
 
 use crate::config::Config;
 use crate::policy::users::{self, Change};
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
 /// Reads the password: one line from standard input, or twice at a prompt.
@@ -13,6 +13,9 @@ fn password(from_stdin: bool) -> Result<String, String> {
         std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
         return Ok(line.trim_end_matches(['\r', '\n']).to_string());
     }
+    if !std::io::stdin().is_terminal() {
+        return Err("no terminal: use --password-stdin".into());
+    }
     let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
     let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
     if first != again {
@@ -21,7 +24,27 @@ fn password(from_stdin: bool) -> Result<String, String> {
     Ok(first)
 }
 
+/// A user must have an address of a local domain: the server receives its mail.
+fn check_local(config: &Config, address: &str) -> Result<(), String> {
+    let mailbox =
+        crate::smtp::address::Mailbox::parse(address).map_err(|e| format!("{address:?} is not an address ({e})"))?;
+    let domain = mailbox.canonical_domain();
+    let canonical = crate::smtp::address::canonical_domain;
+    if domain.is_some() && config.local.domains.iter().any(|d| canonical(d) == domain) {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not a local domain ([local] domains: {}): a user's address must be one this server receives mail for",
+        mailbox.domain,
+        config.local.domains.join(", ")
+    ))
+}
+
 pub fn set(config: &Config, address: &str, from_stdin: bool, must_exist: bool) -> ExitCode {
+    if !must_exist && let Err(e) = check_local(config, address) {
+        eprintln!("tern: {e}");
+        return ExitCode::FAILURE;
+    }
     let path = config.users_file();
     // A users file in the data directory: make the directory as the server does.
     if path.starts_with(&config.data_dir)
@@ -47,6 +70,26 @@ pub fn del(config: &Config, address: &str) -> ExitCode {
     match users::remove(&path, address) {
         Ok(()) => {
             println!("user {address} removed from {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tern: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn list(config: &Config) -> ExitCode {
+    let path = config.users_file();
+    match users::list(&path) {
+        Ok(names) if names.is_empty() => {
+            eprintln!("no users in {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(names) => {
+            for name in names {
+                println!("{name}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

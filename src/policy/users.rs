@@ -142,6 +142,11 @@ pub fn set_password(path: &Path, address: &str, password: &str, must_exist: bool
     Ok(if exists { Change::Updated } else { Change::Added })
 }
 
+/// The users' addresses, sorted.
+pub fn list(path: &Path) -> Result<Vec<String>, String> {
+    Ok(read(path)?.users.into_keys().collect())
+}
+
 pub fn remove(path: &Path, address: &str) -> Result<(), String> {
     let name = canonical(address).ok_or_else(|| format!("{address:?} is not an address"))?;
     let mut file = read(path)?;

@@ -2,6 +2,7 @@
 //! stored in the spool and handed to the queue.
 
 use super::Context;
+use super::local_submit::LocalUser;
 use super::received::received_header;
 use super::spill::Received;
 use crate::log_limit::{self, LogLimit};
@@ -20,8 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The key under which a client's messages and recipients are counted, or `None`
-/// for trusted networks (exempt).
-fn rate_key(ctx: &Context, client: IpAddr, user: Option<&str>) -> Option<String> {
+/// for trusted networks and trusted local users (exempt).
+fn rate_key(ctx: &Context, client: IpAddr, user: Option<&str>, local: Option<&LocalUser>) -> Option<String> {
+    if local.is_some_and(|l| l.trusted) {
+        return None;
+    }
     match user {
         Some(user) => Some(format!("user:{user}")),
         None if ctx.trusted(client) => None,
@@ -35,8 +39,26 @@ fn rate_limited(what: &str) -> Reply {
 
 /// MAIL: an authenticated user may only use its own addresses; every client is held
 /// to the message rate.
-pub fn sender(ctx: &Context, from: Option<&Mailbox>, user: Option<&str>, client: IpAddr) -> Result<(), Reply> {
-    if let Some(user) = user
+/// A local user on the submission socket is held to [`LocalUser::may_send_as`].
+pub fn sender(
+    ctx: &Context,
+    from: Option<&Mailbox>,
+    user: Option<&str>,
+    client: IpAddr,
+    local: Option<&LocalUser>,
+) -> Result<(), Reply> {
+    if let Some(local) = local {
+        if !local.may_send_as(ctx, from) {
+            let from = from.map(Mailbox::to_string).unwrap_or_default();
+            tracing::info!(user = %local.login, %from, "local user may not use this sender");
+            let own = format!("{}@{}", local.login, ctx.config.hostname);
+            return Err(Reply::new(
+                553,
+                (5, 7, 1),
+                format!("Sender address rejected: user {} may send only as {own}", local.login),
+            ));
+        }
+    } else if let Some(user) = user
         && ctx.config.auth.sender_must_match
         && !ctx.policy.may_send_as(user, from)
     {
@@ -44,7 +66,7 @@ pub fn sender(ctx: &Context, from: Option<&Mailbox>, user: Option<&str>, client:
         tracing::info!(%client, user, %from, "sender not owned by the authenticated user");
         return Err(Reply::new(553, (5, 7, 1), format!("Sender address rejected: not owned by user {user}")));
     }
-    match rate_key(ctx, client, user) {
+    match rate_key(ctx, client, user, local) {
         Some(key) if !ctx.rates.message(&key) => {
             tracing::warn!(%client, key, "message rate limit reached");
             Err(rate_limited("messages"))
@@ -66,6 +88,7 @@ pub fn recipient(
     user: Option<&str>,
     greylist: bool,
     from: Option<&Mailbox>,
+    local: Option<&LocalUser>,
 ) -> Result<Vec<Destination>, Reply> {
     let routes = if !to.domain.is_empty() && !ctx.policy.is_local(to) {
         if user.is_none() && !ctx.trusted(client) {
@@ -84,7 +107,7 @@ pub fn recipient(
         let secs = wait.as_millis().div_ceil(1000).max(1);
         return Err(Reply::new(451, (4, 7, 1), format!("Greylisted, try again in {secs} seconds")));
     }
-    match rate_key(ctx, client, user) {
+    match rate_key(ctx, client, user, local) {
         Some(key) if !ctx.rates.recipient(&key) => {
             tracing::warn!(%client, key, "recipient rate limit reached");
             Err(rate_limited("recipients"))
@@ -171,6 +194,7 @@ pub async fn message(
     mut received: Received<'_>,
     peer: IpAddr,
     spf: Option<SpfCheck>,
+    local: Option<&LocalUser>,
 ) -> Result<String, Reply> {
     let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
     // Spill hashes the body of every message that has an SPF check.
@@ -184,7 +208,7 @@ pub async fn message(
         tracing::info!(id, client = %peer, "removed forged Authentication-Results");
     }
     let header = cleaned.as_deref().unwrap_or(received.header());
-    let mut prefix = received_header(&message, peer, hostname, &id).into_bytes();
+    let mut prefix = received_header(&message, peer, hostname, &id, local).into_bytes();
     let mut quarantine = false;
     if let Some((spf, checker)) = spf.as_ref().zip(ctx.auth.as_ref()) {
         let verdict = checker.message(spf, header, &hashed).await;

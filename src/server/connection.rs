@@ -1,6 +1,7 @@
 //! One client connection: feeds bytes to the SMTP session, answers its questions and
 //! writes its replies; upgrades to TLS on STARTTLS (or at once for implicit TLS).
 
+use super::local_submit::LocalUser;
 use super::spill::Spill;
 use super::{Context, checks};
 use crate::config::ListenMode;
@@ -57,7 +58,7 @@ impl LineTimer {
 }
 
 /// Why a connection ended, for the log.
-enum End {
+pub(super) enum End {
     Closed,
     ClientGone,
     Timeout,
@@ -114,17 +115,22 @@ pub async fn handle(
             let _ = tcp.set_nodelay(true);
             let mut stream: Box<dyn Stream> = Box::new(tcp);
             let allowlisted = matches!(listed, dnsbl::Verdict::Allowed { .. });
-            let end = converse(&ctx, &mut stream, peer, mode, stop, allowlisted).await;
+            let end = converse(&ctx, &mut stream, peer, mode, stop, allowlisted, None).await;
             let _ = stream.shutdown().await;
             end
         }
     };
+    log_end(&peer, end);
+}
+
+/// Logs how a connection ended.
+pub(super) fn log_end(client: &dyn std::fmt::Display, end: End) {
     match end {
-        End::Closed => tracing::info!(client = %peer, "disconnect"),
-        End::ClientGone => tracing::info!(client = %peer, "disconnect: client closed the connection"),
-        End::Timeout => tracing::info!(client = %peer, "disconnect: timeout"),
-        End::Shutdown => tracing::info!(client = %peer, "disconnect: server shutting down"),
-        End::Error(e) => tracing::info!(client = %peer, error = %e, "disconnect: connection error"),
+        End::Closed => tracing::info!(%client, "disconnect"),
+        End::ClientGone => tracing::info!(%client, "disconnect: client closed the connection"),
+        End::Timeout => tracing::info!(%client, "disconnect: timeout"),
+        End::Shutdown => tracing::info!(%client, "disconnect: server shutting down"),
+        End::Error(e) => tracing::info!(%client, error = %e, "disconnect: connection error"),
     }
 }
 
@@ -199,17 +205,27 @@ async fn start_tls(ctx: &Context, stream: &mut Box<dyn Stream>) -> Result<String
     }
 }
 
-async fn converse(
+/// Speaks SMTP with one client until the connection ends. `local` is a local user on
+/// the submission socket, who needs neither TLS nor AUTH.
+pub(super) async fn converse(
     ctx: &Arc<Context>,
     stream: &mut Box<dyn Stream>,
     peer: SocketAddr,
     mode: ListenMode,
     mut stop: watch::Receiver<bool>,
     allowlisted: bool,
+    local: Option<&LocalUser>,
 ) -> End {
     let limits = &ctx.config.limits;
     let deadline = Instant::now() + limits.session_timeout;
-    let mut session = Session::new(ctx.session_config(mode, peer.ip()));
+    let mut config = ctx.session_config(mode, peer.ip());
+    if local.is_some() {
+        (config.starttls, config.auth, config.auth_without_tls) = (false, false, false);
+    }
+    let mut session = Session::new(config);
+    if let Some(local) = local {
+        session.set_user(local.login.clone());
+    }
     if mode == ListenMode::Submissions {
         match start_tls(ctx, stream).await {
             Ok(description) => session.tls_started(description),
@@ -263,7 +279,7 @@ async fn converse(
                 }
                 Event::Check(Check::Mail { from, params, user }) => {
                     tracing::debug!(client = %peer, from = ?from.as_ref().map(|m| m.to_string()), size = ?params.size, "MAIL");
-                    let verdict = checks::sender(ctx, from.as_ref(), user.as_deref(), peer.ip());
+                    let verdict = checks::sender(ctx, from.as_ref(), user.as_deref(), peer.ip(), local);
                     if let Some(earlier) = spf.take() {
                         earlier.abort();
                     }
@@ -282,7 +298,8 @@ async fn converse(
                     let user = session.user().map(str::to_string);
                     // Greylisting is for strangers on port 25, not for clients on an allow list.
                     let greylist = mode == ListenMode::Smtp && !allowlisted;
-                    let verdict = checks::recipient(ctx, &to, peer.ip(), user.as_deref(), greylist, session.sender());
+                    let verdict =
+                        checks::recipient(ctx, &to, peer.ip(), user.as_deref(), greylist, session.sender(), local);
                     session.answer_rcpt(verdict);
                 }
                 Event::Check(Check::Auth { user, password }) => {
@@ -302,7 +319,7 @@ async fn converse(
                     };
                     let outcome = match spill.take().map(Spill::finish) {
                         Some(Ok(received)) if received.len() == message.size => {
-                            checks::message(ctx, *message, received, peer.ip(), spf).await
+                            checks::message(ctx, *message, received, peer.ip(), spf, local).await
                         }
                         Some(Err(reply)) => Err(reply),
                         _ => {

@@ -35,9 +35,11 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn load(config: &Config) -> Result<Keys, String> {
-        let signer = Signer::load(&config.dkim)?;
-        let tls = Arc::new(ServerTls::new(config)?);
+    /// Reads the keys; an error comes with the key of the configuration that names
+    /// the file (`dkim` or `tls.cert`).
+    pub fn load(config: &Config) -> Result<Keys, (&'static str, String)> {
+        let signer = Signer::load(&config.dkim).map_err(|e| ("dkim", e))?;
+        let tls = Arc::new(ServerTls::new(config).map_err(|e| ("tls.cert", e))?);
         Ok(Keys { tls, signer })
     }
 }

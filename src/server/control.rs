@@ -30,21 +30,32 @@ pub fn start(data_dir: &Path, queue: Queue, live: Live) -> std::io::Result<tokio
     }))
 }
 
-/// Binds `<data_dir>/control.sock` with mode 0600. Only the owner (the mail
-/// administrator) may control the queue, so the socket is bound in a private directory,
-/// given its mode there and only then moved into place: it is never reachable with the
-/// mode the umask would give it.
+/// Binds `<data_dir>/control.sock` with mode 0600: only the owner (the mail
+/// administrator) may control the queue.
 fn bind_private(data_dir: &Path) -> std::io::Result<UnixListener> {
-    let staging = data_dir.join(".control");
-    // Anything found here was left by a server that died: the data directory is ours.
+    bind_socket(&data_dir.join(SOCKET_NAME), 0o600)
+}
+
+/// Binds a Unix socket at `path` with `mode`. It is bound in a private directory
+/// beside it, given its mode there and only then moved into place: it is never
+/// reachable with the mode the umask would give it, and one left by a server that died
+/// is replaced.
+pub(super) fn bind_socket(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or(std::io::ErrorKind::InvalidInput)?;
+    let staging = dir.join(format!(".{}.new", name.to_string_lossy()));
+    // Anything found here was left by a server that died.
     let _ = std::fs::remove_dir_all(&staging);
     crate::files::create_dir(&staging, crate::files::Access::PRIVATE)?;
-    let bound = staging.join(SOCKET_NAME);
-    let listener = UnixListener::bind(&bound)?;
-    std::fs::set_permissions(&bound, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    std::fs::rename(&bound, data_dir.join(SOCKET_NAME))?;
-    std::fs::remove_dir(&staging)?;
-    Ok(listener)
+    let bound = staging.join(name);
+    let result = (|| {
+        let listener = UnixListener::bind(&bound)?;
+        std::fs::set_permissions(&bound, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        std::fs::rename(&bound, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
 }
 
 async fn answer(queue: &Queue, live: &Live, request: &str) -> String {

@@ -73,18 +73,17 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// No listener yet: [`Listeners::start`] adds those bound at start.
+    pub fn new(current: Arc<ArcSwap<Context>>, stop: watch::Receiver<bool>, alive: mpsc::Sender<()>) -> Listeners {
+        Listeners { running: Vec::new(), current, stop, alive }
+    }
+
     /// Starts accepting on the listeners bound at start.
-    pub fn start(
-        bound: Vec<Bound>,
-        current: Arc<ArcSwap<Context>>,
-        stop: watch::Receiver<bool>,
-        alive: mpsc::Sender<()>,
-    ) -> Result<Listeners, String> {
-        let mut listeners = Listeners { running: Vec::new(), current, stop, alive };
+    pub fn start(&mut self, bound: Vec<Bound>) -> Result<(), String> {
         for b in bound {
-            listeners.accept(b)?;
+            self.accept(b)?;
         }
-        Ok(listeners)
+        Ok(())
     }
 
     /// Where the listeners are bound (for loop detection of outbound mail).

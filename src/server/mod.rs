@@ -7,6 +7,7 @@ mod context;
 pub mod control;
 mod listen;
 mod listeners;
+pub mod local_submit;
 pub mod lock;
 mod notify;
 pub mod privileges;
@@ -110,7 +111,7 @@ pub struct Prepared {
 
 /// Binds the listeners and reads the keys (the part of starting that may need root).
 pub fn prepare(config: &Config) -> Result<Prepared, String> {
-    let keys = context::Keys::load(config)?;
+    let keys = context::Keys::load(config).map_err(|(key, e)| format!("{key}: {e}"))?;
     let listeners = listeners::bind_all(&config.listen)?;
     Ok(Prepared { listeners, keys })
 }
@@ -151,12 +152,17 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a clone of `alive`; when all are gone, `all_gone` returns.
     let (alive, mut all_gone) = mpsc::channel::<()>(1);
-    let listeners = listeners::Listeners::start(prepared.listeners, current.clone(), stop_rx, alive)?;
-    let addrs = listeners.describe();
+    let listeners = listeners::Listeners::new(current.clone(), stop_rx.clone(), alive.clone());
     let live = reload::Live::new(origin, current, lasting, listeners);
+    // The sockets in the data directory are there before the first greeting.
     let control = control::start(&data_dir, queue.clone(), live.clone())
         .map_err(|e| format!("cannot open control socket in {}: {e}", data_dir.display()))?;
     let ctx = live.context();
+    let submit_path = ctx.config.submit_socket();
+    let submit = local_submit::bind(&submit_path, &data_dir)
+        .map_err(|e| format!("cannot open the local submission socket {}: {e}", submit_path.display()))?;
+    tokio::spawn(local_submit::serve(live.current(), submit, stop_rx, alive));
+    let addrs = live.start_listeners(prepared.listeners).await?;
     println!(
         "tern: listening on {addrs}; mail for {} goes to {}; {recovered} queued message(s) recovered",
         ctx.config.local.domains.join(", "),
@@ -189,6 +195,7 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     }
     control.abort();
     let _ = std::fs::remove_file(data_dir.join(control::SOCKET_NAME));
+    let _ = std::fs::remove_file(&submit_path);
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,7 +7,7 @@
 use super::context::{self, Keys, Lasting};
 use super::listeners::Listeners;
 use super::{Context, notify};
-use crate::config::Config;
+use crate::config::{Config, line_of};
 use arc_swap::ArcSwap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,6 +41,19 @@ impl Live {
     /// The context new sessions get.
     pub fn context(&self) -> Arc<Context> {
         self.0.current.load_full()
+    }
+
+    /// Where the context new sessions get is kept.
+    pub(super) fn current(&self) -> Arc<ArcSwap<Context>> {
+        self.0.current.clone()
+    }
+
+    /// Starts accepting on the listeners bound at start; returns where they listen.
+    pub(super) async fn start_listeners(&self, bound: Vec<super::listeners::Bound>) -> Result<String, String> {
+        let mut listeners = self.0.listeners.lock().await;
+        let listeners = listeners.as_mut().ok_or("the server is stopping")?;
+        listeners.start(bound)?;
+        Ok(listeners.describe())
     }
 
     /// Stops every listener for good (shutdown); later reloads fail.
@@ -131,7 +144,16 @@ async fn apply(live: &Live, listeners: &mut Listeners) -> Result<Summary, Error>
     // Reading files may block: off the async threads.
     let read = tokio::task::spawn_blocking(move || -> Result<(Config, Keys), String> {
         let config = Config::load(origin.as_deref()).map_err(|e| e.to_string())?;
-        let keys = Keys::load(&config).map_err(|e| format!("{}: {e}", config_origin(origin.as_deref())))?;
+        let keys = Keys::load(&config).map_err(|(key, e)| {
+            let (name, text) = match origin.as_deref() {
+                Some(path) => (path.display().to_string(), std::fs::read_to_string(path).unwrap_or_default()),
+                None => ("<embedded default>".to_string(), crate::config::EMBEDDED_DEFAULT.to_string()),
+            };
+            match line_of(&text, key) {
+                Some(line) => format!("{name}: line {line}: {key}: {e}"),
+                None => format!("{name}: {key}: {e}"),
+            }
+        })?;
         Ok((config, keys))
     });
     let (mut config, keys) = read.await.map_err(|e| Error::Invalid(e.to_string()))?.map_err(Error::Invalid)?;
@@ -149,10 +171,6 @@ async fn apply(live: &Live, listeners: &mut Listeners) -> Result<Summary, Error>
     Ok(Summary { origin: live.origin(), changed, added, removed, need_restart })
 }
 
-fn config_origin(origin: Option<&std::path::Path>) -> String {
-    origin.map_or("<embedded default>".to_string(), |p| p.display().to_string())
-}
-
 /// Puts back the keys that cannot change while the server runs; returns those that
 /// the file changed.
 fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
@@ -168,6 +186,10 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
     if new.server != running.server {
         new.server = running.server.clone();
         kept.push("server");
+    }
+    if new.submit_socket() != running.submit_socket() {
+        new.sendmail = running.sendmail.clone();
+        kept.push("sendmail");
     }
     kept
 }

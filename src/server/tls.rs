@@ -43,6 +43,11 @@ fn load(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<CertifiedK
     Ok(certified)
 }
 
+/// Reads a certificate and its key as `serve` does (for `tern config check`).
+pub fn check_files(cert: &Path, key: &Path) -> Result<(), String> {
+    load(&rustls::crypto::aws_lc_rs::default_provider(), cert, key).map(|_| ())
+}
+
 /// Makes a self-signed certificate for `hostname` in `dir` unless one is there.
 fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), String> {
     let (cert, key) = (dir.join("self-signed.crt"), dir.join("self-signed.key"));

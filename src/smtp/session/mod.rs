@@ -198,6 +198,12 @@ impl Session {
         }
     }
 
+    /// Takes the client as `user` without AUTH: it was identified another way (a
+    /// local user, by the kernel).
+    pub fn set_user(&mut self, user: String) {
+        self.user = Some(user);
+    }
+
     /// The authenticated user, if any.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
