@@ -1,6 +1,6 @@
-//! Running under systemd: the unit file passes `systemd-analyze verify`, and the
-//! server tells the service manager (sd_notify, `Type=notify`) when it is ready,
-//! reloading and stopping.
+//! Running under systemd: the unit file passes `systemd-analyze verify`, the
+//! packaged sysusers file and configuration are valid, and the server tells the
+//! service manager (sd_notify, `Type=notify`) when it is ready, reloading and stopping.
 
 mod common;
 
@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/tern.service");
+const SYSUSERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/tern.sysusers");
+const PACKAGED_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/tern.toml");
 
 #[test]
 fn the_unit_file_passes_systemd_analyze_verify() {
@@ -29,6 +31,31 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let out = run(cmd, CLIENT_TIMEOUT);
     out.assert_success("systemd-analyze verify");
     assert!(out.all().trim().is_empty(), "verify had remarks:\n{}", out.all());
+}
+
+#[test]
+fn the_sysusers_file_makes_the_user_tern() {
+    if !have_program("systemd-sysusers") {
+        panic!("systemd-sysusers is missing (Debian package systemd; scripts/test installs it)");
+    }
+    let mut cmd = Command::new("systemd-sysusers");
+    cmd.args(["--dry-run", SYSUSERS]);
+    let out = run(cmd, CLIENT_TIMEOUT);
+    out.assert_success("systemd-sysusers --dry-run");
+    // Nothing to create where the user already exists.
+    let mut getent = Command::new("getent");
+    getent.args(["passwd", "tern"]);
+    let exists = run(getent, CLIENT_TIMEOUT).success();
+    assert!(exists || out.all().contains("Creating user 'tern'"), "{}", out.all());
+}
+
+#[test]
+fn the_packaged_configuration_is_valid() {
+    let mut cmd = Command::new(TERN_BIN);
+    cmd.args(["config", "check", "--config", PACKAGED_CONFIG]);
+    let out = run(cmd, CLIENT_TIMEOUT);
+    out.assert_success("tern config check contrib/tern.toml");
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
 }
 
 /// `tern serve` started by the test itself (not waiting for a greeting), killed when
