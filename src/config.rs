@@ -3,6 +3,7 @@
 //! Every key has a default, so an empty file is a valid configuration. Unknown keys are
 //! errors (a typo must never silently fall back to a default).
 
+mod admin;
 mod antispam;
 mod duration;
 mod lines;
@@ -11,6 +12,7 @@ mod mail_auth;
 mod sendmail;
 mod server;
 
+pub use admin::Admin;
 pub use antispam::{Antispam, Greylisting};
 pub use lines::{key as path_key, line_of};
 pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
@@ -69,6 +71,11 @@ pub struct Config {
     pub sendmail: Sendmail,
     #[serde(default)]
     pub server: Server,
+    #[serde(default)]
+    pub admin: Admin,
+    /// The file this was read from (none for the embedded default), and when.
+    #[serde(skip)]
+    pub source: Option<(PathBuf, std::time::SystemTime)>,
 }
 
 /// How the spool lays out its files.
@@ -408,7 +415,9 @@ impl Config {
             Some(p) => {
                 let text =
                     std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
-                Config::parse(&text, &p.display().to_string())
+                let mut config = Config::parse(&text, &p.display().to_string())?;
+                config.source = Some((p.to_path_buf(), std::time::SystemTime::now()));
+                Ok(config)
             }
         }
     }
@@ -515,6 +524,7 @@ impl Config {
                 }
             }
         }
+        self.admin.validate()?;
         Ok(())
     }
 
@@ -534,6 +544,11 @@ impl Config {
 
     pub fn users_file(&self) -> PathBuf {
         self.auth.users_file.clone().unwrap_or_else(|| self.data_dir.join("users.toml"))
+    }
+
+    /// The admin API's bearer token: `[admin] token_file`, or `<data_dir>/admin.token`.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin.token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
     }
 
     pub fn spool_dir(&self) -> PathBuf {

@@ -2,6 +2,7 @@
 //! outbound delivery, TXT lookups for SPF and `tern dns check`.
 
 use crate::config;
+use crate::metrics::{DnsResult, DnsType};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -41,6 +42,41 @@ pub enum Mx {
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
+}
+
+/// Runs a lookup and counts its outcome in the metrics; one its caller gave up on
+/// (the checks' deadline) counts as an error.
+async fn counted<T>(kind: DnsType, lookup: impl Future<Output = Result<T, NetError>>) -> Result<T, NetError> {
+    struct Pending(Option<DnsType>);
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            if let Some(kind) = self.0 {
+                crate::metrics::get().dns(kind, DnsResult::Error);
+            }
+        }
+    }
+    let mut pending = Pending(Some(kind));
+    let result = lookup.await;
+    pending.0 = None;
+    let outcome = match &result {
+        Ok(_) => DnsResult::Ok,
+        Err(e) if e.is_nx_domain() => DnsResult::NxDomain,
+        Err(e) if e.is_no_records_found() => DnsResult::NoData,
+        Err(_) => DnsResult::Error,
+    };
+    crate::metrics::get().dns(kind, outcome);
+    result
+}
+
+fn record_type(kind: RecordType) -> DnsType {
+    match kind {
+        RecordType::A => DnsType::A,
+        RecordType::AAAA => DnsType::Aaaa,
+        RecordType::MX => DnsType::Mx,
+        RecordType::TXT => DnsType::Txt,
+        RecordType::PTR => DnsType::Ptr,
+        _ => DnsType::Other,
+    }
 }
 
 fn classify(e: NetError) -> DnsError {
@@ -92,7 +128,7 @@ impl Dns {
     }
 
     pub async fn mx(&self, domain: &str) -> Result<Mx, DnsError> {
-        let lookup = match self.resolver.mx_lookup(Self::fqdn(domain)).await {
+        let lookup = match counted(DnsType::Mx, self.resolver.mx_lookup(Self::fqdn(domain))).await {
             Ok(l) => l,
             Err(e) => {
                 return match classify(e) {
@@ -143,7 +179,7 @@ impl Dns {
 
     /// IPv6 and IPv4 addresses of a host (IPv6 first).
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let lookup = self.resolver.lookup_ip(Self::fqdn(host)).await.map_err(classify)?;
+        let lookup = counted(DnsType::Ip, self.resolver.lookup_ip(Self::fqdn(host))).await.map_err(classify)?;
         let mut ips: Vec<IpAddr> = lookup.iter().collect();
         ips.sort_by_key(|ip| ip.is_ipv4());
         ips.dedup();
@@ -153,7 +189,7 @@ impl Dns {
     /// The names an address points back to (PTR records), lower-case, without the
     /// final dot.
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
-        let lookup = self.resolver.reverse_lookup(ip).await.map_err(classify)?;
+        let lookup = counted(DnsType::Ptr, self.resolver.reverse_lookup(ip)).await.map_err(classify)?;
         Ok(lookup
             .answers()
             .iter()
@@ -171,7 +207,7 @@ impl Dns {
         let labels = name.strip_suffix('.').unwrap_or(name).split('.').map(str::as_bytes);
         let Ok(mut name) = Name::from_labels(labels) else { return Err(DnsError::NoSuchDomain) };
         name.set_fqdn(true);
-        match self.resolver.lookup(name, kind).await {
+        match counted(record_type(kind), self.resolver.lookup(name, kind)).await {
             Ok(lookup) => {
                 Ok(lookup.answers().iter().filter(|r| r.record_type() == kind).map(|r| r.data.clone()).collect())
             }
@@ -185,7 +221,7 @@ impl Dns {
     /// The IPv4 addresses (A records) of a name, as they are: no sorting, no
     /// search domain, CNAMEs followed. For DNS list queries (RFC 5782 §2.1).
     pub async fn a_records(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
-        let lookup = self.resolver.ipv4_lookup(Self::fqdn(name)).await.map_err(classify)?;
+        let lookup = counted(DnsType::A, self.resolver.ipv4_lookup(Self::fqdn(name))).await.map_err(classify)?;
         let ips: Vec<std::net::Ipv4Addr> = lookup
             .answers()
             .iter()

@@ -1,6 +1,7 @@
 //! Tern: an SMTP mail transfer agent that receives mail, keeps every accepted message
 //! safe on disk, and delivers it to local mailboxes.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
@@ -8,6 +9,7 @@ pub mod dns;
 pub mod fault;
 pub mod files;
 pub mod log_limit;
+pub mod metrics;
 pub mod net;
 pub mod passwd;
 pub mod policy;

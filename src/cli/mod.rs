@@ -1,16 +1,20 @@
 //! The `tern` command line.
 
 mod check;
+mod control;
 mod dkim;
 mod dns;
 mod mailq;
 mod queue;
 mod quickstart;
+mod reload;
 mod sendmail;
 mod spf;
+mod status;
 mod user;
 
 use crate::config::{Config, ConfigSource, DkimAlgorithm};
+use crate::queue::Action;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +85,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
         args: Vec<String>,
     },
+    /// What the running server says of itself: version, uptime, listeners, queue sizes.
+    Status,
     /// Make the running server read its configuration file again.
     Reload,
 }
@@ -155,11 +161,34 @@ enum ConfigCommand {
 #[derive(Subcommand)]
 enum QueueCommand {
     /// Show every queued message and the state of each recipient.
-    List,
+    List {
+        /// As JSON, like `GET /api/v1/queue`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one message: envelope, each recipient's state, attempts and last reply.
     Show { id: String },
-    /// Retry deferred messages now (one, or all).
-    Flush { id: Option<String> },
+    /// Retry deferred messages now (one, those a filter selects, or all).
+    Flush {
+        #[arg(conflicts_with_all = ["domain", "sender", "state", "older_than"])]
+        id: Option<String>,
+        #[command(flatten)]
+        filter: queue::FilterArgs,
+    },
+    /// Put messages on hold: not attempted until released.
+    Hold {
+        #[arg(conflicts_with_all = ["domain", "sender", "state", "older_than"])]
+        id: Option<String>,
+        #[command(flatten)]
+        filter: queue::FilterArgs,
+    },
+    /// Release messages on hold.
+    Release {
+        #[arg(conflicts_with_all = ["domain", "sender", "state", "older_than"])]
+        id: Option<String>,
+        #[command(flatten)]
+        filter: queue::FilterArgs,
+    },
     /// Remove a message from the queue.
     Delete {
         id: String,
@@ -228,7 +257,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { log_format } => serve(config, log_format, &source),
-        Command::Reload => queue::control(&config, "reload"),
+        Command::Reload => reload::reload(&config),
         Command::Config { command: ConfigCommand::Check } => check::check(&config, &source),
         Command::User { command } => match command {
             UserCommand::Add { address, password_stdin } => user::set(&config, &address, password_stdin, false),
@@ -237,13 +266,18 @@ pub fn main() -> ExitCode {
             UserCommand::List => user::list(&config),
         },
         Command::Queue { command } => match command {
-            QueueCommand::List => queue::list(&config),
+            QueueCommand::List { json: false } => queue::list(&config),
+            QueueCommand::List { json: true } => queue::list_json(&config),
             QueueCommand::Show { id } => queue::show(&config, &id),
-            QueueCommand::Flush { id } => queue::control(&config, &format!("flush {}", id.unwrap_or_default())),
+            QueueCommand::Flush { id, filter } => queue::manage(&config, Action::Flush, id, filter),
+            QueueCommand::Hold { id, filter } => queue::manage(&config, Action::Hold, id, filter),
+            QueueCommand::Release { id, filter } => queue::manage(&config, Action::Release, id, filter),
             QueueCommand::Delete { id, bounce } => {
-                queue::control(&config, &format!("delete {id}{}", if bounce { " bounce" } else { "" }))
+                let action = if bounce { Action::Bounce } else { Action::Delete };
+                queue::manage(&config, action, Some(id), Default::default())
             }
         },
+        Command::Status => status::status(&config),
         Command::Dkim { command: DkimCommand::Keygen { domain, selector, algorithm, out } } => {
             let algorithm = match algorithm {
                 KeyAlgorithm::Rsa => DkimAlgorithm::RsaSha256,

@@ -1,6 +1,11 @@
-//! `tern queue …`: reads the spool directly, so it works whether or not a server runs.
+//! `tern queue …`: `list` and `show` read the spool directly, so they work whether or
+//! not a server runs; the others ask the running server through its control socket.
 
+use super::control;
+use crate::admin::ops::{Affected, Request};
+use crate::admin::view;
 use crate::config::Config;
+use crate::queue::{Action, Filter, MessageState, Selection};
 use crate::spool::{self, RcptState};
 use chrono::{DateTime, Local};
 use std::process::ExitCode;
@@ -95,46 +100,83 @@ pub fn show(config: &Config, id: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Sends one request to the running server's control socket and prints the answer.
-pub fn control(config: &Config, request: &str) -> ExitCode {
-    use std::io::{BufRead, BufReader, Write};
-    let path = config.data_dir.join(crate::server::control::SOCKET_NAME);
-    let answer = std::os::unix::net::UnixStream::connect(&path).and_then(|mut s| {
-        s.write_all(format!("{}\n", request.trim()).as_bytes())?;
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line)?;
-        Ok(line)
-    });
-    let line = match answer {
-        Ok(line) => line,
-        Err(e) => {
-            eprintln!("tern: {}", unreachable(config, &path, &e));
-            return ExitCode::FAILURE;
-        }
-    };
-    match line.trim().strip_prefix("ok ") {
-        Some(text) => {
-            println!("{text}");
-            ExitCode::SUCCESS
-        }
-        None => {
-            let text = line.trim();
-            eprintln!("tern: {}", text.strip_prefix("error ").unwrap_or(text));
-            ExitCode::FAILURE
-        }
+/// Which messages `flush`, `hold` and `release` apply to, besides a queue id.
+#[derive(clap::Args, Debug, Default)]
+pub struct FilterArgs {
+    /// Messages with a pending recipient in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Messages from this sender (`<>` for the null sender, `@domain` for a domain).
+    #[arg(long)]
+    sender: Option<String>,
+    /// Messages in this state: queued, deferred or held.
+    #[arg(long)]
+    state: Option<String>,
+    /// Messages that arrived at least this long ago (like `1h`).
+    #[arg(long, value_name = "DURATION")]
+    older_than: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> Result<Filter, String> {
+        let state = match self.state {
+            Some(s) => Some(
+                MessageState::parse(&s)
+                    .ok_or_else(|| format!("--state: {s:?} is not one of queued, deferred, held"))?,
+            ),
+            None => None,
+        };
+        let older_than = match self.older_than {
+            Some(d) => Some(humantime::parse_duration(&d).map_err(|e| format!("--older-than: {d:?}: {e}"))?.as_secs()),
+            None => None,
+        };
+        Ok(Filter { state, domain: self.domain, sender: self.sender, older_than })
     }
 }
 
-/// Why the control socket could not be reached: no socket, or one that nobody listens
-/// on (left by a server that was killed), means no server runs.
-fn unreachable(config: &Config, path: &std::path::Path, e: &std::io::Error) -> String {
-    use std::io::ErrorKind::{ConnectionRefused, NotFound};
-    match e.kind() {
-        NotFound | ConnectionRefused => format!(
-            "no tern server is running for data directory {} (nothing listens on {}); start it with `tern serve`",
-            config.data_dir.display(),
-            path.display()
-        ),
-        _ => format!("cannot reach the running server at {}: {e}", path.display()),
+/// `tern queue flush|hold|release [ID | filter]` and `tern queue delete ID [--bounce]`,
+/// carried out by the running server.
+pub fn manage(config: &Config, action: Action, id: Option<String>, filter: FilterArgs) -> ExitCode {
+    let filter = match filter.filter() {
+        Ok(f) => f,
+        Err(e) => return fail(&e),
+    };
+    if id.is_none() && filter.is_empty() && action != Action::Flush {
+        return fail(&format!(
+            "{}: give a queue id or a filter (--domain, --sender, --state, --older-than)",
+            action.name()
+        ));
     }
+    let selection = match &id {
+        Some(id) => Selection::Id(id.clone()),
+        None => Selection::Filter(filter),
+    };
+    let done = match action {
+        Action::Flush => "scheduled for immediate delivery",
+        Action::Hold => "put on hold",
+        Action::Release => "released",
+        Action::Bounce | Action::Delete => "deleted",
+    };
+    match control::ask::<Affected>(config, &Request::Manage { selection, action }) {
+        Ok(_) if id.is_some() => println!("{} {done}", id.unwrap_or_default()),
+        Ok(a) => println!("{} message(s) {done}", a.affected),
+        Err(e) => return fail(&e),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `tern queue list --json`: the listing of the API, every message on one page.
+pub fn list_json(config: &Config) -> ExitCode {
+    let messages = match scan(config) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
+    let page = view::page(messages, &Filter::default(), None, usize::MAX, crate::queue::now());
+    println!("{}", serde_json::to_string_pretty(&page).expect("pages serialize"));
+    ExitCode::SUCCESS
+}
+
+fn fail(e: &str) -> ExitCode {
+    eprintln!("tern: {e}");
+    ExitCode::FAILURE
 }

@@ -5,6 +5,7 @@ use super::log::{Clock, delays};
 use super::{Settings, Shared, now, retry};
 use crate::delivery::remote::{self, Job};
 use crate::delivery::{Delivered, Detail, Failure, Via, maildir};
+use crate::metrics::{DeliveryResult, Transport};
 use crate::spool::{Change, Content, Envelope, Part, RcptState, Recipient, Stored};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -131,6 +132,7 @@ async fn settle(
             _ => (1, false),
         };
         let reports = outcome.reports.len();
+        let transport = if rcpt.local { Transport::Local } else { Transport::Remote };
         rcpt.state = match result {
             Ok(d) => {
                 let dsn = d.detail.status;
@@ -166,6 +168,7 @@ async fn settle(
                 RcptState::Bounced { at: now, detail }
             }
         };
+        count(transport, &rcpt.state, waited);
         let change = Change::Recipient { id: id.clone(), index: i, state: rcpt.state.clone() };
         if outcome.reports.len() > reports { outcome.held.push(change) } else { changes.push(change) }
     }
@@ -180,6 +183,20 @@ async fn settle(
         if let Change::Recipient { index, state, .. } = change {
             progress.envelope.recipients[*index].state = state.clone();
         }
+    }
+}
+
+/// A recipient's new state in the metrics; `waited`: seconds since the message arrived.
+fn count(transport: Transport, state: &RcptState, waited: i64) {
+    let metrics = crate::metrics::get();
+    let result = match state {
+        RcptState::Delivered { .. } => DeliveryResult::Delivered,
+        RcptState::Bounced { .. } => DeliveryResult::Bounced,
+        RcptState::Deferred { .. } | RcptState::Queued => DeliveryResult::Deferred,
+    };
+    metrics.delivery(transport, result);
+    if state.is_final() {
+        metrics.delivery_latency.observe(waited.max(0) as f64);
     }
 }
 
@@ -349,6 +366,7 @@ fn notice(
         ret: None,
         envid: None,
         quarantine: false,
+        held: false,
         recipients: destinations
             .into_iter()
             .map(|(address, local)| Recipient {

@@ -220,6 +220,7 @@ mod tests {
             ret: None,
             envid: Some("E1".into()),
             quarantine: false,
+            held: false,
             recipients: vec![r.clone()],
         };
         let server = crate::spool::ServerReply {

@@ -9,12 +9,17 @@
 mod attempt;
 pub mod bounce;
 mod log;
+mod manage;
 mod retry;
+pub mod select;
+
+pub use manage::{Action, ManageError, Summary};
+pub use select::{Filter, MessageState, Selection};
 
 use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::RemoteConfig;
 use crate::dns::Dns;
-use crate::spool::{Change, Detail, RcptState, Store, Stored};
+use crate::spool::{Change, RcptState, Store, Stored};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -94,10 +99,9 @@ impl Shared {
 enum Command {
     /// A message to schedule; its content when it is still in memory.
     Enqueue(Box<Stored>, Option<Arc<Vec<u8>>>),
-    /// Retry now: one message, or all. Answers how many were moved up.
-    Flush(Option<String>, oneshot::Sender<usize>),
-    /// Remove a message, optionally bouncing it to its sender.
-    Delete(String, bool, oneshot::Sender<Result<(), String>>),
+    /// An administrative operation; answers how many messages it changed.
+    Manage(Selection, Action, oneshot::Sender<Result<usize, ManageError>>),
+    Summary(oneshot::Sender<Summary>),
     Stop,
 }
 
@@ -138,18 +142,18 @@ impl Queue {
         let _ = self.tx.send(Command::Enqueue(Box::new(stored), content));
     }
 
-    /// Moves deferred messages (one, or all) up to now; returns how many.
-    pub async fn flush(&self, id: Option<String>) -> usize {
+    /// Carries out an administrative operation; answers how many messages it changed.
+    pub async fn manage(&self, selection: Selection, action: Action) -> Result<usize, ManageError> {
         let (reply, wait) = oneshot::channel();
-        let _ = self.tx.send(Command::Flush(id, reply));
-        wait.await.unwrap_or(0)
+        let _ = self.tx.send(Command::Manage(selection, action, reply));
+        wait.await.unwrap_or_else(|_| Err(ManageError::Failed("the queue is stopping".into())))
     }
 
-    /// Deletes a message; with `bounce`, its sender is told.
-    pub async fn delete(&self, id: String, bounce: bool) -> Result<(), String> {
+    /// How many messages wait in each state.
+    pub async fn summary(&self) -> Summary {
         let (reply, wait) = oneshot::channel();
-        let _ = self.tx.send(Command::Delete(id, bounce, reply));
-        wait.await.unwrap_or_else(|_| Err("queue is stopping".into()))
+        let _ = self.tx.send(Command::Summary(reply));
+        wait.await.unwrap_or_default()
     }
 
     /// Puts new settings in force (a configuration reload): attempts started from now
@@ -217,11 +221,11 @@ impl Scheduler {
             tokio::select! {
                 command = rx.recv(), if !stopping => match command {
                     Some(Command::Enqueue(stored, content)) => self.enqueue(*stored, content),
-                    Some(Command::Flush(id, reply)) => {
-                        let _ = reply.send(self.flush(id.as_deref()));
+                    Some(Command::Manage(selection, action, reply)) => {
+                        let _ = reply.send(self.manage(selection, action).await);
                     }
-                    Some(Command::Delete(id, bounce, reply)) => {
-                        let _ = reply.send(self.delete(&id, bounce).await);
+                    Some(Command::Summary(reply)) => {
+                        let _ = reply.send(self.summary());
                     }
                     Some(Command::Stop) | None => {
                         stopping = true;
@@ -270,10 +274,14 @@ impl Scheduler {
         self.wait(stored, content, due);
     }
 
-    /// Puts a message in line for `due` (Unix seconds).
+    /// Puts a message in line for `due` (Unix seconds); a held message waits for its
+    /// release instead.
     fn wait(&mut self, stored: Stored, content: Option<Arc<Vec<u8>>>, due: i64) {
         let id = stored.envelope.id.clone();
-        if due <= now() {
+        let due = if stored.envelope.held { i64::MAX } else { due };
+        if stored.envelope.held {
+            // Neither timer nor line: only a release brings it back.
+        } else if due <= now() {
             self.ready.push_back(id.clone());
         } else {
             self.timers.insert((due, id.clone()));
@@ -308,16 +316,21 @@ impl Scheduler {
             Err(e) => e.id(),
         };
         let Some((before, progress)) = self.running.remove(&task) else { return };
-        self.in_flight.remove(&before.stored.envelope.id);
+        let id = &before.stored.envelope.id;
+        self.in_flight.remove(id);
+        // Put on hold (or released) while it was being attempted: already recorded.
+        let held = before.stored.envelope.held;
         match joined {
-            Ok((_, finished)) => {
+            Ok((_, mut finished)) => {
                 for (notice, content) in finished.notices {
                     self.schedule(notice, Some(content));
                 }
+                finished.stored.envelope.held = held;
                 self.schedule(finished.stored, None);
             }
             Err(e) => {
-                let stored = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut stored = progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                stored.envelope.held = held;
                 self.attempt_failed(stored, before.content, e);
             }
         }
@@ -333,49 +346,6 @@ impl Scheduler {
         let wait = retry::delay(&self.shared.settings.load().config.retry, 1);
         tracing::error!(id, panic = %why, retry_in = ?wait, "delivery attempt failed; will retry");
         self.wait(stored, content, now() + wait.as_secs().max(1) as i64);
-    }
-
-    fn flush(&mut self, id: Option<&str>) -> usize {
-        let due: Vec<(i64, String)> =
-            self.timers.iter().filter(|(_, i)| id.is_none_or(|want| want == i)).cloned().collect();
-        for key in &due {
-            self.timers.remove(key);
-            self.ready.push_back(key.1.clone());
-        }
-        due.len()
-    }
-
-    async fn delete(&mut self, id: &str, bounce: bool) -> Result<(), String> {
-        if self.in_flight.contains(id) {
-            return Err(format!("{id} is being delivered right now; try again in a moment"));
-        }
-        let Some(entry) = self.take(id) else { return Err(format!("{id} is not in the queue")) };
-        self.timers.remove(&(entry.due, id.to_string()));
-        self.ready.retain(|r| r != id);
-        let result = self.finish_deleted(id, &entry, bounce).await;
-        if let Err(e) = result {
-            // Not deleted after all: it waits as it did.
-            self.schedule(entry.stored, entry.content);
-            return Err(e);
-        }
-        tracing::info!(id, bounce, "deleted from the queue");
-        Ok(())
-    }
-
-    /// Bounces a deleted message if asked, then records that it is done.
-    async fn finish_deleted(&mut self, id: &str, entry: &Entry, bounce: bool) -> Result<(), String> {
-        if bounce {
-            let detail = Detail::new((5, 0, 0), "deleted by the mail administrator");
-            let notices = attempt::bounce_all(&self.shared, &entry.stored, entry.content.clone(), detail).await?;
-            for (notice, content) in notices {
-                self.schedule(notice, Some(content));
-            }
-        }
-        self.shared
-            .store
-            .record(&[Change::Done { id: id.to_string() }])
-            .await
-            .map_err(|e| format!("cannot record deletion: {e}"))
     }
 }
 

@@ -6,6 +6,7 @@ use super::local_submit::LocalUser;
 use super::received::received_header;
 use super::spill::Received;
 use crate::log_limit::{self, LogLimit};
+use crate::metrics::Refusal;
 use crate::policy::auth::results::strip_forged;
 use crate::policy::auth::{Action, SpfCheck};
 use crate::policy::dkim;
@@ -33,7 +34,12 @@ fn rate_key(ctx: &Context, client: IpAddr, user: Option<&str>, local: Option<&Lo
     }
 }
 
+fn refused(reason: Refusal) {
+    crate::metrics::get().refused(reason);
+}
+
 fn rate_limited(what: &str) -> Reply {
+    refused(Refusal::RateLimit);
     Reply::new(451, (4, 7, 1), format!("Rate limit exceeded: too many {what}, try again later"))
 }
 
@@ -64,6 +70,7 @@ pub fn sender(
     {
         let from = from.map(Mailbox::to_string).unwrap_or_default();
         tracing::info!(%client, user, %from, "sender not owned by the authenticated user");
+        refused(Refusal::SenderNotOwned);
         return Err(Reply::new(553, (5, 7, 1), format!("Sender address rejected: not owned by user {user}")));
     }
     match rate_key(ctx, client, user, local) {
@@ -92,11 +99,12 @@ pub fn recipient(
 ) -> Result<Vec<Destination>, Reply> {
     let routes = if !to.domain.is_empty() && !ctx.policy.is_local(to) {
         if user.is_none() && !ctx.trusted(client) {
+            refused(Refusal::RelayDenied);
             return Err(Reply::new(554, (5, 7, 1), "Relay access denied"));
         }
         vec![Destination { address: to.to_string(), local: false }]
     } else {
-        let routes = ctx.policy.resolve(to)?;
+        let routes = ctx.policy.resolve(to).inspect_err(|_| refused(Refusal::UnknownRecipient))?;
         routes.iter().map(|r| Destination { address: r.address(), local: r.is_local() }).collect()
     };
     if let Some(list) = ctx.greylist.as_ref().filter(|_| greylist && user.is_none() && !ctx.trusted(client))
@@ -104,6 +112,7 @@ pub fn recipient(
     {
         let from = from.map(Mailbox::to_string).unwrap_or_default();
         tracing::info!(%client, %from, %to, "greylisted");
+        refused(Refusal::Greylisted);
         let secs = wait.as_millis().div_ceil(1000).max(1);
         return Err(Reply::new(451, (4, 7, 1), format!("Greylisted, try again in {secs} seconds")));
     }
@@ -214,7 +223,10 @@ pub async fn message(
         let verdict = checker.message(spf, header, &hashed).await;
         tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
         match verdict.action {
-            Action::Refuse(reply) => return Err(reply),
+            Action::Refuse(reply) => {
+                refused(Refusal::AuthChecks);
+                return Err(reply);
+            }
             Action::Quarantine => quarantine = true,
             Action::Accept => {}
         }
@@ -273,6 +285,7 @@ pub async fn message(
         ret: message.params.ret,
         envid: message.params.envid.clone(),
         quarantine,
+        held: false,
         recipients,
     };
     match ctx.spool.store_parts(&envelope, parts).await {
@@ -294,6 +307,7 @@ pub async fn message(
             if let Some(repeats) = STORE_FAILED.admit() {
                 tracing::error!(id, error = %e, client = %peer, repeats, "cannot store message; refused with 452");
             }
+            refused(Refusal::Storage);
             Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
         }
     }

@@ -5,6 +5,7 @@ use super::local_submit::LocalUser;
 use super::spill::Spill;
 use super::{Context, checks};
 use crate::config::ListenMode;
+use crate::metrics::{ConnectionResult, ListenerMetrics, Refusal};
 use crate::net::Stream;
 use crate::policy::auth::SpfCheck;
 use crate::policy::dnsbl;
@@ -72,17 +73,20 @@ pub async fn handle(
     peer: SocketAddr,
     mode: ListenMode,
     stop: watch::Receiver<bool>,
+    counters: Arc<ListenerMetrics>,
 ) {
     let limits = &ctx.config.limits;
     let ip = peer.ip();
     let trusted = ctx.trusted(ip);
     let per_ip = (!trusted).then_some(limits.max_connections_per_ip);
     let Some(_slot) = ctx.connections.open(ip, limits.max_connections, per_ip) else {
+        counters.connection(ConnectionResult::RefusedLimit);
         tracing::info!(client = %peer, "refused: too many connections");
         let _ = refuse(&ctx, tcp, mode, Reply::new(421, (4, 7, 0), "Too many connections, try again later")).await;
         return;
     };
     if ctx.auth_failures.is_banned(ip) {
+        counters.connection(ConnectionResult::RefusedBanned);
         tracing::info!(client = %peer, "refused: too many failed authentications");
         let reply = Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later");
         let _ = refuse(&ctx, tcp, mode, reply).await;
@@ -102,21 +106,28 @@ pub async fn handle(
     let (talked_first, listed) = tokio::join!(early, lists);
     let end = match (talked_first, listed) {
         (true, _) => {
+            counters.connection(ConnectionResult::RefusedEarlyTalker);
             tracing::info!(client = %peer, "client sent data before the greeting");
             let _ = refuse(&ctx, tcp, mode, common::pipelining_violation()).await;
             End::Closed
         }
         (false, dnsbl::Verdict::Blocked { zone, .. }) => {
+            counters.connection(ConnectionResult::RefusedDnsbl);
+            crate::metrics::get().refused(Refusal::Dnsbl);
             let text = format!("Service unavailable; client [{}] blocked using {zone}", ip);
             let _ = refuse(&ctx, tcp, mode, Reply::new(554, (5, 7, 1), text)).await;
             End::Closed
         }
         (false, listed) => {
+            counters.connection(ConnectionResult::Accepted);
+            counters.active.inc();
             let _ = tcp.set_nodelay(true);
             let mut stream: Box<dyn Stream> = Box::new(tcp);
             let allowlisted = matches!(listed, dnsbl::Verdict::Allowed { .. });
-            let end = converse(&ctx, &mut stream, peer, mode, stop, allowlisted, None).await;
+            let client = Client { peer, mode, allowlisted, local: None, counters: &counters };
+            let end = converse(&ctx, &mut stream, client, stop).await;
             let _ = stream.shutdown().await;
+            counters.active.dec();
             end
         }
     };
@@ -205,17 +216,26 @@ async fn start_tls(ctx: &Context, stream: &mut Box<dyn Stream>) -> Result<String
     }
 }
 
-/// Speaks SMTP with one client until the connection ends. `local` is a local user on
-/// the submission socket, who needs neither TLS nor AUTH.
+/// What is known of a client when the conversation starts.
+pub(super) struct Client<'a> {
+    pub peer: SocketAddr,
+    pub mode: ListenMode,
+    /// On a DNS allow list.
+    pub allowlisted: bool,
+    /// A local user on the submission socket, who needs neither TLS nor AUTH.
+    pub local: Option<&'a LocalUser>,
+    /// The series of the listener it came through.
+    pub counters: &'a ListenerMetrics,
+}
+
+/// Speaks SMTP with one client until the connection ends.
 pub(super) async fn converse(
     ctx: &Arc<Context>,
     stream: &mut Box<dyn Stream>,
-    peer: SocketAddr,
-    mode: ListenMode,
+    client: Client<'_>,
     mut stop: watch::Receiver<bool>,
-    allowlisted: bool,
-    local: Option<&LocalUser>,
 ) -> End {
+    let Client { peer, mode, allowlisted, local, counters } = client;
     let limits = &ctx.config.limits;
     let deadline = Instant::now() + limits.session_timeout;
     let mut config = ctx.session_config(mode, peer.ip());
@@ -306,6 +326,7 @@ pub(super) async fn converse(
                     session.answer_auth(checks::authenticate(ctx, user, password, peer.ip()).await);
                 }
                 Event::Check(Check::Message(message)) => {
+                    let content_end = Instant::now();
                     let spf = match spf.take() {
                         None => None,
                         Some(task) => match task.await {
@@ -327,6 +348,10 @@ pub(super) async fn converse(
                             Err(Reply::new(451, (4, 3, 0), "Local error, try again later"))
                         }
                     };
+                    if outcome.is_ok() {
+                        counters.received.inc();
+                        crate::metrics::get().receive_latency.observe(content_end.elapsed().as_secs_f64());
+                    }
                     session.answer_message(outcome);
                 }
             }

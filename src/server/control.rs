@@ -1,29 +1,41 @@
-//! The control socket (`<data_dir>/control.sock`) through which `tern queue flush`,
-//! `tern queue delete` and `tern reload` reach the running server. One request line,
-//! one answer line: `flush [ID]`, `delete ID [bounce]`, `reload` → `ok …` or `error …`.
+//! The control socket (`<data_dir>/control.sock`, mode 0600) through which
+//! `tern queue …`, `tern status` and `tern reload` reach the running server: one request line, one
+//! answer line, both JSON. A request is an [`ops::Request`], carried out by the same
+//! [`ops::execute`] as the HTTP API; the answer is `{"ok": …}` or an
+//! [`ops::ApiError`] (`{"status": 404, "error": "…"}`).
 
-use super::reload::{Live, reload};
-use crate::queue::Queue;
+use crate::admin::ops::{self, ApiError};
 use std::path::Path;
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 pub const SOCKET_NAME: &str = "control.sock";
 
+/// Longest request line taken.
+const MAX_REQUEST: u64 = 64 << 10;
+
 /// Listens on the control socket until the task is dropped.
-pub fn start(data_dir: &Path, queue: Queue, live: Live) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn start(data_dir: &Path, state: Arc<ops::State>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = bind_private(data_dir)?;
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (queue, live) = (queue.clone(), live.clone());
+            let state = state.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
-                let mut reader = BufReader::new(read.take(1024));
+                let mut reader = BufReader::new(read.take(MAX_REQUEST));
                 if reader.read_line(&mut line).await.is_err() {
                     return;
                 }
-                let answer = answer(&queue, &live, line.trim()).await;
+                let answer = match serde_json::from_str::<ops::Request>(&line) {
+                    Ok(request) => ops::execute(&state, request).await,
+                    Err(e) => Err(ApiError::bad_request(format!("bad request: {e}"))),
+                };
+                let answer = match answer {
+                    Ok(value) => serde_json::json!({ "ok": value }),
+                    Err(e) => serde_json::to_value(e).expect("errors serialize"),
+                };
                 let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
             });
         }
@@ -56,24 +68,4 @@ pub(super) fn bind_socket(path: &Path, mode: u32) -> std::io::Result<UnixListene
     })();
     let _ = std::fs::remove_dir_all(&staging);
     result
-}
-
-async fn answer(queue: &Queue, live: &Live, request: &str) -> String {
-    let words: Vec<&str> = request.split_whitespace().collect();
-    match words.as_slice() {
-        ["flush"] => format!("ok {} message(s) scheduled for immediate delivery", queue.flush(None).await),
-        ["flush", id] => match queue.flush(Some(id.to_string())).await {
-            0 => format!("error {id} is not waiting for a retry"),
-            _ => format!("ok {id} scheduled for immediate delivery"),
-        },
-        ["delete", id] | ["delete", id, "bounce"] => match queue.delete(id.to_string(), words.len() == 3).await {
-            Ok(()) => format!("ok {id} deleted"),
-            Err(e) => format!("error {e}"),
-        },
-        ["reload"] => match reload(live).await {
-            Ok(summary) => format!("ok {summary}"),
-            Err(e) => format!("error {}", e.to_string().replace('\n', " ")),
-        },
-        _ => "error unknown request".into(),
-    }
 }

@@ -5,6 +5,7 @@
 use super::{Context, connection, listen};
 use crate::config::{Listen, ListenMode};
 use crate::log_limit::{self, LogLimit};
+use crate::metrics::ListenerMetrics;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub struct Bound {
     pub listen: Listen,
     pub socket: std::net::TcpListener,
+}
+
+/// `127.0.0.1:25 (smtp), …` for listeners not yet accepting.
+pub fn describe(bound: &[Bound]) -> String {
+    let each: Vec<String> = bound
+        .iter()
+        .map(|b| format!("{} ({})", b.socket.local_addr().map_or(b.listen.addr, |a| a), b.listen.mode))
+        .collect();
+    each.join(", ")
 }
 
 /// Binds every listener of `wanted`; the first failure is the error.
@@ -91,6 +101,11 @@ impl Listeners {
         self.running.iter().map(|r| r.local).collect()
     }
 
+    /// Where each listener is bound, and its mode.
+    pub fn list(&self) -> Vec<(SocketAddr, ListenMode)> {
+        self.running.iter().map(|r| (r.local, *r.mode.borrow())).collect()
+    }
+
     /// `127.0.0.1:25 (smtp), …`, for the log.
     pub fn describe(&self) -> String {
         let each: Vec<String> = self.running.iter().map(|r| format!("{} ({})", r.local, *r.mode.borrow())).collect();
@@ -143,7 +158,8 @@ impl Listeners {
         let (mode, modes) = watch::channel(bound.listen.mode);
         let (close, closed) = oneshot::channel();
         let (current, stop, alive) = (self.current.clone(), self.stop.clone(), self.alive.clone());
-        tokio::spawn(accept_loop(listener, modes, closed, current, stop, alive));
+        let counters = Arc::new(crate::metrics::get().listener(&addr.to_string()));
+        tokio::spawn(accept_loop(listener, modes, closed, current, stop, alive, counters));
         self.running.push(Running { addr, local, mode, _close: close });
         Ok(local)
     }
@@ -158,6 +174,7 @@ async fn accept_loop(
     current: Arc<ArcSwap<Context>>,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    counters: Arc<ListenerMetrics>,
 ) {
     loop {
         tokio::select! {
@@ -172,9 +189,9 @@ async fn accept_loop(
                     // Received) sees `a.b.c.d`.
                     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                     let (ctx, mode) = (current.load_full(), *modes.borrow());
-                    let (stop, alive) = (stop.clone(), alive.clone());
+                    let (stop, alive, counters) = (stop.clone(), alive.clone(), counters.clone());
                     tokio::spawn(async move {
-                        connection::handle(ctx, stream, peer, mode, stop).await;
+                        connection::handle(ctx, stream, peer, mode, stop, counters).await;
                         drop(alive);
                     });
                 }

@@ -113,10 +113,19 @@ async fn handle(ctx: Arc<Context>, stream: UnixStream, stop: watch::Receiver<boo
         return;
     };
     tracing::info!(user = %user.login, uid = user.uid, trusted = user.trusted, "local submission");
-    let end =
-        connection::converse(&ctx, &mut stream, LocalUser::ADDR, ListenMode::Submission, stop, false, Some(&user))
-            .await;
+    let counters = crate::metrics::get().listener("local");
+    counters.connection(crate::metrics::ConnectionResult::Accepted);
+    counters.active.inc();
+    let client = connection::Client {
+        peer: LocalUser::ADDR,
+        mode: ListenMode::Submission,
+        allowlisted: false,
+        local: Some(&user),
+        counters: &counters,
+    };
+    let end = connection::converse(&ctx, &mut stream, client, stop).await;
     let _ = stream.shutdown().await;
+    counters.active.dec();
     connection::log_end(&format!("local user {}", user.login), end);
 }
 

@@ -19,6 +19,7 @@ pub mod tls;
 
 pub use reload::{Error as ReloadError, Live, Summary, reload};
 
+use crate::admin;
 use crate::config::{Config, ListenMode};
 use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::{Hop, Pool, RemoteConfig, TlsClient};
@@ -153,22 +154,38 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     // Every connection holds a clone of `alive`; when all are gone, `all_gone` returns.
     let (alive, mut all_gone) = mpsc::channel::<()>(1);
     let listeners = listeners::Listeners::new(current.clone(), stop_rx.clone(), alive.clone());
-    let live = reload::Live::new(origin, current, lasting, listeners);
+    let live = reload::Live::new(origin, current, lasting.clone(), listeners);
+    let ops = Arc::new(admin::ops::State {
+        queue: queue.clone(),
+        store: Arc::new(lasting.spool.clone()),
+        started: (std::time::Instant::now(), std::time::SystemTime::now()),
+        live: live.clone(),
+        admin: Default::default(),
+        data_dir: data_dir.clone(),
+        spool_dir,
+        ready: Default::default(),
+    });
     // The sockets in the data directory are there before the first greeting.
-    let control = control::start(&data_dir, queue.clone(), live.clone())
+    let control = control::start(&data_dir, ops.clone())
         .map_err(|e| format!("cannot open control socket in {}: {e}", data_dir.display()))?;
     let ctx = live.context();
     let submit_path = ctx.config.submit_socket();
     let submit = local_submit::bind(&submit_path, &data_dir)
         .map_err(|e| format!("cannot open the local submission socket {}: {e}", submit_path.display()))?;
+    let admin = admin::start(&ctx.config, ops.clone()).await?;
     tokio::spawn(local_submit::serve(live.current(), submit, stop_rx, alive));
-    let addrs = live.start_listeners(prepared.listeners).await?;
+    // Said before the first greeting, so that whoever is greeted can read it.
+    let addrs = listeners::describe(&prepared.listeners);
+    let admin_addr = admin.as_ref().map(|(addr, _)| *addr);
+    let admin_text = admin_addr.map_or("admin API off".to_string(), |a| format!("admin API on http://{a}"));
     println!(
-        "tern: listening on {addrs}; mail for {} goes to {}; {recovered} queued message(s) recovered",
+        "tern: listening on {addrs}; mail for {} goes to {}; {recovered} queued message(s) recovered; {admin_text}",
         ctx.config.local.domains.join(", "),
         ctx.config.mail_root().display()
     );
-    tracing::info!(listen = %addrs, recovered, "started");
+    tracing::info!(listen = %addrs, admin = ?admin_addr, recovered, "started");
+    live.start_listeners(prepared.listeners).await?;
+    ops.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     notify::ready(&format!("listening on {addrs}"));
     drop(ctx);
 
@@ -183,6 +200,7 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
         }
     }
     notify::stopping();
+    ops.ready.store(false, std::sync::atomic::Ordering::Relaxed);
     let grace = live.context().config.limits.shutdown_grace;
     let _ = stop_tx.send(true);
     live.close_listeners().await;
@@ -194,6 +212,9 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
         tracing::warn!("deliveries still running after the grace period; they will be retried at next start");
     }
     control.abort();
+    if let Some((_, task)) = admin {
+        task.abort();
+    }
     let _ = std::fs::remove_file(data_dir.join(control::SOCKET_NAME));
     let _ = std::fs::remove_file(&submit_path);
     tracing::info!("stopped");

@@ -48,12 +48,15 @@ impl Live {
         self.0.current.clone()
     }
 
-    /// Starts accepting on the listeners bound at start; returns where they listen.
-    pub(super) async fn start_listeners(&self, bound: Vec<super::listeners::Bound>) -> Result<String, String> {
+    /// Starts accepting on the listeners bound at start.
+    pub(super) async fn start_listeners(&self, bound: Vec<super::listeners::Bound>) -> Result<(), String> {
         let mut listeners = self.0.listeners.lock().await;
-        let listeners = listeners.as_mut().ok_or("the server is stopping")?;
-        listeners.start(bound)?;
-        Ok(listeners.describe())
+        listeners.as_mut().ok_or("the server is stopping")?.start(bound)
+    }
+
+    /// Where the server listens now, and in which mode.
+    pub async fn listeners(&self) -> Vec<(SocketAddr, crate::config::ListenMode)> {
+        self.0.listeners.lock().await.as_ref().map(Listeners::list).unwrap_or_default()
     }
 
     /// Stops every listener for good (shutdown); later reloads fail.
@@ -190,6 +193,10 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
     if new.submit_socket() != running.submit_socket() {
         new.sendmail = running.sendmail.clone();
         kept.push("sendmail");
+    }
+    if format!("{:?}", new.admin) != format!("{:?}", running.admin) {
+        new.admin = running.admin.clone();
+        kept.push("admin");
     }
     kept
 }

@@ -90,8 +90,12 @@ impl ServerTls {
     /// Runs the server side of a handshake; returns the stream and a description
     /// like `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`.
     pub async fn accept(&self, stream: Box<dyn Stream>) -> std::io::Result<(Box<dyn Stream>, String)> {
-        let tls = self.acceptor.accept(stream).await?;
+        let metrics = crate::metrics::get();
+        let tls = self.acceptor.accept(stream).await.inspect_err(|_| {
+            metrics.tls_handshake(crate::metrics::Direction::Inbound, crate::metrics::TlsOutcome::Failed)
+        })?;
         let (_, conn) = tls.get_ref();
+        metrics.tls_version(crate::metrics::Direction::Inbound, conn.protocol_version());
         let version = match conn.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),

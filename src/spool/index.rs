@@ -4,7 +4,8 @@
 //! while the writer appends, so both reach the same state. The rules:
 //!
 //! 1. A live message pins its *home*, the segment holding its newest full copy, and
-//!    every later segment holding a change of it. Older copies and the changes
+//!    every later segment holding a change of it (a recipient's result, a hold or a
+//!    release). Older copies and the changes
 //!    before its home are superseded: the home copy carries the state as it was
 //!    when it was written.
 //! 2. A finished message pins the segment holding its `Done` record for as long as
@@ -111,6 +112,14 @@ impl Index {
                 }
                 #[cfg(test)]
                 let segment = if self.first_rules { live.home() } else { segment };
+                if segment > live.home() && live.changes.insert(segment) {
+                    self.pin(segment);
+                }
+                true
+            }
+            Change::Hold { id, held } => {
+                let Some(live) = self.live.get_mut(id) else { return false };
+                live.stored.envelope.held = *held;
                 if segment > live.home() && live.changes.insert(segment) {
                     self.pin(segment);
                 }

@@ -53,6 +53,9 @@ pub struct Envelope {
     /// quarantine (RFC 7489 §6.3).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub quarantine: bool,
+    /// Put on hold by the mail administrator: not attempted until released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
     pub recipients: Vec<Recipient>,
 }
 
@@ -116,6 +119,11 @@ pub enum Change {
     /// The message is finished (every recipient final, or deleted) and may be dropped.
     Done {
         id: String,
+    },
+    /// The message is put on hold (`held`), or released.
+    Hold {
+        id: String,
+        held: bool,
     },
 }
 

@@ -1,6 +1,7 @@
-//! The spool against a model: random sequences of stores, state changes, restarts,
-//! crashes at any file-system operation, torn tails and compactions, with small
-//! segments so that rotation, deletion and compaction happen all the time. After
+//! The spool against a model: random sequences of stores, state changes (recipient
+//! results, holds and releases), restarts, crashes at any file-system operation, torn
+//! tails and compactions, with small segments so that rotation, deletion and
+//! compaction happen all the time. After
 //! every step, and above all after every recovery, the spool must hold exactly what
 //! the model says was acknowledged.
 
@@ -28,6 +29,11 @@ enum Op {
     Done {
         msg: usize,
     },
+    /// The `msg`-th pending message is put on hold, or released.
+    Hold {
+        msg: usize,
+        held: bool,
+    },
     Restart,
     /// From now on the writer dies after this many file-system operations.
     CrashAfter {
@@ -46,6 +52,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (any::<usize>(), 0..3usize, any::<bool>(), 1..5u32)
             .prop_map(|(msg, rcpt, delivered, attempts)| Op::Set { msg, rcpt, delivered, attempts }),
         4 => any::<usize>().prop_map(|msg| Op::Done { msg }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(msg, held)| Op::Hold { msg, held }),
         1 => Just(Op::Restart),
         1 => (0..40i64).prop_map(|ops| Op::CrashAfter { ops }),
         1 => (1..600usize).prop_map(|cut| Op::Torn { cut }),
@@ -67,6 +74,7 @@ fn long_queue_op() -> impl Strategy<Value = Op> {
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
     states: Vec<RcptState>,
+    held: bool,
     body: Vec<u8>,
 }
 
@@ -76,6 +84,7 @@ enum Unsure {
     Store(String, Entry),
     Set(String, usize, RcptState),
     Done(String),
+    Hold(String, bool),
 }
 
 struct Harness {
@@ -146,6 +155,13 @@ impl Harness {
                         self.model.remove(&id);
                     }
                 }
+                Unsure::Hold(id, held) => {
+                    if found.get(&id).is_some_and(|e| e.held == held)
+                        && let Some(e) = self.model.get_mut(&id)
+                    {
+                        e.held = held;
+                    }
+                }
             }
         }
         self.check();
@@ -159,7 +175,7 @@ impl Harness {
             .map(|s| {
                 let body = spool.read_content(s).expect("read content");
                 let states = s.envelope.recipients.iter().map(|r| r.state.clone()).collect();
-                (s.envelope.id.clone(), Entry { states, body })
+                (s.envelope.id.clone(), Entry { states, held: s.envelope.held, body })
             })
             .collect()
     }
@@ -181,7 +197,7 @@ impl Harness {
                 let id = self.spool().new_id();
                 let body: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(len as u8)).collect();
                 let e = envelope_with_id(id.clone(), rcpts);
-                let entry = Entry { states: vec![RcptState::Queued; rcpts], body: body.clone() };
+                let entry = Entry { states: vec![RcptState::Queued; rcpts], held: false, body: body.clone() };
                 match self.rt.block_on(self.spool().store(&e, &body)) {
                     Ok(_) => drop(self.model.insert(id, entry)),
                     Err(_) => self.crash(Unsure::Store(id, entry)),
@@ -211,6 +227,13 @@ impl Harness {
                 match self.rt.block_on(self.spool().record(&[Change::Done { id: id.clone() }])) {
                     Ok(()) => drop(self.model.remove(&id)),
                     Err(_) => self.crash(Unsure::Done(id)),
+                }
+            }
+            Op::Hold { msg, held } => {
+                let Some(id) = self.live_id(msg) else { return };
+                match self.rt.block_on(self.spool().record(&[Change::Hold { id: id.clone(), held }])) {
+                    Ok(()) => self.model.get_mut(&id).unwrap().held = held,
+                    Err(_) => self.crash(Unsure::Hold(id, held)),
                 }
             }
             Op::Restart => {

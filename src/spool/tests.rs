@@ -16,6 +16,7 @@ pub(super) fn envelope_with_id(id: String, rcpts: usize) -> Envelope {
         ret: None,
         envid: None,
         quarantine: false,
+        held: false,
         recipients: (0..rcpts)
             .map(|i| Recipient {
                 address: format!("u{i}@localhost"),
@@ -70,6 +71,30 @@ fn store_recover_and_finish() {
     assert!(pending.is_empty());
     let segments = std::fs::read_dir(dir.path()).unwrap().count();
     assert!(segments <= 2, "{segments} segments left");
+}
+
+/// A hold is a change like a recipient's result: it survives a restart, and
+/// compaction copies the message held.
+#[test]
+fn hold_survives_restart_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let (spool, _) = open(dir.path(), &rt);
+    let (e1, e2) = (envelope(&spool, 1), envelope(&spool, 1));
+    rt.block_on(spool.store(&e1, b"one")).unwrap();
+    rt.block_on(spool.store(&e2, b"two")).unwrap();
+    rt.block_on(spool.record(&[Change::Hold { id: e1.id.clone(), held: true }])).unwrap();
+    rt.block_on(spool.record(&[Change::Hold { id: e2.id.clone(), held: true }])).unwrap();
+    rt.block_on(spool.record(&[Change::Hold { id: e2.id.clone(), held: false }])).unwrap();
+    drop(spool);
+    let (spool, pending) = open(dir.path(), &rt);
+    let held: Vec<bool> = pending.iter().map(|s| s.envelope.held).collect();
+    assert_eq!(held, [true, false]);
+    rt.block_on(spool.compact()).unwrap();
+    drop(spool);
+    let (_spool, pending) = open(dir.path(), &rt);
+    let held: Vec<bool> = pending.iter().map(|s| s.envelope.held).collect();
+    assert_eq!(held, [true, false]);
 }
 
 #[test]

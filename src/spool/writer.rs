@@ -151,6 +151,7 @@ pub fn start(
         fuel,
     };
     writer.delete_unneeded();
+    crate::metrics::get().spool_bytes.set(writer.sizes.values().sum::<u64>() as i64);
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new().name("spool-writer".into()).spawn(move || writer.run(rx))?;
     Ok((tx, locations, thread))
@@ -254,6 +255,7 @@ impl Writer {
                 }
             }
             if !writes.is_empty() {
+                crate::metrics::get().spool_commit_batch.observe(writes.len() as f64);
                 let _ = self.commit(writes);
             }
             if stop {
@@ -275,6 +277,7 @@ impl Writer {
         if self.compaction_due() {
             self.compact_step();
         }
+        crate::metrics::get().spool_bytes.set(self.sizes.values().sum::<u64>() as i64);
     }
 
     /// Writes a batch, syncs once, then answers every request in it. When the batch

@@ -46,6 +46,9 @@ pub fn loopback_only(dead_port: u16) -> String {
     )
 }
 
+/// The admin listener on a port the system picks (see `Tern::admin_url`).
+pub const ADMIN_ANY_PORT: &str = "\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+
 /// Clients on loopback may relay by default; this makes them strangers, as
 /// on a public port 25.
 pub const NO_RELAY: &str = "\n[relay]\nnetworks = []\n";
@@ -227,8 +230,11 @@ impl Tern {
     }
 
     fn write_config(&self, toml_extra: &str) {
+        // Many servers run at once: each admin listener takes a port of its own, which
+        // `admin_url` reads from the start-up line.
+        let admin = if toml_extra.contains("[admin]") { "" } else { ADMIN_ANY_PORT };
         let config = format!(
-            "hostname = \"{HOSTNAME}\"\ndata_dir = \"{}\"\n\n[[listen]]\naddr = \"127.0.0.1:{}\"\nmode = \"smtp\"\n{}\n{}\n",
+            "hostname = \"{HOSTNAME}\"\ndata_dir = \"{}\"\n\n[[listen]]\naddr = \"127.0.0.1:{}\"\nmode = \"smtp\"\n{}\n{}\n{admin}",
             self.data_dir.display(),
             self.port,
             loopback_only(self.dead_port),
@@ -561,6 +567,21 @@ impl Tern {
     /// Bytes held in spill files: message content not yet stored or dropped.
     pub fn spilled(&self) -> u64 {
         self.spill_files().iter().sum()
+    }
+
+    /// `http://127.0.0.1:PORT` of the running server's admin listener, from its
+    /// start-up line (the newest one in the stdout log).
+    #[track_caller]
+    pub fn admin_url(&self) -> String {
+        let out = fs::read_to_string(self.stdout_log()).unwrap_or_default();
+        let at = out.rfind("admin API on http://").unwrap_or_else(|| panic!("no admin listener in:\n{out}"));
+        let url = &out[at + "admin API on ".len()..];
+        url.split(|c: char| c.is_whitespace() || c == ';').next().unwrap_or_default().to_string()
+    }
+
+    /// The admin API's bearer token (`<data_dir>/admin.token`, made at first start).
+    pub fn admin_token(&self) -> String {
+        fs::read_to_string(self.data_dir.join("admin.token")).expect("read admin.token").trim().to_string()
     }
 
     /// Opens a raw SMTP connection and reads the greeting.

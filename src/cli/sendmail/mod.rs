@@ -81,7 +81,7 @@ pub fn run(config_flag: Option<&Path>, args: &[String], forced: Option<Mode>) ->
     };
     match options.mode {
         Mode::Queue => super::mailq::print(&config),
-        Mode::Flush => super::queue::control(&config, "flush"),
+        Mode::Flush => super::queue::manage(&config, crate::queue::Action::Flush, None, Default::default()),
         Mode::Aliases => {
             println!("tern: aliases are read from [local.aliases] of the configuration; there is nothing to rebuild");
             ExitCode::SUCCESS

@@ -128,11 +128,12 @@ impl TlsClient {
     ) -> Result<(Box<dyn Stream>, TlsLevel, String), ConnError> {
         let name =
             ServerName::try_from(host.to_string()).map_err(|e| ConnError(format!("bad TLS name {host}: {e}")))?;
-        let tls = self
-            .connector
-            .connect(name.clone(), stream)
-            .await
-            .map_err(|e| ConnError(format!("TLS handshake failed: {e}")))?;
+        let metrics = crate::metrics::get();
+        let tls = self.connector.connect(name.clone(), stream).await.map_err(|e| {
+            metrics.tls_handshake(crate::metrics::Direction::Outbound, crate::metrics::TlsOutcome::Failed);
+            ConnError(format!("TLS handshake failed: {e}"))
+        })?;
+        metrics.tls_version(crate::metrics::Direction::Outbound, tls.get_ref().1.protocol_version());
         let level = match tls.get_ref().1.peer_certificates() {
             Some([end_entity, intermediates @ ..]) => {
                 match self.verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()) {

@@ -21,6 +21,21 @@ use results::Results;
 pub use spf::SpfCheck;
 use tokio::time::{Instant, timeout_at};
 
+/// The results of a checked message in the metrics (`none` for DKIM when unsigned).
+fn count(spf: SpfResult, dkim: &[DkimOutput], arc: &DkimResult, dmarc: Outcome) {
+    use crate::metrics::AuthMethod;
+    let metrics = crate::metrics::get();
+    metrics.auth_result(AuthMethod::Spf, results::spf_word(spf));
+    for d in dkim {
+        metrics.auth_result(AuthMethod::Dkim, results::dkim_word(d.result()));
+    }
+    if dkim.is_empty() {
+        metrics.auth_result(AuthMethod::Dkim, "none");
+    }
+    metrics.auth_result(AuthMethod::Arc, results::arc_word(arc));
+    metrics.auth_result(AuthMethod::Dmarc, results::dmarc_word(dmarc));
+}
+
 /// What becomes of a checked message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -111,6 +126,7 @@ impl Checker {
                     policy: None,
                 }
             });
+        count(spf.result, &dkim, &arc, dmarc.outcome);
         let results = Results {
             hostname: &self.hostname,
             spf: spf.result,

@@ -43,7 +43,7 @@ pub fn dkim_word(r: &DkimResult) -> &'static str {
 }
 
 /// RFC 8617 §4.4: a chain passes, fails, or is not there.
-fn arc_word(r: &DkimResult) -> &'static str {
+pub fn arc_word(r: &DkimResult) -> &'static str {
     match r {
         DkimResult::Pass => "pass",
         DkimResult::None => "none",
@@ -51,7 +51,7 @@ fn arc_word(r: &DkimResult) -> &'static str {
     }
 }
 
-fn dmarc_word(o: Outcome) -> &'static str {
+pub fn dmarc_word(o: Outcome) -> &'static str {
     match o {
         Outcome::Pass => "pass",
         Outcome::Fail => "fail",

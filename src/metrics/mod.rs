@@ -1,0 +1,428 @@
+//! What the server counts, for Prometheus (`GET /metrics` on the admin listener). It
+//! uses nothing of Tern, so every layer (the spool too) may count into it.
+//!
+//! Every series is made when the process starts (or, per listener, when the server
+//! starts), with labels from small fixed sets: no address or queue id is ever a
+//! label. Counting is an atomic add on a handle made then, never a look-up or a
+//! lock, so it costs the hot paths nothing worth measuring. Histograms are
+//! [`AtomicHistogram`]s for the same reason. The text is made by `prometheus-client`.
+
+mod histogram;
+
+pub use histogram::AtomicHistogram;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::LazyLock;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+/// Why a sender, a recipient or a message was refused.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// Relaying asked by a client that may not relay.
+    RelayDenied,
+    /// No such local mailbox.
+    UnknownRecipient,
+    /// An authenticated user sending as someone else.
+    SenderNotOwned,
+    RateLimit,
+    Greylisted,
+    /// SPF or DMARC refused it, or left its verdict open (451).
+    AuthChecks,
+    /// The client is on a DNS block list.
+    Dnsbl,
+    /// No room in the spool or in memory.
+    Storage,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 8] = [
+        Refusal::RelayDenied,
+        Refusal::UnknownRecipient,
+        Refusal::SenderNotOwned,
+        Refusal::RateLimit,
+        Refusal::Greylisted,
+        Refusal::AuthChecks,
+        Refusal::Dnsbl,
+        Refusal::Storage,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Refusal::RelayDenied => "relay_denied",
+            Refusal::UnknownRecipient => "unknown_recipient",
+            Refusal::SenderNotOwned => "sender_not_owned",
+            Refusal::RateLimit => "rate_limit",
+            Refusal::Greylisted => "greylisted",
+            Refusal::AuthChecks => "auth_checks",
+            Refusal::Dnsbl => "dnsbl",
+            Refusal::Storage => "storage",
+        }
+    }
+}
+
+/// How a connection to a listener went.
+#[derive(Debug, Clone, Copy)]
+pub enum ConnectionResult {
+    Accepted,
+    /// `max_connections` or `max_connections_per_ip`.
+    RefusedLimit,
+    /// Banned after failed authentications.
+    RefusedBanned,
+    RefusedDnsbl,
+    /// Talked before the greeting.
+    RefusedEarlyTalker,
+}
+
+impl ConnectionResult {
+    const ALL: [ConnectionResult; 5] = [
+        ConnectionResult::Accepted,
+        ConnectionResult::RefusedLimit,
+        ConnectionResult::RefusedBanned,
+        ConnectionResult::RefusedDnsbl,
+        ConnectionResult::RefusedEarlyTalker,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            ConnectionResult::Accepted => "accepted",
+            ConnectionResult::RefusedLimit => "refused_limit",
+            ConnectionResult::RefusedBanned => "refused_banned",
+            ConnectionResult::RefusedDnsbl => "refused_dnsbl",
+            ConnectionResult::RefusedEarlyTalker => "refused_early_talker",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Transport {
+    Local,
+    Remote,
+    Lmtp,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum DeliveryResult {
+    Delivered,
+    Deferred,
+    Bounced,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum AuthMethod {
+    Spf,
+    Dkim,
+    Arc,
+    Dmarc,
+}
+
+/// The result words of RFC 8601 that SPF, DKIM, ARC and DMARC give.
+const AUTH_RESULTS: [&str; 7] = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"];
+
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// The TLS versions Tern speaks, and a handshake that failed.
+#[derive(Debug, Clone, Copy)]
+pub enum TlsOutcome {
+    Tls12,
+    Tls13,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum DnsType {
+    A,
+    Aaaa,
+    /// A and AAAA together (a host's addresses).
+    Ip,
+    Mx,
+    Txt,
+    Ptr,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum DnsResult {
+    Ok,
+    NxDomain,
+    NoData,
+    /// Timeout, SERVFAIL, network trouble.
+    Error,
+}
+
+/// One listener's series.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub active: Gauge,
+    connections: [Counter; 5],
+    pub received: Counter,
+}
+
+impl ListenerMetrics {
+    pub fn connection(&self, result: ConnectionResult) {
+        self.connections[result as usize].inc();
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    connections_active: Family<Labels, Gauge>,
+    connections: Family<Labels, Counter>,
+    received: Family<Labels, Counter>,
+    refused: Vec<Counter>,
+    deliveries: Vec<Vec<Counter>>,
+    queue: Vec<Gauge>,
+    pub queue_oldest_seconds: Gauge,
+    pub receive_latency: AtomicHistogram,
+    pub delivery_latency: AtomicHistogram,
+    pub spool_commit_batch: AtomicHistogram,
+    pub spool_bytes: Gauge,
+    auth: Vec<Vec<Counter>>,
+    tls: Vec<Vec<Counter>>,
+    dns: Vec<Vec<Counter>>,
+}
+
+/// Series of a family with one label, one per value.
+fn series<M: Clone>(family: &Family<Labels, M>, label: &'static str, values: &[&str]) -> Vec<M> {
+    values.iter().map(|v| family.get_or_create(&vec![(label, v.to_string())]).clone()).collect()
+}
+
+/// Series of a family with two labels, for every pair.
+fn grid<M: Clone>(
+    family: &Family<Labels, M>,
+    labels: (&'static str, &'static str),
+    a: &[&str],
+    b: &[&str],
+) -> Vec<Vec<M>> {
+    a.iter()
+        .map(|x| {
+            b.iter()
+                .map(|y| family.get_or_create(&vec![(labels.0, x.to_string()), (labels.1, y.to_string())]).clone())
+                .collect()
+        })
+        .collect()
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let build = Family::<Labels, Gauge>::default();
+        build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())]).set(1);
+        registry.register("tern_build_info", "The running version", build);
+        let connections_active = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tern_connections_active",
+            "SMTP connections open now, by listener",
+            connections_active.clone(),
+        );
+        let connections = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_connections",
+            "SMTP connections, by listener and what became of them",
+            connections.clone(),
+        );
+        let received = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_messages_received",
+            "Messages accepted (250 after they were stored), by listener",
+            received.clone(),
+        );
+        let refused_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_messages_refused",
+            "Senders, recipients and messages refused, by reason",
+            refused_family.clone(),
+        );
+        let names: Vec<&str> = Refusal::ALL.iter().map(|r| r.name()).collect();
+        let refused = series(&refused_family, "reason", &names);
+        let deliveries_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_deliveries",
+            "Delivery results of recipients, by transport and result",
+            deliveries_family.clone(),
+        );
+        let deliveries = grid(
+            &deliveries_family,
+            ("transport", "result"),
+            &["local", "remote", "lmtp"],
+            &["delivered", "deferred", "bounced"],
+        );
+        let queue_family = Family::<Labels, Gauge>::default();
+        registry.register("tern_queue_messages", "Messages in the queue, by state", queue_family.clone());
+        let queue = series(&queue_family, "state", &["queued", "deferred", "held"]);
+        let queue_oldest_seconds = Gauge::default();
+        registry.register_with_unit(
+            "tern_queue_oldest",
+            "Age of the oldest message in the queue",
+            Unit::Seconds,
+            queue_oldest_seconds.clone(),
+        );
+        let receive_latency = AtomicHistogram::new(&LATENCY_BUCKETS);
+        registry.register_with_unit(
+            "tern_receive_latency",
+            "From the end of a message's content to its 250 reply (checks, signing, storing)",
+            Unit::Seconds,
+            receive_latency.clone(),
+        );
+        let delivery_latency = AtomicHistogram::new(&DELIVERY_BUCKETS);
+        registry.register_with_unit(
+            "tern_delivery_latency",
+            "From a message's acceptance to a recipient's final result",
+            Unit::Seconds,
+            delivery_latency.clone(),
+        );
+        let spool_commit_batch = AtomicHistogram::new(&BATCH_BUCKETS);
+        registry.register(
+            "tern_spool_commit_batch_size",
+            "Requests sharing one spool fsync",
+            spool_commit_batch.clone(),
+        );
+        let spool_bytes = Gauge::default();
+        registry.register_with_unit(
+            "tern_spool",
+            "Size of the spool's segment files",
+            Unit::Bytes,
+            spool_bytes.clone(),
+        );
+        let auth_family = Family::<Labels, Counter>::default();
+        registry.register("tern_auth_results", "SPF, DKIM, ARC and DMARC results of checked mail", auth_family.clone());
+        let auth = grid(&auth_family, ("method", "result"), &["spf", "dkim", "arc", "dmarc"], &AUTH_RESULTS);
+        let tls_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_tls_handshakes",
+            "TLS handshakes, by direction and version (or failed)",
+            tls_family.clone(),
+        );
+        let tls =
+            grid(&tls_family, ("direction", "version"), &["inbound", "outbound"], &["TLSv1.2", "TLSv1.3", "failed"]);
+        let dns_family = Family::<Labels, Counter>::default();
+        registry.register("tern_dns_lookups", "DNS lookups by Tern's resolver, by type and result", dns_family.clone());
+        let dns = grid(
+            &dns_family,
+            ("type", "result"),
+            &["a", "aaaa", "ip", "mx", "txt", "ptr", "other"],
+            &["ok", "nxdomain", "nodata", "error"],
+        );
+        Metrics {
+            registry,
+            connections_active,
+            connections,
+            received,
+            refused,
+            deliveries,
+            queue,
+            queue_oldest_seconds,
+            receive_latency,
+            delivery_latency,
+            spool_commit_batch,
+            spool_bytes,
+            auth,
+            tls,
+            dns,
+        }
+    }
+
+    /// The series of a listener, named by its address: made once, at start.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let label = || vec![("listener", name.to_string())];
+        let connection = |r: ConnectionResult| {
+            self.connections
+                .get_or_create(&vec![("listener", name.to_string()), ("result", r.name().to_string())])
+                .clone()
+        };
+        ListenerMetrics {
+            active: self.connections_active.get_or_create(&label()).clone(),
+            connections: ConnectionResult::ALL.map(connection),
+            received: self.received.get_or_create(&label()).clone(),
+        }
+    }
+
+    pub fn refused(&self, reason: Refusal) {
+        self.refused[reason as usize].inc();
+    }
+
+    pub fn delivery(&self, transport: Transport, result: DeliveryResult) {
+        self.deliveries[transport as usize][result as usize].inc();
+    }
+
+    pub fn set_queue(&self, queued: usize, deferred: usize, held: usize, oldest_seconds: i64) {
+        for (gauge, n) in self.queue.iter().zip([queued, deferred, held]) {
+            gauge.set(n as i64);
+        }
+        self.queue_oldest_seconds.set(oldest_seconds);
+    }
+
+    /// A result word (`pass`, `fail`, …) of one method; other words are not counted.
+    pub fn auth_result(&self, method: AuthMethod, word: &str) {
+        if let Some(i) = AUTH_RESULTS.iter().position(|w| *w == word) {
+            self.auth[method as usize][i].inc();
+        }
+    }
+
+    pub fn tls_handshake(&self, direction: Direction, outcome: TlsOutcome) {
+        self.tls[direction as usize][outcome as usize].inc();
+    }
+
+    /// A TLS handshake's outcome from the version rustls agreed.
+    pub fn tls_version(&self, direction: Direction, version: Option<rustls::ProtocolVersion>) {
+        let outcome = match version {
+            Some(rustls::ProtocolVersion::TLSv1_3) => TlsOutcome::Tls13,
+            _ => TlsOutcome::Tls12,
+        };
+        self.tls_handshake(direction, outcome);
+    }
+
+    pub fn dns(&self, kind: DnsType, result: DnsResult) {
+        self.dns[kind as usize][result as usize].inc();
+    }
+
+    /// Every series in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// Seconds: from a millisecond to a minute.
+const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0];
+/// Seconds: from a second to five days (the default `max_age`).
+const DELIVERY_BUCKETS: [f64; 10] = [1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0, 432000.0];
+const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_exists_from_the_start() {
+        let m = Metrics::new();
+        m.listener("127.0.0.1:25").connection(ConnectionResult::Accepted);
+        m.delivery(Transport::Remote, DeliveryResult::Bounced);
+        m.auth_result(AuthMethod::Spf, "softfail");
+        let text = m.encode();
+        for line in [
+            "tern_connections_total{listener=\"127.0.0.1:25\",result=\"accepted\"} 1",
+            "tern_connections_total{listener=\"127.0.0.1:25\",result=\"refused_dnsbl\"} 0",
+            "tern_deliveries_total{transport=\"remote\",result=\"bounced\"} 1",
+            "tern_deliveries_total{transport=\"lmtp\",result=\"delivered\"} 0",
+            "tern_auth_results_total{method=\"spf\",result=\"softfail\"} 1",
+            "tern_messages_refused_total{reason=\"relay_denied\"} 0",
+            "tern_build_info{version=",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+}

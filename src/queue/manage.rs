@@ -1,0 +1,251 @@
+//! What the mail administrator does to queued messages, carried out by the scheduler:
+//! flush, hold, release, bounce and delete, for one message or every message a filter
+//! matches; and the queue's sizes.
+//!
+//! A hold is recorded in the store before the scheduler lets go of the message, so
+//! it survives a restart. Held mail is never attempted, and so never expires while
+//! held (as with Postfix's `postsuper -h`); once released, its age still counts from
+//! its arrival, so mail held past `max_age` bounces at its next temporary failure.
+
+use super::select::{MessageState, Selection};
+use super::{Entry, Scheduler, attempt, now};
+use crate::spool::{Change, Detail, Stored};
+use serde::{Deserialize, Serialize};
+
+/// An operation on queued messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Try now, without waiting for the next retry.
+    Flush,
+    /// Not attempted until released.
+    Hold,
+    Release,
+    /// Removed, and its sender told with a bounce.
+    Bounce,
+    /// Removed without a word.
+    Delete,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Flush => "flush",
+            Action::Hold => "hold",
+            Action::Release => "release",
+            Action::Bounce => "bounce",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// Why an operation on a message could not be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManageError {
+    #[error("{0} is not in the queue")]
+    NotFound(String),
+    /// The message is not in a state the operation applies to.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store refused the change.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How many messages wait in each state, and since when the oldest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub queued: usize,
+    pub deferred: usize,
+    pub held: usize,
+    /// Of those, being attempted right now.
+    pub in_flight: usize,
+    /// Arrival (Unix seconds) of the oldest message.
+    pub oldest_arrival: Option<i64>,
+}
+
+impl Summary {
+    pub fn count(&self, state: MessageState) -> usize {
+        match state {
+            MessageState::Queued => self.queued,
+            MessageState::Deferred => self.deferred,
+            MessageState::Held => self.held,
+        }
+    }
+}
+
+impl Scheduler {
+    /// Messages the selection matches: those waiting, and those being attempted.
+    fn select(&self, selection: &Selection) -> (Vec<String>, Vec<String>) {
+        let now = now();
+        let waiting = self.entries.values().map(|e| &e.stored).filter(|s| selection.matches(&s.envelope, now));
+        let running = self.running.values().map(|(e, _)| &e.stored).filter(|s| selection.matches(&s.envelope, now));
+        let ids = |s: &Stored| s.envelope.id.clone();
+        let (mut waiting, mut running): (Vec<String>, Vec<String>) =
+            (waiting.map(ids).collect(), running.map(ids).collect());
+        waiting.sort_unstable();
+        running.sort_unstable();
+        (waiting, running)
+    }
+
+    /// Carries out `action` on the selected messages; returns how many it changed.
+    /// For one message by id, an error says why nothing was done.
+    pub(super) async fn manage(&mut self, selection: Selection, action: Action) -> Result<usize, ManageError> {
+        let (waiting, running) = self.select(&selection);
+        let one = match &selection {
+            Selection::Id(id) => Some(id.clone()),
+            Selection::Filter(_) => None,
+        };
+        if let Some(id) = &one
+            && waiting.is_empty()
+            && running.is_empty()
+        {
+            return Err(ManageError::NotFound(id.clone()));
+        }
+        let result = match action {
+            Action::Flush => Ok(self.flush_ids(&waiting)),
+            Action::Hold => self.set_held(&waiting, &running, true).await,
+            Action::Release => self.set_held(&waiting, &running, false).await,
+            Action::Bounce | Action::Delete => self.delete_ids(&waiting, action == Action::Bounce).await,
+        };
+        if let Some(id) = one {
+            let held = waiting.first().and_then(|id| self.entries.get(id)).is_some_and(|e| e.stored.envelope.held);
+            return match result {
+                Ok(0) => Err(ManageError::Conflict(nothing_done(&id, action, !running.is_empty(), held))),
+                other => other,
+            };
+        }
+        result
+    }
+
+    /// Moves waiting messages that are not held up to now.
+    fn flush_ids(&mut self, ids: &[String]) -> usize {
+        let mut moved = 0;
+        for id in ids {
+            let Some(entry) = self.entries.get(id) else { continue };
+            if self.timers.remove(&(entry.due, id.clone())) {
+                self.ready.push_back(id.clone());
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    /// Holds or releases: recorded first (one write for all), then applied. A message
+    /// being attempted is held once its attempt ends.
+    async fn set_held(&mut self, waiting: &[String], running: &[String], held: bool) -> Result<usize, ManageError> {
+        let waiting: Vec<&String> =
+            waiting.iter().filter(|id| self.entries.get(*id).is_some_and(|e| e.stored.envelope.held != held)).collect();
+        let running: Vec<&String> = running
+            .iter()
+            .filter(|id| self.running_entry(id).is_some_and(|e| e.stored.envelope.held != held))
+            .collect();
+        let changes: Vec<Change> =
+            waiting.iter().chain(&running).map(|id| Change::Hold { id: id.to_string(), held }).collect();
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        self.shared
+            .store
+            .record(&changes)
+            .await
+            .map_err(|e| ManageError::Failed(format!("cannot record the hold: {e}")))?;
+        // Applied to the message when its attempt ends.
+        for id in &running {
+            if let Some(entry) = self.running_entry(id) {
+                entry.stored.envelope.held = held;
+            }
+        }
+        for id in &waiting {
+            let Some(mut entry) = self.take(id) else { continue };
+            self.timers.remove(&(entry.due, id.to_string()));
+            self.ready.retain(|r| r != *id);
+            entry.stored.envelope.held = held;
+            self.schedule(entry.stored, entry.content);
+        }
+        tracing::info!(messages = changes.len(), held, "hold changed by the mail administrator");
+        Ok(changes.len())
+    }
+
+    /// Deletes waiting messages, each bounced if asked; messages being attempted are
+    /// left alone. An error only when nothing could be deleted.
+    async fn delete_ids(&mut self, ids: &[String], bounce: bool) -> Result<usize, ManageError> {
+        let mut deleted = 0;
+        let mut failed = None;
+        for id in ids {
+            match self.delete(id, bounce).await {
+                Ok(()) => deleted += 1,
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) if deleted == 0 => Err(ManageError::Failed(e)),
+            _ => Ok(deleted),
+        }
+    }
+
+    /// The message of an attempt under way, as it was when the attempt started.
+    fn running_entry(&mut self, id: &str) -> Option<&mut Entry> {
+        self.running.values_mut().map(|(entry, _)| entry).find(|e| e.stored.envelope.id == id)
+    }
+
+    /// Removes a waiting message, bouncing it if asked.
+    async fn delete(&mut self, id: &str, bounce: bool) -> Result<(), String> {
+        let Some(entry) = self.take(id) else { return Err(format!("{id} is not in the queue")) };
+        self.timers.remove(&(entry.due, id.to_string()));
+        self.ready.retain(|r| r != id);
+        if let Err(e) = self.finish_deleted(id, &entry, bounce).await {
+            tracing::error!(id, error = %e, "cannot delete");
+            // Not deleted after all: it waits as it did.
+            self.schedule(entry.stored, entry.content);
+            return Err(e);
+        }
+        tracing::info!(id, bounce, "deleted from the queue");
+        Ok(())
+    }
+
+    /// Bounces a deleted message if asked, then records that it is done.
+    async fn finish_deleted(&mut self, id: &str, entry: &Entry, bounce: bool) -> Result<(), String> {
+        if bounce {
+            let detail = Detail::new((5, 0, 0), "deleted by the mail administrator");
+            let notices = attempt::bounce_all(&self.shared, &entry.stored, entry.content.clone(), detail).await?;
+            for (notice, content) in notices {
+                self.schedule(notice, Some(content));
+            }
+        }
+        self.shared
+            .store
+            .record(&[Change::Done { id: id.to_string() }])
+            .await
+            .map_err(|e| format!("cannot record deletion: {e}"))
+    }
+
+    pub(super) fn summary(&self) -> Summary {
+        let mut summary = Summary::default();
+        let waiting = self.entries.values().map(|e| (&e.stored, false));
+        let running = self.running.values().map(|(e, _)| (&e.stored, true));
+        for (stored, in_flight) in waiting.chain(running) {
+            match MessageState::of(&stored.envelope) {
+                MessageState::Queued => summary.queued += 1,
+                MessageState::Deferred => summary.deferred += 1,
+                MessageState::Held => summary.held += 1,
+            }
+            summary.in_flight += usize::from(in_flight);
+            let arrival = stored.envelope.arrival;
+            summary.oldest_arrival = Some(summary.oldest_arrival.map_or(arrival, |o| o.min(arrival)));
+        }
+        summary
+    }
+}
+
+/// Why an operation on one message changed nothing.
+fn nothing_done(id: &str, action: Action, running: bool, held: bool) -> String {
+    match action {
+        Action::Flush if running => format!("{id} is being delivered right now"),
+        Action::Flush if held => format!("{id} is on hold; release it first"),
+        Action::Flush => format!("{id} is not waiting for a retry"),
+        Action::Hold => format!("{id} is already on hold"),
+        Action::Release => format!("{id} is not on hold"),
+        Action::Bounce | Action::Delete => format!("{id} is being delivered right now; try again in a moment"),
+    }
+}
