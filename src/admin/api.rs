@@ -36,10 +36,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/queue/{target}", get(show).post(bulk).delete(delete))
         .route("/api/v1/queue/{id}/{action}", post(act))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/messages/{id}/trace", get(trace))
+        .route("/api/v1/activity", get(activity))
         .route_layer(auth());
     let metrics = Router::new().route("/metrics", get(metrics));
     let metrics = if app.metrics_public { metrics } else { metrics.route_layer(auth()) };
     Router::new()
+        .route("/", get(super::console::page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(api)
@@ -190,6 +193,20 @@ async fn bulk(
     };
     let mut params = QueryParams::new(params, &["state", "domain", "sender", "older_than"])?;
     run(&app, Request::Manage { selection: Selection::Filter(params.filter()?), action }).await
+}
+
+async fn trace(
+    State(app): Shared,
+    Path(id): Path<String>,
+    params: Params,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    QueryParams::new(params, &[])?;
+    run(&app, Request::Trace { id }).await
+}
+
+async fn activity(State(app): Shared, params: Params) -> Result<Json<serde_json::Value>, ApiError> {
+    QueryParams::new(params, &[])?;
+    run(&app, Request::Activity).await
 }
 
 /// Reads the configuration file again: 200 with what changed, 422 when the file is

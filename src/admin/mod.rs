@@ -5,10 +5,13 @@
 //! The API and the control socket behind `tern queue …` and `tern status` carry the
 //! same [`ops::Request`] to the same [`ops::execute`].
 
+pub mod activity;
 mod api;
+mod console;
 mod listener;
 pub mod ops;
 mod token;
+pub mod trace;
 pub mod view;
 
 use crate::config::Config;

@@ -37,6 +37,19 @@ pub enum Request {
     /// Reads the configuration file again ([`crate::server::reload`]); answers what
     /// changed.
     Reload,
+    /// A message's trace, in order; kept after the message left the queue.
+    Trace {
+        id: String,
+    },
+    /// The console's live counters and per-domain health.
+    Activity,
+}
+
+/// `{"id": …, "events": […]}`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Trace {
+    pub id: String,
+    pub events: Vec<super::trace::Entry>,
 }
 
 /// Why a request failed, with the HTTP status it maps to.
@@ -152,6 +165,19 @@ pub async fn execute(state: &State, request: Request) -> Result<serde_json::Valu
             let affected = state.queue.manage(selection, action).await?;
             Ok(json(&Affected { affected }))
         }
+        Request::Trace { id } => {
+            check_id("id", &id)?;
+            let wanted = id.clone();
+            let events = tokio::task::spawn_blocking(move || super::trace::read(&wanted))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(|e| ApiError::internal(format!("cannot read the trace: {e}")))?;
+            if events.is_empty() {
+                return Err(ApiError::not_found(format!("no trace of {id}")));
+            }
+            Ok(json(&Trace { id: id.to_ascii_uppercase(), events }))
+        }
+        Request::Activity => Ok(json(&super::activity::get().snapshot())),
         Request::Status => {
             let (since, started_at) = state.started;
             let config_source = state.live.context().config.source.clone();

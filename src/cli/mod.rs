@@ -168,6 +168,9 @@ enum QueueCommand {
     },
     /// Show one message: envelope, each recipient's state, attempts and last reply.
     Show { id: String },
+    /// Show a message's journey: received, stored, each attempt, final state (from the
+    /// running server; kept for `[admin] trace_retention` after it left the queue).
+    Trace { id: String },
     /// Retry deferred messages now (one, those a filter selects, or all).
     Flush {
         #[arg(conflicts_with_all = ["domain", "sender", "state", "older_than"])]
@@ -269,6 +272,7 @@ pub fn main() -> ExitCode {
             QueueCommand::List { json: false } => queue::list(&config),
             QueueCommand::List { json: true } => queue::list_json(&config),
             QueueCommand::Show { id } => queue::show(&config, &id),
+            QueueCommand::Trace { id } => queue::trace(&config, &id),
             QueueCommand::Flush { id, filter } => queue::manage(&config, Action::Flush, id, filter),
             QueueCommand::Hold { id, filter } => queue::manage(&config, Action::Hold, id, filter),
             QueueCommand::Release { id, filter } => queue::manage(&config, Action::Release, id, filter),

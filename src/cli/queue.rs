@@ -2,7 +2,7 @@
 //! not a server runs; the others ask the running server through its control socket.
 
 use super::control;
-use crate::admin::ops::{Affected, Request};
+use crate::admin::ops::{Affected, Request, Trace};
 use crate::admin::view;
 use crate::config::Config;
 use crate::queue::{Action, Filter, MessageState, Selection};
@@ -173,6 +173,21 @@ pub fn list_json(config: &Config) -> ExitCode {
     };
     let page = view::page(messages, &Filter::default(), None, usize::MAX, crate::queue::now());
     println!("{}", serde_json::to_string_pretty(&page).expect("pages serialize"));
+    ExitCode::SUCCESS
+}
+
+/// `tern queue trace ID`: the message's events, from the running server.
+pub fn trace(config: &Config, id: &str) -> ExitCode {
+    let trace = match control::ask::<Trace>(config, &Request::Trace { id: id.to_string() }) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    for entry in &trace.events {
+        let at = DateTime::from_timestamp_millis(entry.at)
+            .map(|t| t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+            .unwrap_or_default();
+        println!("{at}  {}", entry.event);
+    }
     ExitCode::SUCCESS
 }
 

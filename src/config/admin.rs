@@ -1,5 +1,6 @@
 //! `[admin]`: the HTTP listener of the API and the metrics.
 
+use super::humantime_serde;
 use serde::{Deserialize, Deserializer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,11 +16,19 @@ pub struct Admin {
     pub token_file: Option<PathBuf>,
     /// Serve `/metrics` without the token.
     pub metrics_public: bool,
+    /// How long a finished message's trace is kept.
+    #[serde(with = "humantime_serde")]
+    pub trace_retention: std::time::Duration,
 }
 
 impl Default for Admin {
     fn default() -> Self {
-        Admin { listen: Some(SocketAddr::from(([127, 0, 0, 1], 8025))), token_file: None, metrics_public: false }
+        Admin {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8025))),
+            token_file: None,
+            metrics_public: false,
+            trace_retention: std::time::Duration::from_secs(7 * 24 * 3600),
+        }
     }
 }
 

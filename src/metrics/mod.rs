@@ -351,6 +351,7 @@ impl Metrics {
 
     pub fn refused(&self, reason: Refusal) {
         self.refused[reason as usize].inc();
+        crate::admin::activity::get().refused(reason.name());
     }
 
     pub fn delivery(&self, transport: Transport, result: DeliveryResult) {

@@ -3,6 +3,7 @@
 use super::bounce::{self, Action, Quoted, Report};
 use super::log::{Clock, delays};
 use super::{Settings, Shared, now, retry};
+use crate::admin::trace::{self, Event};
 use crate::delivery::remote::{self, Job};
 use crate::delivery::{Delivered, Detail, Failure, Via, maildir};
 use crate::metrics::{DeliveryResult, Transport};
@@ -79,11 +80,13 @@ pub async fn run(
             tracing::error!(id, error = %e, "cannot read message from spool");
             let f = Failure::temporary((4, 3, 0), format!("cannot read spool: {e}"));
             let results = pending.iter().map(|&i| (i, Err(f.clone()), Via::starting("none"))).collect();
+            trace_attempt(&stored, "spool", None, &results);
             settle(shared, &settings, &mut stored, results, &mut outcome, true).await;
         }
         Ok((_, hops)) if *hops > MAX_HOPS => {
             let f = Failure::permanent((5, 4, 6), format!("mail loop: more than {MAX_HOPS} Received headers"));
             let results = pending.iter().map(|&i| (i, Err(f.clone()), Via::starting("none"))).collect();
+            trace_attempt(&stored, "loop check", None, &results);
             settle(shared, &settings, &mut stored, results, &mut outcome, true).await;
         }
         Ok((content, _)) => deliver(shared, &settings, &mut stored, &pending, content, &mut outcome).await,
@@ -96,10 +99,14 @@ pub async fn run(
     // the attempt after the restart.
     if notices.is_some() {
         let mut changes = outcome.held;
-        if stored.envelope.recipients.iter().all(|r| r.state.is_final()) {
+        let finished = stored.envelope.recipients.iter().all(|r| r.state.is_final());
+        if finished {
             changes.push(Change::Done { id: id.clone() });
         }
         record(shared, &id, &changes).await;
+        if finished {
+            trace_finished(&stored);
+        }
     }
     Finished { stored, notices: notices.unwrap_or_default() }
 }
@@ -286,6 +293,7 @@ async fn deliver(
         })
         .await
         .expect("local delivery panicked");
+        trace_attempt(stored, "local", None, &results);
         settle(shared, settings, stored, results, outcome, remote.is_empty()).await;
     }
     let mut by_destination: BTreeMap<String, Vec<(usize, &Recipient)>> = BTreeMap::new();
@@ -306,8 +314,10 @@ async fn deliver(
             ret: envelope.ret,
             envid: envelope.envid.as_deref(),
         };
-        let (results, via) = remote::deliver(&settings.config.remote, &settings.dns, &domain, &job).await;
+        let delivery = remote::deliver(&settings.config.remote, &settings.dns, &domain, &job);
+        let ((results, via), tls) = trace::with_tls(delivery).await;
         let results = results.into_iter().map(|(i, r)| (i, r, via.clone())).collect();
+        trace_attempt(stored, &domain, tls, &results);
         settle(shared, settings, stored, results, outcome, n + 1 == destinations).await;
     }
 }
@@ -384,6 +394,7 @@ fn notice(
 
 fn queued(envelope: &Envelope, stored: Stored, dsn: Vec<u8>) -> Vec<(Stored, Arc<Vec<u8>>)> {
     tracing::info!(id = %envelope.id, notice = %stored.envelope.id, to = %envelope.sender, "delivery status notification queued");
+    trace_notice(envelope, &stored.envelope);
     vec![(stored, Arc::new(dsn))]
 }
 
@@ -457,6 +468,45 @@ pub async fn bounce_all(
         .await
         .map_err(|e| format!("cannot store the notice: {e}"))?;
     Ok(queued(&stored.envelope, queued_dsn, dsn))
+}
+
+/// One destination's results in the message's trace.
+fn trace_attempt(stored: &Stored, destination: &str, tls: Option<String>, results: &Results) {
+    let results = results
+        .iter()
+        .map(|(i, result, _)| {
+            let (outcome, detail) = match result {
+                Ok(d) => ("delivered", &d.detail),
+                Err(f) if f.temporary => ("deferred", &f.detail),
+                Err(f) => ("failed", &f.detail),
+            };
+            let recipient = stored.envelope.recipients[*i].address.clone();
+            trace::RcptResult { recipient, outcome: outcome.into(), detail: detail.clone() }
+        })
+        .collect();
+    trace::emit(&stored.envelope.id, Event::Attempt { destination: destination.into(), tls, results });
+}
+
+/// The final state of a message whose recipients are all final.
+fn trace_finished(stored: &Stored) {
+    let recipients = &stored.envelope.recipients;
+    let delivered = recipients.iter().filter(|r| matches!(r.state, RcptState::Delivered { .. })).count();
+    let bounced = recipients.len() - delivered;
+    let state = match (delivered, bounced) {
+        (_, 0) => "delivered",
+        (0, _) => "bounced",
+        _ => "partly bounced",
+    };
+    trace::emit(&stored.envelope.id, Event::Finished { state: state.into(), delivered, bounced });
+}
+
+/// A notice queued for `envelope`: in its trace, and as the notice's own first events.
+fn trace_notice(envelope: &Envelope, notice: &Envelope) {
+    trace::emit(&envelope.id, Event::Notice { notice: notice.id.clone(), to: envelope.sender.clone() });
+    let recipients = notice.recipients.iter().map(|r| r.address.clone()).collect();
+    let reason = format!("delivery status notification for {}", envelope.id);
+    trace::emit(&notice.id, Event::Created { reason, recipients, size: notice.size });
+    trace::emit(&notice.id, Event::Stored);
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 use super::select::{MessageState, Selection};
 use super::{Entry, Scheduler, attempt, now};
+use crate::admin::trace::{self, Event};
 use crate::spool::{Change, Detail, Stored};
 use serde::{Deserialize, Serialize};
 
@@ -126,6 +127,7 @@ impl Scheduler {
             if self.timers.remove(&(entry.due, id.clone())) {
                 self.ready.push_back(id.clone());
                 moved += 1;
+                trace::emit(id, Event::Admin { action: "flush".into() });
             }
         }
         moved
@@ -164,6 +166,10 @@ impl Scheduler {
             self.schedule(entry.stored, entry.content);
         }
         tracing::info!(messages = changes.len(), held, "hold changed by the mail administrator");
+        let action = if held { "hold" } else { "release" };
+        for id in waiting.iter().chain(&running) {
+            trace::emit(id, Event::Admin { action: action.into() });
+        }
         Ok(changes.len())
     }
 
@@ -201,6 +207,9 @@ impl Scheduler {
             return Err(e);
         }
         tracing::info!(id, bounce, "deleted from the queue");
+        let action = if bounce { "bounce" } else { "delete" };
+        trace::emit(id, Event::Admin { action: action.into() });
+        trace::emit(id, Event::Finished { state: "deleted".into(), delivered: 0, bounced: 0 });
         Ok(())
     }
 

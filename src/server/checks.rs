@@ -219,8 +219,10 @@ pub async fn message(
     let header = cleaned.as_deref().unwrap_or(received.header());
     let mut prefix = received_header(&message, peer, hostname, &id, local).into_bytes();
     let mut quarantine = false;
+    let mut auth_summary = None;
     if let Some((spf, checker)) = spf.as_ref().zip(ctx.auth.as_ref()) {
         let verdict = checker.message(spf, header, &hashed).await;
+        auth_summary = Some(verdict.summary.to_string());
         tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
         match verdict.action {
             Action::Refuse(reply) => {
@@ -298,6 +300,7 @@ pub async fn message(
                 client = %peer,
                 "queued"
             );
+            trace_received(&message, &envelope, peer, local, auth_summary);
             ctx.queue.enqueue(stored, content);
             Ok(id)
         }
@@ -311,6 +314,31 @@ pub async fn message(
             Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
         }
     }
+}
+
+/// The message's first two trace events: received, and stored.
+fn trace_received(
+    message: &Message,
+    envelope: &Envelope,
+    peer: IpAddr,
+    local: Option<&LocalUser>,
+    auth: Option<String>,
+) {
+    use crate::admin::trace::{self, Event};
+    let user = message.user.clone().or_else(|| local.map(|l| l.login.clone()));
+    let recipients = envelope.recipients.iter().map(|r| r.address.clone()).collect();
+    let event = Event::Received {
+        client: peer.to_string(),
+        helo: message.hello.name.clone(),
+        tls: message.tls.clone(),
+        user,
+        auth,
+        sender: envelope.sender.clone(),
+        recipients,
+        size: envelope.size,
+    };
+    trace::emit(&envelope.id, event);
+    trace::emit(&envelope.id, Event::Stored);
 }
 
 /// `Date:` and `Message-ID:` lines for whichever of the two the header block lacks.

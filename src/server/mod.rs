@@ -137,6 +137,9 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let own_addrs: Vec<SocketAddr> = prepared.listeners.iter().filter_map(|b| b.socket.local_addr().ok()).collect();
     let first = context::first_settings(&config, own_addrs.clone())?;
+    admin::trace::start(&config.data_dir, config.admin.trace_retention)
+        .map_err(|e| format!("cannot open the message trace in {}: {e}", config.data_dir.display()))?;
+    admin::activity::get().start();
     let (queue, queue_task) =
         Queue::start(Shared::new(Arc::new(spool.clone()), first.config, first.dns, first.router), pending);
     let lasting = context::Lasting {
@@ -217,6 +220,7 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     }
     let _ = std::fs::remove_file(data_dir.join(control::SOCKET_NAME));
     let _ = std::fs::remove_file(&submit_path);
+    crate::admin::trace::flush();
     tracing::info!("stopped");
     Ok(())
 }

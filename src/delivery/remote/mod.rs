@@ -147,6 +147,7 @@ async fn attempt(
         Some(conn) => conn,
         None => connect(config, hop, addr).await.map_err(conn_fail)?,
     };
+    crate::admin::trace::note_tls(conn.tls_level());
     via.tls = conn.tls().to_string();
     let sending = Instant::now();
     via.setup = sending - via.started;

@@ -103,6 +103,11 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// How well the connection is protected.
+    pub fn tls_level(&self) -> TlsLevel {
+        self.level
+    }
+
     /// True when the last transaction ended cleanly (a final reply to the end of
     /// the content, or a successful RSET), so the connection may be reused.
     pub fn is_ready(&self) -> bool {
