@@ -124,7 +124,8 @@ static TRACER: OnceLock<Tracer> = OnceLock::new();
 /// Starts the trace writer for `data_dir` (once per process), removing expired files.
 pub fn start(data_dir: &Path, retention: Duration) -> io::Result<()> {
     let dir = data_dir.join("trace");
-    std::fs::DirBuilder::new().recursive(true).create(&dir)?;
+    // Owner-only, like everything in the data directory.
+    crate::files::create_dir_all(&dir, crate::files::Access::PRIVATE)?;
     sweep(&dir, retention);
     let (tx, rx) = mpsc::channel();
     let tracer = Tracer { dir: dir.clone(), tx: Mutex::new(tx) };
@@ -247,7 +248,11 @@ fn writer(dir: PathBuf, rx: mpsc::Receiver<Msg>, retention: Duration) {
                 let name = day_name(at);
                 if open.as_ref().is_none_or(|(n, _)| *n != name) {
                     sync(&mut open);
-                    let file = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(&name));
+                    let file = std::os::unix::fs::OpenOptionsExt::mode(
+                        std::fs::OpenOptions::new().create(true).append(true),
+                        0o600,
+                    )
+                    .open(dir.join(&name));
                     open = match file {
                         Ok(f) => Some((name, io::BufWriter::new(f))),
                         Err(e) => {
