@@ -10,6 +10,7 @@ mod lines;
 mod locate;
 mod mail_auth;
 mod sendmail;
+mod server;
 
 pub use admin::Admin;
 pub use antispam::{Antispam, Greylisting};
@@ -17,6 +18,7 @@ pub use lines::{key as path_key, line_of};
 pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
 pub use sendmail::{SUBMIT_SOCKET, Sendmail};
+pub use server::Server;
 
 use crate::files::Access;
 use serde::Deserialize;
@@ -67,6 +69,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     #[serde(default)]
     pub sendmail: Sendmail,
+    #[serde(default)]
+    pub server: Server,
     #[serde(default)]
     pub admin: Admin,
     /// The file this was read from (none for the embedded default), and when.
@@ -502,6 +506,7 @@ impl Config {
             }
         }
         self.check_listeners()?;
+        self.server.validate()?;
         Ok(())
     }
 

@@ -134,7 +134,8 @@ fn the_api_needs_the_token_and_probes_do_not() {
     let unknown = api(&t, "GET", "/api/v2/nothing");
     assert_eq!((unknown.status, unknown.json()["error"].is_string()), (404, true), "{}", unknown.body);
     let reload = api(&t, "POST", "/api/v1/reload");
-    assert_eq!(reload.status, 501, "{}", reload.body);
+    assert_eq!(reload.status, 200, "{}", reload.body);
+    assert!(reload.json()["reloaded"].as_str().is_some_and(|r| r.starts_with("reloaded ")), "{}", reload.body);
 
     let status = api_ok(&t, "GET", "/api/v1/status", 200);
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));

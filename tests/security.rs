@@ -841,7 +841,7 @@ fn sighup_reloads_the_certificate_without_dropping_sessions() {
     fs::rename(&new_key, &key).expect("replace key");
     fs::rename(&new_cert, &cert).expect("replace certificate");
     m.sighup();
-    assert!(m.wait_log("certificate reloaded", Duration::from_secs(10)), "no reload logged\n{}", m.t.logs());
+    assert!(m.wait_log("configuration reloaded", Duration::from_secs(10)), "no reload logged\n{}", m.t.logs());
 
     for (port, starttls) in [(m.t.port, true), (m.submission, true), (m.submissions, false)] {
         let s = subject(port, starttls);
@@ -868,7 +868,8 @@ fn sighup_with_a_broken_certificate_keeps_the_old_one() {
     assert!(out.all().contains("old.tern.test"), "{}", out.all());
     fs::write(&cert, "not a certificate\n").expect("break certificate");
     m.sighup();
-    assert!(m.wait_log("certificate reload failed", Duration::from_secs(10)), "{}", m.t.logs());
+    assert!(m.wait_log("reload failed; the running configuration stays", Duration::from_secs(10)), "{}", m.t.logs());
+    assert!(m.t.logs().contains(": tls.cert: "), "the error names the key: {}", m.t.logs());
     assert!(m.t.is_running(), "tern stopped on a broken certificate");
     let out = s_client(&["-connect", &format!("127.0.0.1:{}", m.t.port), "-starttls", "smtp"]);
     assert!(out.all().contains("old.tern.test"), "{}", out.all());
@@ -876,7 +877,7 @@ fn sighup_with_a_broken_certificate_keeps_the_old_one() {
 
 #[test]
 fn sighup_right_after_start_does_not_kill_the_server() {
-    // SIGHUP means "reload the certificate": it must never end the server,
+    // SIGHUP means "reload the configuration": it must never end the server,
     // not even when it comes as soon as the server greets its first client.
     let t = Tern::new_stopped(LOCAL_OPEN, &[]);
     let mut deaths = Vec::new();

@@ -209,11 +209,10 @@ async fn activity(State(app): Shared, params: Params) -> Result<Json<serde_json:
     run(&app, Request::Activity).await
 }
 
-async fn reload() -> ApiError {
-    ApiError {
-        status: 501,
-        error: "reloading the configuration is not implemented yet; SIGHUP reloads the TLS certificate".into(),
-    }
+/// Reads the configuration file again: 200 with what changed, 422 when the file is
+/// not valid (nothing changes), 500 when a new listener cannot be bound.
+async fn reload(State(app): Shared) -> Result<Json<serde_json::Value>, ApiError> {
+    run(&app, Request::Reload).await
 }
 
 fn parse_action(name: &str) -> Option<Action> {

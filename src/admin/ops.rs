@@ -2,7 +2,6 @@
 //! that `tern queue …` and `tern status` use: one request type, one [`execute`].
 
 use super::view::{self, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::config::ListenMode;
 use crate::queue::{Action, Filter, ManageError, Queue, Selection, Summary};
 use crate::spool::Store;
 use serde::{Deserialize, Serialize};
@@ -35,6 +34,9 @@ pub enum Request {
         action: Action,
     },
     Status,
+    /// Reads the configuration file again ([`crate::server::reload`]); answers what
+    /// changed.
+    Reload,
     /// A message's trace, in order; kept after the message left the queue.
     Trace {
         id: String,
@@ -117,9 +119,9 @@ pub struct State {
     pub queue: Queue,
     pub store: Arc<dyn Store>,
     pub started: (Instant, SystemTime),
-    pub listeners: Vec<(SocketAddr, ListenMode)>,
+    /// The running server: its listeners and configuration as they are now, and reloads.
+    pub live: crate::server::Live,
     pub admin: std::sync::OnceLock<SocketAddr>,
-    pub config_source: Option<(PathBuf, SystemTime)>,
     pub data_dir: PathBuf,
     pub spool_dir: PathBuf,
     /// Listeners accept and the server is not stopping.
@@ -178,24 +180,58 @@ pub async fn execute(state: &State, request: Request) -> Result<serde_json::Valu
         Request::Activity => Ok(json(&super::activity::get().snapshot())),
         Request::Status => {
             let (since, started_at) = state.started;
+            let config_source = state.live.context().config.source.clone();
             Ok(json(&Status {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 pid: std::process::id(),
                 started_at: unix(started_at),
                 uptime_seconds: since.elapsed().as_secs(),
-                listeners: state
-                    .listeners
-                    .iter()
+                listeners: (state.live.listeners().await.iter())
                     .map(|(addr, mode)| ListenerInfo { addr: *addr, mode: mode.to_string() })
                     .collect(),
                 admin: state.admin.get().copied(),
-                config_file: state.config_source.as_ref().map(|(p, _)| p.clone()),
-                config_loaded_at: state.config_source.as_ref().map(|(_, t)| unix(*t)),
+                config_file: config_source.as_ref().map(|(p, _)| p.clone()),
+                config_loaded_at: config_source.as_ref().map(|(_, t)| unix(*t)),
                 data_dir: state.data_dir.clone(),
                 queue: state.queue.summary().await,
             }))
         }
+        Request::Reload => match crate::server::reload(&state.live).await {
+            Ok(summary) => {
+                let names = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect();
+                Ok(json(&Reloaded {
+                    reloaded: summary.to_string(),
+                    changed: names(&summary.changed),
+                    listening: summary.added.clone(),
+                    closed: summary.removed.clone(),
+                    needs_restart: names(&summary.need_restart),
+                }))
+            }
+            Err(e) => {
+                use crate::server::ReloadError;
+                let status = match e {
+                    ReloadError::Invalid(_) => 422,
+                    ReloadError::Listen(_) => 500,
+                    ReloadError::Stopping => 503,
+                };
+                Err(ApiError { status, error: e.to_string() })
+            }
+        },
     }
+}
+
+/// The answer to [`Request::Reload`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// One line: `reloaded FILE: changed …`.
+    pub reloaded: String,
+    /// Sections whose settings changed.
+    pub changed: Vec<String>,
+    /// Listeners opened and closed.
+    pub listening: Vec<SocketAddr>,
+    pub closed: Vec<SocketAddr>,
+    /// Keys that changed but need a restart (their old value stays).
+    pub needs_restart: Vec<String>,
 }
 
 /// An answer as JSON (these types always serialize).

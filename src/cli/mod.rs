@@ -7,6 +7,7 @@ mod dns;
 mod mailq;
 mod queue;
 mod quickstart;
+mod reload;
 mod sendmail;
 mod spf;
 mod status;
@@ -86,6 +87,8 @@ enum Command {
     },
     /// What the running server says of itself: version, uptime, listeners, queue sizes.
     Status,
+    /// Make the running server read its configuration file again.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +260,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { log_format } => serve(config, log_format, &source),
+        Command::Reload => reload::reload(&config),
         Command::Config { command: ConfigCommand::Check } => check::check(&config, &source),
         Command::User { command } => match command {
             UserCommand::Add { address, password_stdin } => user::set(&config, &address, password_stdin, false),
@@ -299,9 +303,11 @@ fn serve(config: Config, log_format: LogFormat, source: &ConfigSource) -> ExitCo
     init_logging(log_format);
     tracing::info!("configuration: {source}");
     // A full disk or a file size limit must surface as a write error, not kill the server.
+    // A SIGHUP before the server catches it must not kill it either.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
     raise_open_file_limit();
     // Logging is set up: the log line is the one place a fatal error is shown.
@@ -313,11 +319,17 @@ fn serve(config: Config, log_format: LogFormat, source: &ConfigSource) -> ExitCo
         Ok(lock) => lock,
         Err(e) => return failed(e),
     };
+    // Whatever may need root happens before privileges are dropped, and the runtime's
+    // threads start only after.
+    let prepared = match crate::server::privileges::start_as_user(&config) {
+        Ok(prepared) => prepared,
+        Err(e) => return failed(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return failed(format!("cannot start runtime: {e}")),
     };
-    let code = match runtime.block_on(crate::server::serve(config)) {
+    let code = match runtime.block_on(crate::server::serve(config, source.path().map(PathBuf::from), prepared)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failed(e),
     };

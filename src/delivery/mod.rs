@@ -4,6 +4,37 @@ pub mod maildir;
 pub mod remote;
 
 pub use crate::spool::{Detail, ServerReply, Status};
+use std::time::{Duration, Instant};
+
+/// How mail for one destination travelled, for the delivery log line.
+#[derive(Debug, Clone)]
+pub struct Via {
+    /// `host[ip]:port` of the server that answered (or was tried last), `local` for a
+    /// Maildir, `none` when no server could be tried.
+    pub relay: String,
+    /// When work on this destination began.
+    pub started: Instant,
+    /// Connection setup: DNS lookups, connecting, the greeting, EHLO, STARTTLS, AUTH.
+    pub setup: Duration,
+    /// Transmission: MAIL FROM to the reply after the content (for a Maildir, writing
+    /// the file).
+    pub transmission: Duration,
+    /// TLS version and cipher (`TLSv1.3/TLS13_AES_256_GCM_SHA384`), or `none`.
+    pub tls: String,
+}
+
+impl Via {
+    /// Nothing reached yet: relay and TLS `none`, no time spent.
+    pub fn starting(relay: &str) -> Via {
+        Via {
+            relay: relay.to_string(),
+            started: Instant::now(),
+            setup: Duration::ZERO,
+            transmission: Duration::ZERO,
+            tls: "none".into(),
+        }
+    }
+}
 
 /// A successful delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]

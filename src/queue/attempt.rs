@@ -1,10 +1,11 @@
 //! One delivery attempt for one message: every recipient not yet final.
 
 use super::bounce::{self, Action, Quoted, Report};
-use super::{Shared, now, retry};
+use super::log::{Clock, delays};
+use super::{Settings, Shared, now, retry};
 use crate::admin::trace::{self, Event};
 use crate::delivery::remote::{self, Job};
-use crate::delivery::{Delivered, Detail, Failure, maildir};
+use crate::delivery::{Delivered, Detail, Failure, Via, maildir};
 use crate::metrics::{DeliveryResult, Transport};
 use crate::spool::{Change, Content, Envelope, Part, RcptState, Recipient, Stored};
 use std::collections::BTreeMap;
@@ -29,7 +30,8 @@ pub struct Finished {
     pub notices: Vec<(Stored, Arc<Vec<u8>>)>,
 }
 
-type Results = Vec<(usize, Result<Delivered, Failure>)>;
+/// Each recipient's result, and how its mail travelled.
+type Results = Vec<(usize, Result<Delivered, Failure>, Via)>;
 
 /// What an attempt has decided so far: the notices owed, and the changes that wait
 /// for those notices to be stored first.
@@ -38,6 +40,8 @@ struct Outcome {
     held: Vec<Change>,
     /// The message as the store holds it, for the scheduler should the attempt fail.
     progress: Progress,
+    /// When the attempt began, for the delivery log line.
+    clock: Clock,
 }
 
 /// The message as the store holds it while an attempt runs: the states recorded so far.
@@ -51,6 +55,8 @@ pub async fn run(
     progress: Progress,
 ) -> Finished {
     crate::fault::point("attempt");
+    let clock = Clock::start(stored.envelope.arrival, &stored.envelope.id);
+    let settings = shared.settings();
     let id = stored.envelope.id.clone();
     let content = match content {
         Some(c) => Ok((Content::from(c.clone()), count_received(&c))),
@@ -68,25 +74,25 @@ pub async fn run(
     };
     let pending: Vec<usize> =
         (0..stored.envelope.recipients.len()).filter(|&i| !stored.envelope.recipients[i].state.is_final()).collect();
-    let mut outcome = Outcome { reports: Vec::new(), held: Vec::new(), progress };
+    let mut outcome = Outcome { reports: Vec::new(), held: Vec::new(), progress, clock };
     match &content {
         Err(e) => {
             tracing::error!(id, error = %e, "cannot read message from spool");
             let f = Failure::temporary((4, 3, 0), format!("cannot read spool: {e}"));
-            let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
+            let results = pending.iter().map(|&i| (i, Err(f.clone()), Via::starting("none"))).collect();
             trace_attempt(&stored, "spool", None, &results);
-            settle(shared, &mut stored, results, &mut outcome, true).await;
+            settle(shared, &settings, &mut stored, results, &mut outcome, true).await;
         }
         Ok((_, hops)) if *hops > MAX_HOPS => {
             let f = Failure::permanent((5, 4, 6), format!("mail loop: more than {MAX_HOPS} Received headers"));
-            let results = pending.iter().map(|&i| (i, Err(f.clone()))).collect();
+            let results = pending.iter().map(|&i| (i, Err(f.clone()), Via::starting("none"))).collect();
             trace_attempt(&stored, "loop check", None, &results);
-            settle(shared, &mut stored, results, &mut outcome, true).await;
+            settle(shared, &settings, &mut stored, results, &mut outcome, true).await;
         }
-        Ok((content, _)) => deliver(shared, &mut stored, &pending, content, &mut outcome).await,
+        Ok((content, _)) => deliver(shared, &settings, &mut stored, &pending, content, &mut outcome).await,
     }
     let notices = match (&content, outcome.reports.is_empty()) {
-        (Ok((content, _)), false) => notify(shared, &stored.envelope, content, &outcome.reports).await,
+        (Ok((content, _)), false) => notify(shared, &settings, &stored.envelope, content, &outcome.reports).await,
         _ => Some(Vec::new()),
     };
     // Without its notice stored (the server is stopping), a held result is left for
@@ -110,14 +116,24 @@ pub async fn run(
 /// notice is stored, so that a crash in between repeats the attempt rather than
 /// losing the notice. The `last` destination's changes wait for the attempt's final
 /// record (with `Done`), which follows at once.
-async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome: &mut Outcome, last: bool) {
+async fn settle(
+    shared: &Shared,
+    settings: &Settings,
+    stored: &mut Stored,
+    results: Results,
+    outcome: &mut Outcome,
+    last: bool,
+) {
     let id = stored.envelope.id.clone();
     let now = now();
-    let expired = now - stored.envelope.arrival > shared.config.max_age.as_secs() as i64;
+    let config = &settings.config;
+    let expired = now - stored.envelope.arrival > config.max_age.as_secs() as i64;
     let waited = now - stored.envelope.arrival;
     let mut changes = Vec::new();
-    for (i, result) in results {
+    for (i, result, via) in results {
         let rcpt = &mut stored.envelope.recipients[i];
+        let (delay, delays) = delays(&outcome.clock, &via);
+        let (to, relay, tls) = (&rcpt.address, &via.relay, &via.tls);
         let (attempts, notified) = match &rcpt.state {
             RcptState::Deferred { attempts, notified, .. } => (attempts + 1, *notified),
             _ => (1, false),
@@ -126,7 +142,8 @@ async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome:
         let transport = if rcpt.local { Transport::Local } else { Transport::Remote };
         rcpt.state = match result {
             Ok(d) => {
-                tracing::info!(id, to = %rcpt.address, status = "delivered", detail = %d.detail, "delivery");
+                let dsn = d.detail.status;
+                tracing::info!(%id, %to, %relay, %delay, %delays, %dsn, status = %"sent", %tls, detail = %d.detail, "delivery");
                 let action = if d.relayed { Action::Relayed } else { Action::Delivered };
                 if !d.dsn_passed_on && bounce::wanted(rcpt, action) {
                     outcome.reports.push((i, action, d.detail.clone()));
@@ -134,9 +151,10 @@ async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome:
                 RcptState::Delivered { at: now, detail: d.detail }
             }
             Err(f) if f.temporary && !expired => {
-                let wait = retry::delay(&shared.config.retry, attempts);
-                tracing::warn!(id, to = %rcpt.address, status = "deferred", attempts, retry_in = ?wait, detail = %f.detail, "delivery");
-                let notify = shared.config.delay_notice.is_some_and(|d| waited >= d.as_secs() as i64) && !notified;
+                let wait = retry::delay(&config.retry, attempts);
+                let dsn = f.detail.status;
+                tracing::warn!(%id, %to, %relay, %delay, %delays, %dsn, status = %"deferred", %tls, attempts, retry_in = ?wait, detail = %f.detail, "delivery");
+                let notify = config.delay_notice.is_some_and(|d| waited >= d.as_secs() as i64) && !notified;
                 if notify && bounce::wanted(rcpt, Action::Delayed) {
                     outcome.reports.push((i, Action::Delayed, f.detail.clone()));
                 }
@@ -149,7 +167,8 @@ async fn settle(shared: &Shared, stored: &mut Stored, results: Results, outcome:
             }
             Err(f) => {
                 let detail = if f.temporary { expired_detail(f.detail) } else { f.detail };
-                tracing::warn!(id, to = %rcpt.address, status = "bounced", %detail, "delivery");
+                let dsn = detail.status;
+                tracing::warn!(%id, %to, %relay, %delay, %delays, %dsn, status = %"bounced", %tls, %detail, "delivery");
                 if bounce::wanted(rcpt, Action::Failed) {
                     outcome.reports.push((i, Action::Failed, detail.clone()));
                 }
@@ -251,6 +270,7 @@ fn count_received(content: &[u8]) -> usize {
 /// settled as soon as they are known.
 async fn deliver(
     shared: &Arc<Shared>,
+    settings: &Arc<Settings>,
     stored: &mut Stored,
     pending: &[usize],
     content: &Content,
@@ -259,17 +279,22 @@ async fn deliver(
     let envelope = stored.envelope.clone();
     let (local, remote): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| envelope.recipients[i].local);
     if !local.is_empty() {
-        let (shared2, envelope, content) = (shared.clone(), envelope.clone(), content.clone());
+        let (settings2, envelope, content) = (settings.clone(), envelope.clone(), content.clone());
         let results = tokio::task::spawn_blocking(move || {
             local
                 .iter()
-                .map(|&i| (i, deliver_local(&shared2, &envelope, &envelope.recipients[i], &content)))
+                .map(|&i| {
+                    let mut via = Via::starting("local");
+                    let result = deliver_local(&settings2, &envelope, &envelope.recipients[i], &content);
+                    via.transmission = via.started.elapsed();
+                    (i, result, via)
+                })
                 .collect::<Results>()
         })
         .await
         .expect("local delivery panicked");
         trace_attempt(stored, "local", None, &results);
-        settle(shared, stored, results, outcome, remote.is_empty()).await;
+        settle(shared, settings, stored, results, outcome, remote.is_empty()).await;
     }
     let mut by_destination: BTreeMap<String, Vec<(usize, &Recipient)>> = BTreeMap::new();
     for &i in &remote {
@@ -289,14 +314,16 @@ async fn deliver(
             ret: envelope.ret,
             envid: envelope.envid.as_deref(),
         };
-        let (results, tls) = trace::with_tls(remote::deliver(&shared.config.remote, &shared.dns, &domain, &job)).await;
+        let delivery = remote::deliver(&settings.config.remote, &settings.dns, &domain, &job);
+        let ((results, via), tls) = trace::with_tls(delivery).await;
+        let results = results.into_iter().map(|(i, r)| (i, r, via.clone())).collect();
         trace_attempt(stored, &domain, tls, &results);
-        settle(shared, stored, results, outcome, n + 1 == destinations).await;
+        settle(shared, settings, stored, results, outcome, n + 1 == destinations).await;
     }
 }
 
 fn deliver_local(
-    shared: &Shared,
+    settings: &Settings,
     envelope: &Envelope,
     rcpt: &Recipient,
     content: &Content,
@@ -306,9 +333,10 @@ fn deliver_local(
         .rsplit_once('@')
         .ok_or_else(|| Failure::permanent((5, 1, 3), format!("bad mailbox {}", rcpt.address)))?;
     let header = format!("Return-Path: <{}>\r\nDelivered-To: {}\r\n", envelope.sender, rcpt.address);
-    let host = maildir::host_for_names(&shared.config.hostname);
+    let host = maildir::host_for_names(&settings.config.hostname);
     let folder = envelope.quarantine.then_some("Junk");
-    let path = maildir::deliver(&shared.config.mail_root, domain, mailbox, folder, &host, header.as_bytes(), content)?;
+    let path =
+        maildir::deliver(&settings.config.mail_root, domain, mailbox, folder, &host, header.as_bytes(), content)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let detail = Detail::new((2, 0, 0), format!("delivered to maildir as {name}"));
     Ok(Delivered { detail, relayed: false, dsn_passed_on: false })
@@ -318,6 +346,7 @@ fn deliver_local(
 /// from the null sender, or from a sender nobody can route to, gets none.
 fn notice(
     shared: &Shared,
+    settings: &Settings,
     envelope: &Envelope,
     quoted: &Quoted,
     reports: &[(usize, Action, Detail)],
@@ -326,7 +355,7 @@ fn notice(
         tracing::info!(id = %envelope.id, "no notice for a message from the null sender");
         return None;
     }
-    let destinations = shared.router.route(&envelope.sender);
+    let destinations = settings.router.route(&envelope.sender);
     if destinations.is_empty() {
         tracing::warn!(id = %envelope.id, sender = %envelope.sender, "sender cannot receive notices; none sent");
         return None;
@@ -336,7 +365,7 @@ fn notice(
         .map(|(i, action, detail)| Report { recipient: &envelope.recipients[*i], action: *action, detail })
         .collect();
     let dsn_id = shared.store.new_id();
-    let dsn = bounce::build(&shared.config.hostname, &dsn_id, envelope, quoted, &lines);
+    let dsn = bounce::build(&settings.config.hostname, &dsn_id, envelope, quoted, &lines);
     let dsn_envelope = Envelope {
         id: dsn_id,
         arrival: now(),
@@ -380,6 +409,7 @@ async fn quoted(content: &Content) -> std::io::Result<Quoted> {
 /// envelope alone.
 async fn notify(
     shared: &Shared,
+    settings: &Settings,
     envelope: &Envelope,
     content: &Content,
     reports: &[(usize, Action, Detail)],
@@ -388,7 +418,9 @@ async fn notify(
         tracing::error!(id = %envelope.id, error = %e, "cannot read the message back for its notice");
         Quoted::nothing()
     });
-    let Some((dsn_envelope, dsn)) = notice(shared, envelope, &quoted, reports) else { return Some(Vec::new()) };
+    let Some((dsn_envelope, dsn)) = notice(shared, settings, envelope, &quoted, reports) else {
+        return Some(Vec::new());
+    };
     let stored = durably(shared, &envelope.id, "delivery status notification", || {
         shared.store.store(&dsn_envelope, vec![Part::Bytes(dsn.clone())])
     })
@@ -426,7 +458,10 @@ pub async fn bounce_all(
         return Ok(Vec::new());
     }
     let quoted = quoted(&content).await.map_err(|e| format!("cannot read the message: {e}"))?;
-    let Some((dsn_envelope, dsn)) = notice(shared, &stored.envelope, &quoted, &reports) else { return Ok(Vec::new()) };
+    let settings = shared.settings();
+    let Some((dsn_envelope, dsn)) = notice(shared, &settings, &stored.envelope, &quoted, &reports) else {
+        return Ok(Vec::new());
+    };
     let queued_dsn = shared
         .store
         .store(&dsn_envelope, vec![Part::Bytes(dsn.clone())])
@@ -439,7 +474,7 @@ pub async fn bounce_all(
 fn trace_attempt(stored: &Stored, destination: &str, tls: Option<String>, results: &Results) {
     let results = results
         .iter()
-        .map(|(i, result)| {
+        .map(|(i, result, _)| {
             let (outcome, detail) = match result {
                 Ok(d) => ("delivered", &d.detail),
                 Err(f) if f.temporary => ("deferred", &f.detail),

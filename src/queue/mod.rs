@@ -8,6 +8,7 @@
 
 mod attempt;
 pub mod bounce;
+mod log;
 mod manage;
 mod retry;
 pub mod select;
@@ -19,6 +20,7 @@ use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::RemoteConfig;
 use crate::dns::Dns;
 use crate::spool::{Change, RcptState, Store, Stored};
+use arc_swap::ArcSwap;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,12 +45,18 @@ pub trait Router: Send + Sync {
     fn route(&self, address: &str) -> Vec<(String, bool)>;
 }
 
-/// What attempts share.
-pub struct Shared {
-    pub store: Arc<dyn Store>,
+/// What the queue's work follows, replaced whole by a configuration reload: an
+/// attempt uses the settings it started with.
+pub struct Settings {
     pub config: QueueConfig,
     pub dns: Dns,
     pub router: Box<dyn Router>,
+}
+
+/// What attempts share.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    settings: Arc<ArcSwap<Settings>>,
     /// A write to the store failed and has not succeeded since: no new attempts.
     store_failing: AtomicBool,
     /// Set once the queue is asked to stop.
@@ -58,7 +66,13 @@ pub struct Shared {
 impl Shared {
     pub fn new(store: Arc<dyn Store>, config: QueueConfig, dns: Dns, router: Box<dyn Router>) -> Shared {
         let stopping = watch::Sender::new(false);
-        Shared { store, config, dns, router, store_failing: AtomicBool::new(false), stopping }
+        let settings = Arc::new(ArcSwap::from_pointee(Settings { config, dns, router }));
+        Shared { store, settings, store_failing: AtomicBool::new(false), stopping }
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
     }
 
     fn set_store_failing(&self, failing: bool) {
@@ -95,6 +109,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Queue {
     tx: mpsc::UnboundedSender<Command>,
+    settings: Arc<ArcSwap<Settings>>,
 }
 
 pub fn now() -> i64 {
@@ -105,7 +120,7 @@ impl Queue {
     /// Starts the scheduler with the messages found in the spool.
     pub fn start(shared: Shared, pending: Vec<Stored>) -> (Queue, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = Queue { tx };
+        let queue = Queue { tx, settings: shared.settings.clone() };
         for stored in pending {
             queue.enqueue(stored, None);
         }
@@ -139,6 +154,12 @@ impl Queue {
         let (reply, wait) = oneshot::channel();
         let _ = self.tx.send(Command::Summary(reply));
         wait.await.unwrap_or_default()
+    }
+
+    /// Puts new settings in force (a configuration reload): attempts started from now
+    /// on use them; those under way finish with theirs.
+    pub fn reconfigure(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// Asks the scheduler to stop once the attempts under way are finished.
@@ -180,7 +201,10 @@ impl Scheduler {
         loop {
             // While the store refuses writes, results could not be recorded: wait until
             // the attempt retrying its write gets through.
-            while !stopping && !self.shared.store_failing() && self.in_flight.len() < self.shared.config.concurrency {
+            while !stopping
+                && !self.shared.store_failing()
+                && self.in_flight.len() < self.shared.settings.load().config.concurrency
+            {
                 let Some(id) = self.ready.pop_front() else { break };
                 self.start_attempt(&id);
             }
@@ -319,7 +343,7 @@ impl Scheduler {
     fn attempt_failed(&mut self, stored: Stored, content: Option<Arc<Vec<u8>>>, error: JoinError) {
         let id = stored.envelope.id.clone();
         let why = if error.is_panic() { panic_text(error.into_panic()) } else { "cancelled".to_string() };
-        let wait = retry::delay(&self.shared.config.retry, 1);
+        let wait = retry::delay(&self.shared.settings.load().config.retry, 1);
         tracing::error!(id, panic = %why, retry_in = ?wait, "delivery attempt failed; will retry");
         self.wait(stored, content, now() + wait.as_secs().max(1) as i64);
     }

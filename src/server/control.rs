@@ -1,5 +1,5 @@
 //! The control socket (`<data_dir>/control.sock`, mode 0600) through which
-//! `tern queue …` and `tern status` reach the running server: one request line, one
+//! `tern queue …`, `tern status` and `tern reload` reach the running server: one request line, one
 //! answer line, both JSON. A request is an [`ops::Request`], carried out by the same
 //! [`ops::execute`] as the HTTP API; the answer is `{"ok": …}` or an
 //! [`ops::ApiError`] (`{"status": 404, "error": "…"}`).

@@ -1,20 +1,33 @@
 //! Listening sockets, IPv4 and IPv6 side by side.
 
-use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use tokio::net::{TcpListener, TcpSocket};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use tokio::net::TcpSocket;
 
-/// A listening socket on `addr` with room for bursts of new connections. An IPv6
-/// wildcard listener takes IPv4 connections too (as `::ffff:a.b.c.d`, which the
-/// accept loop turns back into `a.b.c.d`), unless `v6only`.
-pub fn listen(addr: SocketAddr, v6only: bool) -> std::io::Result<TcpListener> {
+/// Pending connections a listener holds: room for bursts of new clients.
+const BACKLOG: libc::c_int = 1024;
+
+/// A listening socket on `addr`, non-blocking, made without an async runtime (so that
+/// it can be bound before privileges are dropped). An IPv6 wildcard listener takes
+/// IPv4 connections too (as `::ffff:a.b.c.d`, which the accept loop turns back into
+/// `a.b.c.d`), unless `v6only`.
+pub fn bind(addr: SocketAddr, v6only: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     if v6only {
         set_v6only(&socket)?;
     }
     socket.bind(addr)?;
-    socket.listen(1024)
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` is the socket just given up by `TcpSocket`; the std listener owns
+    // it from here on, and closes it even if `listen` fails.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    // SAFETY: listen only reads its arguments; the descriptor is open.
+    if unsafe { libc::listen(fd, BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 /// True when the listener on `addr` must leave IPv4 to another one: it is an IPv6
@@ -60,15 +73,15 @@ mod tests {
         assert!(!needs_v6only("[::]:0".parse().unwrap(), &addrs(&["0.0.0.0:0"])));
     }
 
-    #[tokio::test]
-    async fn ipv4_and_ipv6_wildcards_share_a_port() {
+    #[test]
+    fn ipv4_and_ipv6_wildcards_share_a_port() {
         // Without IPv6 on this machine there is nothing to check.
         if std::net::TcpListener::bind("[::1]:0").is_err() {
             return;
         }
-        let v6 = listen("[::]:0".parse().unwrap(), true).unwrap();
+        let v6 = bind("[::]:0".parse().unwrap(), true).unwrap();
         let port = v6.local_addr().unwrap().port();
-        let v4 = listen(SocketAddr::from(([127, 0, 0, 1], port)), false);
+        let v4 = bind(SocketAddr::from(([127, 0, 0, 1], port)), false);
         assert!(v4.is_ok(), "{v4:?}");
     }
 }

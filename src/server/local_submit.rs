@@ -16,6 +16,7 @@ use crate::config::ListenMode;
 use crate::net::Stream;
 use crate::smtp::Reply;
 use crate::smtp::address::Mailbox;
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -65,7 +66,7 @@ pub fn bind(path: &Path, data_dir: &Path) -> std::io::Result<UnixListener> {
 
 /// Takes local submissions until `stop`.
 pub async fn serve(
-    ctx: Arc<Context>,
+    current: Arc<ArcSwap<Context>>,
     listener: UnixListener,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
@@ -74,7 +75,8 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (ctx, stop, alive) = (ctx.clone(), stop.clone(), alive.clone());
+                    // Each submission takes the configuration in force when it came.
+                    let (ctx, stop, alive) = (current.load_full(), stop.clone(), alive.clone());
                     tokio::spawn(async move {
                         handle(ctx, stream, stop).await;
                         drop(alive);

@@ -3,21 +3,27 @@
 mod budget;
 mod checks;
 mod connection;
+mod context;
 pub mod control;
 mod listen;
+mod listeners;
 pub mod local_submit;
 pub mod lock;
+mod notify;
+pub mod privileges;
 mod received;
+mod reload;
 mod routing;
 mod spill;
 pub mod tls;
+
+pub use reload::{Error as ReloadError, Live, Summary, reload};
 
 use crate::admin;
 use crate::config::{Config, ListenMode};
 use crate::delivery::maildir::MailRoot;
 use crate::delivery::remote::{Hop, Pool, RemoteConfig, TlsClient};
 use crate::dns::Dns;
-use crate::log_limit::{self, LogLimit};
 use crate::policy::LocalPolicy;
 use crate::policy::auth::Checker;
 use crate::policy::dkim::Signer;
@@ -27,12 +33,15 @@ use crate::policy::users::Users;
 use crate::queue::{Queue, QueueConfig, Shared};
 use crate::smtp::session::SessionConfig;
 use crate::spool::{self, Spool};
+use arc_swap::ArcSwap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-/// What every connection shares.
+/// What every connection shares: one configuration and what was built from it. A
+/// session keeps the context it started with; a reload makes a new one.
 pub struct Context {
     pub config: Config,
     pub policy: Arc<LocalPolicy>,
@@ -41,12 +50,12 @@ pub struct Context {
     pub users: Arc<Users>,
     pub tls: Option<Arc<tls::ServerTls>>,
     pub connections: Arc<Connections>,
-    pub rates: Rates,
-    pub auth_failures: AuthFailures,
+    pub rates: Arc<Rates>,
+    pub auth_failures: Arc<AuthFailures>,
     /// Tern's resolver, for the DNS block and allow lists.
     pub dns: Dns,
     /// Present when `[antispam.greylisting] enabled`.
-    pub greylist: Option<Greylist>,
+    pub greylist: Option<Arc<Greylist>>,
     /// SPF, DKIM, ARC and DMARC checks; present when `[auth_checks] enabled`.
     pub auth: Option<Checker>,
     /// DKIM keys for mail from users and relay networks.
@@ -94,9 +103,25 @@ pub fn own_data_dir(config: &Config) -> Result<lock::DataDirLock, String> {
     lock::acquire(&config.data_dir)
 }
 
-/// Runs the server until SIGTERM or SIGINT, then stops gracefully. The caller holds the
-/// data directory's lock ([`own_data_dir`]).
-pub async fn serve(config: Config) -> Result<(), String> {
+/// What `serve` needs from before privileges are dropped: the bound listeners, the
+/// certificate and the DKIM keys.
+pub struct Prepared {
+    listeners: Vec<listeners::Bound>,
+    keys: context::Keys,
+}
+
+/// Binds the listeners and reads the keys (the part of starting that may need root).
+pub fn prepare(config: &Config) -> Result<Prepared, String> {
+    let keys = context::Keys::load(config).map_err(|(key, e)| format!("{key}: {e}"))?;
+    let listeners = listeners::bind_all(&config.listen)?;
+    Ok(Prepared { listeners, keys })
+}
+
+/// Runs the server until SIGTERM or SIGINT, then stops gracefully; SIGHUP reloads the
+/// configuration from `origin` (the file it came from; `None` for the embedded
+/// default). The caller holds the data directory's lock ([`own_data_dir`]) and has
+/// bound the listeners ([`prepare`]).
+pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) -> Result<(), String> {
     let spool_dir = config.spool_dir();
     let options = spool::Options { segment_size: config.spool.segment_size };
     let open = |e: std::io::Error| format!("cannot open spool {}: {e}", spool_dir.display());
@@ -110,133 +135,78 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let signer = Signer::load(&config.dkim)?;
-    let mut listeners = Vec::new();
-    let configured: Vec<SocketAddr> = config.listen.iter().map(|l| l.addr).collect();
-    for l in &config.listen {
-        let v6only = listen::needs_v6only(l.addr, &configured);
-        let listener = listen::listen(l.addr, v6only).map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
-        listeners.push((listener, l.mode));
-    }
-    let dns = Dns::new(&config.dns)?;
-    let users = Arc::new(Users::open(config.users_file()));
-    let policy = Arc::new(LocalPolicy::new(&config, users.clone()));
-    let tls = Some(Arc::new(tls::ServerTls::new(&config)?));
-    let own_addrs = listeners.iter().filter_map(|(l, _)| l.local_addr().ok()).collect();
-    let shared = Shared::new(
-        Arc::new(spool.clone()),
-        queue_config(&config, own_addrs)?,
-        dns.clone(),
-        Box::new(routing::PolicyRouter(policy.clone())),
-    );
+    let own_addrs: Vec<SocketAddr> = prepared.listeners.iter().filter_map(|b| b.socket.local_addr().ok()).collect();
+    let first = context::first_settings(&config, own_addrs.clone())?;
     admin::trace::start(&config.data_dir, config.admin.trace_retention)
         .map_err(|e| format!("cannot open the message trace in {}: {e}", config.data_dir.display()))?;
     admin::activity::get().start();
-    let (queue, queue_task) = Queue::start(shared, pending);
-    let ops = Arc::new(admin::ops::State {
-        queue: queue.clone(),
-        store: Arc::new(spool.clone()),
-        started: (std::time::Instant::now(), std::time::SystemTime::now()),
-        listeners: listeners.iter().filter_map(|(l, mode)| Some((l.local_addr().ok()?, *mode))).collect(),
-        admin: Default::default(),
-        config_source: config.source.clone(),
-        data_dir: config.data_dir.clone(),
-        spool_dir: spool_dir.clone(),
-        ready: Default::default(),
-    });
-    let control = control::start(&config.data_dir, ops.clone())
-        .map_err(|e| format!("cannot open control socket in {}: {e}", config.data_dir.display()))?;
-    let submit_path = config.submit_socket();
-    let submit = local_submit::bind(&submit_path, &config.data_dir)
-        .map_err(|e| format!("cannot open the local submission socket {}: {e}", submit_path.display()))?;
-    let admin = admin::start(&config, ops.clone()).await?;
-    let grace = config.limits.shutdown_grace;
-    let limits = &config.limits;
-    let rates = Rates::new(limits.rate_window, limits.max_messages_per_window, limits.max_recipients_per_window);
-    let a = &config.auth;
-    let auth_failures = AuthFailures::new(a.max_failures, a.failure_window, a.ban_time);
-    let grey = &config.antispam.greylisting;
-    let greylist = grey.enabled.then(|| Greylist::open(config.data_dir.join("greylist"), grey));
-    let auth = config.auth_checks.enabled.then(|| Checker::new(&config.hostname, &config.auth_checks, &dns));
-    let budget = budget::Budget::new(limits.max_inflight_bytes);
-    let ctx = Arc::new(Context {
-        policy,
-        config,
+    let (queue, queue_task) =
+        Queue::start(Shared::new(Arc::new(spool.clone()), first.config, first.dns, first.router), pending);
+    let lasting = context::Lasting {
         spool,
         queue: queue.clone(),
-        users,
-        tls,
         connections: Arc::new(Connections::default()),
-        rates,
-        auth_failures,
-        dns,
-        greylist,
-        auth,
-        signer,
-        budget,
         spill_files: spill::Files::new(spill_dir),
-    });
-
-    let addrs: Vec<String> = listeners
-        .iter()
-        .map(|(l, mode)| format!("{} ({mode})", l.local_addr().map(|a| a.to_string()).unwrap_or_default()))
-        .collect();
-    let admin_addr = admin.as_ref().map(|(addr, _)| *addr);
-    let admin_text = admin_addr.map_or("admin API off".to_string(), |a| format!("admin API on http://{a}"));
-    println!(
-        "tern: listening on {}; mail for {} goes to {}; {recovered} queued message(s) recovered; {admin_text}",
-        addrs.join(", "),
-        ctx.config.local.domains.join(", "),
-        ctx.config.mail_root().display()
-    );
-    tracing::info!(listen = %addrs.join(", "), admin = ?admin_addr, recovered, "started");
+    };
+    let (ctx, settings) = context::build(config, prepared.keys, &lasting, None, own_addrs)?;
+    queue.reconfigure(settings);
+    let data_dir = ctx.config.data_dir.clone();
+    let current = Arc::new(ArcSwap::from_pointee(ctx));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a clone of `alive`; when all are gone, `all_gone` returns.
     let (alive, mut all_gone) = mpsc::channel::<()>(1);
-    for ((listener, mode), configured) in listeners.into_iter().zip(&ctx.config.listen) {
-        let (ctx, mut stop, alive) = (ctx.clone(), stop_rx.clone(), alive.clone());
-        let counters = Arc::new(crate::metrics::get().listener(&configured.addr.to_string()));
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, peer)) => {
-                            // An IPv4 client of a dual-stack listener is `::ffff:a.b.c.d`;
-                            // everything after this (limits, relay networks, SPF, logs,
-                            // Received) sees `a.b.c.d`.
-                            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-                            let (ctx, stop, alive, counters) = (ctx.clone(), stop.clone(), alive.clone(), counters.clone());
-                            tokio::spawn(async move {
-                                connection::handle(ctx, stream, peer, mode, stop, counters).await;
-                                drop(alive);
-                            });
-                        }
-                        Err(e) => accept_failed(&e).await,
-                    },
-                    _ = stop.changed() => break,
-                }
-            }
-        });
-    }
-    tokio::spawn(local_submit::serve(ctx.clone(), submit, stop_rx.clone(), alive.clone()));
-    drop(alive);
+    let listeners = listeners::Listeners::new(current.clone(), stop_rx.clone(), alive.clone());
+    let live = reload::Live::new(origin, current, lasting.clone(), listeners);
+    let ops = Arc::new(admin::ops::State {
+        queue: queue.clone(),
+        store: Arc::new(lasting.spool.clone()),
+        started: (std::time::Instant::now(), std::time::SystemTime::now()),
+        live: live.clone(),
+        admin: Default::default(),
+        data_dir: data_dir.clone(),
+        spool_dir,
+        ready: Default::default(),
+    });
+    // The sockets in the data directory are there before the first greeting.
+    let control = control::start(&data_dir, ops.clone())
+        .map_err(|e| format!("cannot open control socket in {}: {e}", data_dir.display()))?;
+    let ctx = live.context();
+    let submit_path = ctx.config.submit_socket();
+    let submit = local_submit::bind(&submit_path, &data_dir)
+        .map_err(|e| format!("cannot open the local submission socket {}: {e}", submit_path.display()))?;
+    let admin = admin::start(&ctx.config, ops.clone()).await?;
+    tokio::spawn(local_submit::serve(live.current(), submit, stop_rx, alive));
+    // Said before the first greeting, so that whoever is greeted can read it.
+    let addrs = listeners::describe(&prepared.listeners);
+    let admin_addr = admin.as_ref().map(|(addr, _)| *addr);
+    let admin_text = admin_addr.map_or("admin API off".to_string(), |a| format!("admin API on http://{a}"));
+    println!(
+        "tern: listening on {addrs}; mail for {} goes to {}; {recovered} queued message(s) recovered; {admin_text}",
+        ctx.config.local.domains.join(", "),
+        ctx.config.mail_root().display()
+    );
+    tracing::info!(listen = %addrs, admin = ?admin_addr, recovered, "started");
+    live.start_listeners(prepared.listeners).await?;
     ops.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    notify::ready(&format!("listening on {addrs}"));
+    drop(ctx);
 
     loop {
         tokio::select! {
             _ = term.recv() => break tracing::info!("SIGTERM: stopping"),
             _ = int.recv() => break tracing::info!("SIGINT: stopping"),
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the certificate");
-                if let Some(tls) = &ctx.tls {
-                    tls.reload();
-                }
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reload(&live).await;
             }
         }
     }
+    notify::stopping();
     ops.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let grace = live.context().config.limits.shutdown_grace;
     let _ = stop_tx.send(true);
+    live.close_listeners().await;
     if tokio::time::timeout(grace, all_gone.recv()).await.is_err() {
         tracing::warn!("sessions still open after the grace period; closing them");
     }
@@ -248,7 +218,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     if let Some((_, task)) = admin {
         task.abort();
     }
-    let _ = std::fs::remove_file(ctx.config.data_dir.join(control::SOCKET_NAME));
+    let _ = std::fs::remove_file(data_dir.join(control::SOCKET_NAME));
     let _ = std::fs::remove_file(&submit_path);
     crate::admin::trace::flush();
     tracing::info!("stopped");
@@ -289,18 +259,4 @@ fn queue_config(config: &Config, own_addrs: Vec<SocketAddr>) -> Result<QueueConf
         hostname: config.hostname.clone(),
         remote,
     })
-}
-
-/// Logs a failed `accept` (rate-limited: at the file-descriptor limit it fails for
-/// every waiting client) and pauses the accept loop. Out of descriptors, the pause is
-/// longer, so that connections being closed can free some instead of the loop
-/// spinning.
-async fn accept_failed(e: &std::io::Error) {
-    static ACCEPT_FAILED: LogLimit = LogLimit::new(log_limit::PERIOD);
-    if let Some(repeats) = ACCEPT_FAILED.admit() {
-        tracing::warn!(error = %e, repeats, "accept failed");
-    }
-    let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-    let pause = if out_of_descriptors { 100 } else { 50 };
-    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
 }

@@ -1,5 +1,6 @@
-//! The server's TLS: certificate loading (or a self-signed one made at first start),
-//! reloading on SIGHUP, and handshakes for STARTTLS and implicit TLS.
+//! The server's TLS: certificate loading (or a self-signed one made at first start)
+//! and handshakes for STARTTLS and implicit TLS. A reload makes a new `ServerTls`;
+//! sessions keep the one they started with.
 
 use crate::net::Stream;
 use rustls::crypto::CryptoProvider;
@@ -8,25 +9,21 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
-/// Serves whichever certificate was loaded last.
+/// Serves the one certificate loaded.
 #[derive(Debug)]
-struct Current(RwLock<Arc<CertifiedKey>>);
+struct Fixed(Arc<CertifiedKey>);
 
-impl ResolvesServerCert for Current {
+impl ResolvesServerCert for Fixed {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().expect("certificate lock").clone())
+        Some(self.0.clone())
     }
 }
 
 pub struct ServerTls {
     acceptor: TlsAcceptor,
-    current: Arc<Current>,
-    provider: Arc<CryptoProvider>,
-    cert: PathBuf,
-    key: PathBuf,
 }
 
 fn load(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
@@ -80,26 +77,14 @@ impl ServerTls {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => self_signed(&config.data_dir.join("tls"), &config.hostname)?,
         };
-        let current = Arc::new(Current(RwLock::new(Arc::new(load(&provider, &cert, &key)?))));
+        let fixed = Arc::new(Fixed(Arc::new(load(&provider, &cert, &key)?)));
         // TLS 1.2 and 1.3 only: rustls implements nothing older.
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
-            .with_cert_resolver(current.clone());
-        Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(server)), current, provider, cert, key })
-    }
-
-    /// Reads the certificate again (SIGHUP); sessions keep running, new handshakes
-    /// use the new certificate. On error the old one stays.
-    pub fn reload(&self) {
-        match load(&self.provider, &self.cert, &self.key) {
-            Ok(key) => {
-                *self.current.0.write().expect("certificate lock") = Arc::new(key);
-                tracing::info!(cert = %self.cert.display(), "certificate reloaded");
-            }
-            Err(e) => tracing::error!(error = %e, "certificate reload failed; keeping the old one"),
-        }
+            .with_cert_resolver(fixed);
+        Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(server)) })
     }
 
     /// Runs the server side of a handshake; returns the stream and a description

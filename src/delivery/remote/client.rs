@@ -71,14 +71,14 @@ impl Client {
     /// Runs a TLS handshake on the connection (after STARTTLS was accepted). Bytes the
     /// server sent before the handshake would otherwise be read as if they came over
     /// TLS, so their presence aborts the connection.
-    pub async fn start_tls(&mut self, tls: &TlsClient, host: &str) -> Result<TlsLevel, ConnError> {
+    pub async fn start_tls(&mut self, tls: &TlsClient, host: &str) -> Result<(TlsLevel, String), ConnError> {
         if !self.io.buffer().is_empty() {
             return Err(ConnError("server sent data before the TLS handshake".into()));
         }
         let plain = std::mem::replace(&mut self.io, BufReader::new(crate::net::closed())).into_inner();
-        let (encrypted, level) = tls.handshake(plain, host).await?;
+        let (encrypted, level, cipher) = tls.handshake(plain, host).await?;
         self.io = BufReader::new(encrypted);
-        Ok(level)
+        Ok((level, cipher))
     }
 
     /// Reads one (possibly multi-line) reply within `limit`.

@@ -13,7 +13,7 @@ pub use pool::Pool;
 pub use route::Hop;
 pub use tls::{AcceptAny, TlsClient, TlsLevel};
 
-use super::{Delivered, Failure};
+use super::{Delivered, Failure, Via};
 use crate::config::SmarthostTls;
 use crate::dns::Dns;
 use crate::spool::{Content, Recipient, Ret};
@@ -21,7 +21,7 @@ use client::{Client, Stream};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -81,8 +81,19 @@ pub enum TlsPolicy {
 }
 
 /// Delivers `job` to `domain` (canonical form): tries each hop and address in turn
-/// until one gives an answer for the recipients.
-pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>) -> Outcome {
+/// until one gives an answer for the recipients. Also says how the mail went: the
+/// server, the time spent connecting and sending, and the TLS in use.
+pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>) -> (Outcome, Via) {
+    let mut via = Via::starting("none");
+    let outcome = try_hops(config, dns, domain, job, &mut via).await;
+    // Nothing was sent: all the time went into trying to connect.
+    if via.transmission.is_zero() {
+        via.setup = via.started.elapsed();
+    }
+    (outcome, via)
+}
+
+async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>, via: &mut Via) -> Outcome {
     let hops = match route::hops(config, dns, domain).await {
         Ok(h) => h,
         Err(f) => return all(job, Err(f)),
@@ -98,7 +109,9 @@ pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'
             }
         };
         for addr in addrs {
-            match attempt(config, hop, addr, job).await {
+            via.relay = format!("{}[{}]:{}", hop.host, addr.ip(), addr.port());
+            (via.tls, via.transmission) = ("none".into(), Duration::ZERO);
+            match attempt(config, hop, addr, job, via).await {
                 Ok(outcome) => return outcome,
                 Err(f) => {
                     tracing::info!(host = %hop.host, %addr, reason = %f.detail, "trying next server");
@@ -113,7 +126,13 @@ pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'
 /// One server. `Err` means "try the next server" (connection failure, or a 4xx/5xx
 /// greeting); `Ok` carries the recipients' results. An idle connection to the same
 /// server is reused when it still answers RSET.
-async fn attempt(config: &RemoteConfig, hop: &Hop, addr: SocketAddr, job: &Job<'_>) -> Result<Outcome, Failure> {
+async fn attempt(
+    config: &RemoteConfig,
+    hop: &Hop,
+    addr: SocketAddr,
+    job: &Job<'_>,
+    via: &mut Via,
+) -> Result<Outcome, Failure> {
     let conn_fail = |what: String| Failure::temporary((4, 4, 1), format!("{} [{}]: {what}", hop.host, addr.ip()));
     let key = format!("{}|{addr}", hop.host);
     let _slot = config.pool.slot(&key).await;
@@ -129,7 +148,12 @@ async fn attempt(config: &RemoteConfig, hop: &Hop, addr: SocketAddr, job: &Job<'
         None => connect(config, hop, addr).await.map_err(conn_fail)?,
     };
     crate::admin::trace::note_tls(conn.tls_level());
-    let outcome = transaction::send(config, &mut conn, job).await.map_err(|e| conn_fail(e.0))?;
+    via.tls = conn.tls().to_string();
+    let sending = Instant::now();
+    via.setup = sending - via.started;
+    let sent = transaction::send(config, &mut conn, job).await;
+    via.transmission = sending.elapsed().max(Duration::from_nanos(1));
+    let outcome = sent.map_err(|e| conn_fail(e.0))?;
     // Only a connection between transactions is kept; one left in any other state
     // (say, a server still waiting for content) is closed by dropping it.
     if conn.is_ready() {
@@ -155,14 +179,14 @@ async fn connect(config: &RemoteConfig, hop: &Hop, addr: SocketAddr) -> Result<t
         (false, _) if config.starttls => TlsPolicy::Opportunistic,
         (false, _) => TlsPolicy::Off,
     };
-    let mut level = TlsLevel::None;
+    let (mut level, mut cipher) = (TlsLevel::None, None);
     if smarthost && config.smarthost_tls == SmarthostTls::Implicit {
-        let (tls, l) = timeout(config.connect_timeout, config.tls.handshake(stream, &hop.host))
+        let (tls, l, c) = timeout(config.connect_timeout, config.tls.handshake(stream, &hop.host))
             .await
             .map_err(|_| "TLS handshake timed out".to_string())?
             .map_err(|e| e.0)?;
         stream = tls;
-        level = l;
+        (level, cipher) = (l, Some(c));
     }
     let mut client = Client::new(stream, config.command_timeout);
     // RFC 5321 §4.5.3.2.1: a server may hold back its greeting (five minutes by default).
@@ -174,6 +198,6 @@ async fn connect(config: &RemoteConfig, hop: &Hop, addr: SocketAddr) -> Result<t
         return Err(format!("greeting {}", greeting.text()));
     }
     let peer = format!("{} [{}]", hop.host, addr.ip());
-    let session = transaction::Session { peer: &peer, host: &hop.host, ip: addr.ip(), policy, level };
+    let session = transaction::Session { peer: &peer, host: &hop.host, ip: addr.ip(), policy, level, cipher };
     transaction::open(config, client, session).await.map_err(|e| e.0)
 }

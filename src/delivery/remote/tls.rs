@@ -119,12 +119,13 @@ impl TlsClient {
         Ok(TlsClient { connector: TlsConnector::from(Arc::new(config)), verifier })
     }
 
-    /// Runs the handshake on `stream` and says how well the peer was verified.
+    /// Runs the handshake on `stream`; says how well the peer was verified, and the
+    /// version and cipher (`TLSv1.3/TLS13_AES_256_GCM_SHA384`).
     pub async fn handshake(
         &self,
         stream: Box<dyn Stream>,
         host: &str,
-    ) -> Result<(Box<dyn Stream>, TlsLevel), ConnError> {
+    ) -> Result<(Box<dyn Stream>, TlsLevel, String), ConnError> {
         let name =
             ServerName::try_from(host.to_string()).map_err(|e| ConnError(format!("bad TLS name {host}: {e}")))?;
         let metrics = crate::metrics::get();
@@ -142,6 +143,18 @@ impl TlsClient {
             }
             _ => TlsLevel::Encrypted,
         };
-        Ok((Box::new(tls), level))
+        let cipher = negotiated(tls.get_ref().1);
+        Ok((Box::new(tls), level, cipher))
     }
+}
+
+/// `TLSv1.3/TLS13_AES_256_GCM_SHA384`: the version and cipher suite of a connection.
+fn negotiated(conn: &rustls::ClientConnection) -> String {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    };
+    let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+    format!("{version}/{cipher}")
 }

@@ -69,8 +69,9 @@ pub struct Session<'a> {
     pub host: &'a str,
     pub ip: IpAddr,
     pub policy: TlsPolicy,
-    /// TLS already in place (implicit TLS).
+    /// TLS already in place (implicit TLS), and its version and cipher.
     pub level: TlsLevel,
+    pub cipher: Option<String>,
 }
 
 async fn hello(config: &RemoteConfig, client: &mut Client) -> Result<Capabilities, ConnError> {
@@ -90,6 +91,8 @@ pub struct Connection {
     pub client: Client,
     caps: Capabilities,
     level: TlsLevel,
+    /// Version and cipher, like `TLSv1.3/TLS13_AES_256_GCM_SHA384`, once encrypted.
+    cipher: Option<String>,
     /// `host [ip]`, for messages.
     peer: String,
     host: String,
@@ -110,16 +113,22 @@ impl Connection {
     pub fn is_ready(&self) -> bool {
         self.ready
     }
+
+    /// The TLS version and cipher, or `none`.
+    pub fn tls(&self) -> &str {
+        self.cipher.as_deref().unwrap_or("none")
+    }
 }
 
 /// EHLO, STARTTLS when wanted, AUTH at a smarthost.
 pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_>) -> Result<Connection, ConnError> {
     let mut caps = hello(config, &mut client).await?;
-    let mut level = session.level;
+    let (mut level, mut cipher) = (session.level, session.cipher);
     if level == TlsLevel::None && caps.starttls && session.policy != TlsPolicy::Off {
         let reply = client.command("STARTTLS").await?;
         if reply.code == 220 {
-            level = client.start_tls(&config.tls, session.host).await?;
+            let (l, c) = client.start_tls(&config.tls, session.host).await?;
+            (level, cipher) = (l, Some(c));
             // RFC 3207 §4.2: everything learned before TLS is forgotten.
             caps = hello(config, &mut client).await?;
         } else if session.policy == TlsPolicy::Required {
@@ -137,6 +146,7 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
         client,
         caps,
         level,
+        cipher,
         peer: session.peer.to_string(),
         host: session.host.to_string(),
         ip: session.ip,
