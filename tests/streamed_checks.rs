@@ -6,7 +6,7 @@ mod common;
 
 use common::dkim::*;
 use common::outbound::*;
-use std::fs;
+use common::{proc_status, reset_peak};
 use tern::config::{DkimAlgorithm, DkimKey};
 use tern::policy::dkim::Signer;
 
@@ -40,23 +40,6 @@ fn signed(key: &Key, msg: &[u8]) -> Vec<u8> {
     let signature = signer.sign(b"", msg);
     assert!(signature.starts_with("DKIM-Signature: "), "{signature}");
     [signature.as_bytes(), msg].concat()
-}
-
-/// A `kB` field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
-fn proc_status(pid: u32, field: &str) -> usize {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).expect("field in /proc status");
-    let kb: usize = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number of kB");
-    kb * 1024
-}
-
-/// Starts measuring the peak RSS afresh where the kernel allows it (`clear_refs` 5
-/// resets `VmHWM` to the current RSS); returns what later peaks are compared with.
-fn reset_peak(pid: u32) -> usize {
-    match fs::write(format!("/proc/{pid}/clear_refs"), "5") {
-        Ok(()) => proc_status(pid, "VmRSS"),
-        Err(_) => proc_status(pid, "VmHWM"),
-    }
 }
 
 /// A 20 MiB signed message from a stranger passes DKIM (and DMARC through it), and

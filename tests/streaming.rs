@@ -36,14 +36,6 @@ fn message(size: usize, from: &str) -> (Vec<u8>, Vec<u8>) {
     (content, wire)
 }
 
-/// A `kB` field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
-fn proc_status(pid: u32, field: &str) -> usize {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).expect("field in /proc status");
-    let kb: usize = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number of kB");
-    kb * 1024
-}
-
 /// Files (named ones) in `dir`.
 fn names_in(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)

@@ -1001,3 +1001,20 @@ impl Drop for SmallDisk {
         let _ = run(cmd, CLIENT_TIMEOUT);
     }
 }
+
+/// A `kB` field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
+pub fn proc_status(pid: u32, field: &str) -> usize {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).expect("field in /proc status");
+    let kb: usize = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number of kB");
+    kb * 1024
+}
+
+/// Starts measuring the peak RSS afresh where the kernel allows it (`clear_refs` 5
+/// resets `VmHWM` to the current RSS); returns what later peaks are compared with.
+pub fn reset_peak(pid: u32) -> usize {
+    match fs::write(format!("/proc/{pid}/clear_refs"), "5") {
+        Ok(()) => proc_status(pid, "VmRSS"),
+        Err(_) => proc_status(pid, "VmHWM"),
+    }
+}
