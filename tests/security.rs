@@ -1291,3 +1291,25 @@ fn alias_to_a_remote_address_is_delivered_but_its_target_is_fixed() {
     // team@ also reached carol locally.
     assert_eq!(m.local_mail("carol", 1).len(), 1);
 }
+
+/// rustls's warnings about a client's SNI name no client, so they are not logged:
+/// an IP address as SNI (ignored, the handshake goes on) leaves no warning, and an
+/// illegal name leaves one line naming the client and its failed handshake.
+#[test]
+fn a_clients_bad_sni_is_one_clear_line() {
+    let m = Mta::start(Opts { peer: false, ..Opts::default() });
+    wait_connections_ended(&m);
+    for sni in ["192.0.2.1", "bad_name..test"] {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["s_client", "-starttls", "smtp", "-servername", sni])
+            .args(["-connect", &format!("127.0.0.1:{}", m.t.port)]);
+        let _ = run_with_input(cmd, Some(b"QUIT\r\n"), CLIENT_TIMEOUT);
+    }
+    assert!(m.wait_log("ServerNameMustContainOneHostName", Duration::from_secs(10)), "{}", m.t.logs());
+    wait_connections_ended(&m);
+    let logs = m.t.logs();
+    assert!(!logs.contains("rustls"), "{logs}");
+    let failed: Vec<&str> = logs.lines().filter(|l| l.contains("ServerName")).collect();
+    assert_eq!(failed.len(), 1, "{logs}");
+    assert!(failed[0].contains("client=127.0.0.1:"), "{logs}");
+}
