@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 /// Most events one message's trace returns.
@@ -110,14 +110,15 @@ impl std::fmt::Display for Event {
 }
 
 enum Msg {
-    Entry(i64, String),
+    /// Serialized by the writer, off the threads that receive and deliver mail.
+    Entry(Entry),
     /// Write out and sync what is buffered, then answer.
     Flush(mpsc::Sender<()>),
 }
 
 struct Tracer {
     dir: PathBuf,
-    tx: Mutex<mpsc::Sender<Msg>>,
+    tx: mpsc::Sender<Msg>,
 }
 
 static TRACER: OnceLock<Tracer> = OnceLock::new();
@@ -128,7 +129,7 @@ pub fn start(data_dir: &Path, retention: Duration) -> io::Result<()> {
     crate::files::create_dir_all(&dir, crate::files::Access::PRIVATE)?;
     sweep(&dir, retention);
     let (tx, rx) = mpsc::channel();
-    let tracer = Tracer { dir: dir.clone(), tx: Mutex::new(tx) };
+    let tracer = Tracer { dir: dir.clone(), tx };
     if TRACER.set(tracer).is_ok() {
         std::thread::Builder::new().name("trace".into()).spawn(move || writer(dir, rx, retention))?;
     }
@@ -140,16 +141,14 @@ pub fn emit(id: &str, event: Event) {
     let Some(tracer) = TRACER.get() else { return };
     let at = chrono::Utc::now().timestamp_millis();
     crate::admin::activity::get().event(&event);
-    let entry = Entry { id: id.to_ascii_uppercase(), at, event };
-    let Ok(line) = serde_json::to_string(&entry) else { return };
-    let _ = tracer.tx.lock().unwrap_or_else(|e| e.into_inner()).send(Msg::Entry(at, line));
+    let _ = tracer.tx.send(Msg::Entry(Entry { id: id.to_ascii_uppercase(), at, event }));
 }
 
 /// Writes out and syncs what the writer holds (at shutdown, and before a read).
 pub fn flush() {
     let Some(tracer) = TRACER.get() else { return };
     let (reply, wait) = mpsc::channel();
-    if tracer.tx.lock().unwrap_or_else(|e| e.into_inner()).send(Msg::Flush(reply)).is_ok() {
+    if tracer.tx.send(Msg::Flush(reply)).is_ok() {
         let _ = wait.recv_timeout(Duration::from_secs(5));
     }
 }
@@ -244,8 +243,9 @@ fn writer(dir: PathBuf, rx: mpsc::Receiver<Msg>, retention: Duration) {
     };
     loop {
         match rx.recv_timeout(SYNC_EVERY) {
-            Ok(Msg::Entry(at, line)) => {
-                let name = day_name(at);
+            Ok(Msg::Entry(entry)) => {
+                let Ok(line) = serde_json::to_string(&entry) else { continue };
+                let name = day_name(entry.at);
                 if open.as_ref().is_none_or(|(n, _)| *n != name) {
                     sync(&mut open);
                     // Owner-only, like everything in the data directory (umask only removes bits).
