@@ -5,6 +5,7 @@
 
 mod admin;
 mod antispam;
+mod delivery;
 mod duration;
 mod lines;
 mod locate;
@@ -14,6 +15,7 @@ mod server;
 
 pub use admin::Admin;
 pub use antispam::{Antispam, Greylisting};
+pub use delivery::{DEFAULT_COMMAND_TIMEOUT, DeliveryKind, DomainDelivery, Method};
 pub use lines::{key as path_key, line_of};
 pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
@@ -122,7 +124,7 @@ impl fmt::Display for ListenMode {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Local {
     /// Domains whose mail is delivered here.
@@ -145,6 +147,43 @@ pub struct Local {
     /// A group (name or gid) that may read the Maildirs, such as an IMAP server's:
     /// Maildir directories are then made 0750 and files 0640 with that group.
     pub mailbox_group: Option<String>,
+    /// How local mail is handed over: `maildir` (default), `lmtp` or `command`.
+    #[serde(default)]
+    pub delivery: DeliveryKind,
+    /// The LMTP server for `delivery = "lmtp"`: `unix:/path` or `host:port`.
+    pub lmtp: Option<String>,
+    /// The program and arguments for `delivery = "command"`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// How long a delivery command may run.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Per-domain overrides of `delivery`, `lmtp` and `command`.
+    #[serde(default)]
+    pub domain_delivery: BTreeMap<String, DomainDelivery>,
+}
+
+fn default_command_timeout() -> Duration {
+    DEFAULT_COMMAND_TIMEOUT
+}
+
+impl Default for Local {
+    fn default() -> Local {
+        Local {
+            domains: Vec::new(),
+            mail_root: None,
+            accept_unknown: false,
+            aliases: BTreeMap::new(),
+            users: Vec::new(),
+            subaddress_separator: default_subaddress_separator(),
+            mailbox_group: None,
+            delivery: DeliveryKind::Maildir,
+            lmtp: None,
+            command: Vec::new(),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            domain_delivery: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -505,6 +544,7 @@ impl Config {
                     .ok_or_else(|| format!("{key}: {zone:?} is not a DNS zone"))?;
             }
         }
+        self.local.validate_delivery()?;
         self.check_listeners()?;
         self.server.validate()?;
         Ok(())
