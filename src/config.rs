@@ -10,6 +10,7 @@ mod duration;
 mod lines;
 mod locate;
 mod mail_auth;
+mod rspamd;
 mod sendmail;
 mod server;
 
@@ -19,6 +20,7 @@ pub use delivery::{DEFAULT_COMMAND_TIMEOUT, DeliveryKind, DomainDelivery, Method
 pub use lines::{key as path_key, line_of};
 pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
+pub use rspamd::{Endpoint as RspamdEndpoint, OnError, Origin, Rspamd};
 pub use sendmail::{SUBMIT_SOCKET, Sendmail};
 pub use server::Server;
 
@@ -75,6 +77,8 @@ pub struct Config {
     pub server: Server,
     #[serde(default)]
     pub admin: Admin,
+    /// Messages scanned by rspamd; none without the section.
+    pub rspamd: Option<Rspamd>,
     /// The file this was read from (none for the embedded default), and when.
     #[serde(skip)]
     pub source: Option<(PathBuf, std::time::SystemTime)>,
@@ -547,6 +551,9 @@ impl Config {
         self.local.validate_delivery()?;
         self.check_listeners()?;
         self.server.validate()?;
+        if let Some(rspamd) = &self.rspamd {
+            rspamd.validate()?;
+        }
         Ok(())
     }
 

@@ -48,6 +48,18 @@ pub enum Event {
         recipients: Vec<String>,
         size: u64,
     },
+    /// Judged by the spam filter: rspamd's `action` (or `error`), its score and
+    /// symbols, and what became of the message (`outcome`).
+    Scanned {
+        action: String,
+        score: Option<f64>,
+        required_score: Option<f64>,
+        /// The highest scoring symbols, at most 50.
+        symbols: Vec<Symbol>,
+        /// Why rspamd gave no verdict.
+        error: Option<String>,
+        outcome: String,
+    },
     /// Made by Tern itself (a delivery status notification).
     Created { reason: String, recipients: Vec<String>, size: u64 },
     /// Durably in the spool.
@@ -65,6 +77,13 @@ pub enum Event {
     Notice { notice: String, to: String },
     /// Nothing more will happen: `delivered`, `bounced`, `partly bounced` or `deleted`.
     Finished { state: String, delivered: usize, bounced: usize },
+}
+
+/// One rspamd symbol and its score.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Symbol {
+    pub name: String,
+    pub score: f64,
 }
 
 /// One recipient's result in an attempt: `delivered`, `deferred` or `failed`.
@@ -85,6 +104,24 @@ impl std::fmt::Display for Event {
                 write!(f, "received from {client} (HELO {helo}), TLS: {}, ", or(tls, "none"))?;
                 write!(f, "user: {}, checks: {}, ", or(user, "none"), or(auth, "none"))?;
                 write!(f, "{} to {}, {size} bytes", sender(from), recipients.join(", "))
+            }
+            Event::Scanned { action, score, required_score, symbols, error, outcome } => {
+                write!(f, "scanned by rspamd: {action}")?;
+                if let Some(score) = score {
+                    write!(f, ", score {score:.2}")?;
+                    if let Some(required) = required_score {
+                        write!(f, " / {required:.2}")?;
+                    }
+                }
+                if let Some(error) = error {
+                    write!(f, " ({error})")?;
+                }
+                write!(f, ": {outcome}")?;
+                if !symbols.is_empty() {
+                    let list: Vec<String> = symbols.iter().map(|s| format!("{}({:.2})", s.name, s.score)).collect();
+                    write!(f, "\n    symbols: {}", list.join(", "))?;
+                }
+                Ok(())
             }
             Event::Created { reason, recipients, size } => {
                 write!(f, "created: {reason}, to {}, {size} bytes", recipients.join(", "))

@@ -41,10 +41,12 @@ pub enum Refusal {
     Dnsbl,
     /// No room in the spool or in memory.
     Storage,
+    /// The spam filter (rspamd) refused it or asked for a retry, or failed to judge it.
+    Spam,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 9] = [
         Refusal::RelayDenied,
         Refusal::UnknownRecipient,
         Refusal::SenderNotOwned,
@@ -53,6 +55,7 @@ impl Refusal {
         Refusal::AuthChecks,
         Refusal::Dnsbl,
         Refusal::Storage,
+        Refusal::Spam,
     ];
 
     fn name(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Refusal {
             Refusal::AuthChecks => "auth_checks",
             Refusal::Dnsbl => "dnsbl",
             Refusal::Storage => "storage",
+            Refusal::Spam => "spam",
         }
     }
 }
@@ -101,6 +105,24 @@ impl ConnectionResult {
         }
     }
 }
+
+/// What the spam filter (rspamd) made of a message.
+#[derive(Debug, Clone, Copy)]
+pub enum SpamResult {
+    NoAction,
+    /// Marked with headers (rspamd's `add header`, and its custom `quarantine`).
+    AddHeader,
+    RewriteSubject,
+    Greylist,
+    SoftReject,
+    /// Refused (rspamd's `reject`, and `discard`).
+    Reject,
+    /// rspamd could not be asked or gave no usable answer.
+    Error,
+}
+
+const SPAM_RESULTS: [&str; 7] =
+    ["no_action", "add_header", "rewrite_subject", "greylist", "soft_reject", "reject", "error"];
 
 #[derive(Debug, Clone, Copy)]
 pub enum Transport {
@@ -192,6 +214,7 @@ pub struct Metrics {
     auth: Vec<Vec<Counter>>,
     tls: Vec<Vec<Counter>>,
     dns: Vec<Vec<Counter>>,
+    spam: Vec<Counter>,
 }
 
 /// Series of a family with one label, one per value.
@@ -315,6 +338,13 @@ impl Metrics {
             &["a", "aaaa", "ip", "mx", "txt", "ptr", "other"],
             &["ok", "nxdomain", "nodata", "error"],
         );
+        let spam_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_spam_results",
+            "Messages scanned by rspamd, by what it made of them",
+            spam_family.clone(),
+        );
+        let spam = series(&spam_family, "action", &SPAM_RESULTS);
         Metrics {
             registry,
             connections_active,
@@ -331,6 +361,7 @@ impl Metrics {
             auth,
             tls,
             dns,
+            spam,
         }
     }
 
@@ -389,6 +420,10 @@ impl Metrics {
         self.dns[kind as usize][result as usize].inc();
     }
 
+    pub fn spam_result(&self, result: SpamResult) {
+        self.spam[result as usize].inc();
+    }
+
     /// Every series in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -413,6 +448,7 @@ mod tests {
         m.listener("127.0.0.1:25").connection(ConnectionResult::Accepted);
         m.delivery(Transport::Remote, DeliveryResult::Bounced);
         m.auth_result(AuthMethod::Spf, "softfail");
+        m.spam_result(SpamResult::RewriteSubject);
         let text = m.encode();
         for line in [
             "tern_connections_total{listener=\"127.0.0.1:25\",result=\"accepted\"} 1",
@@ -421,6 +457,8 @@ mod tests {
             "tern_deliveries_total{transport=\"lmtp\",result=\"delivered\"} 0",
             "tern_auth_results_total{method=\"spf\",result=\"softfail\"} 1",
             "tern_messages_refused_total{reason=\"relay_denied\"} 0",
+            "tern_spam_results_total{action=\"rewrite_subject\"} 1",
+            "tern_spam_results_total{action=\"error\"} 0",
             "tern_build_info{version=",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");

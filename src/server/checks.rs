@@ -4,7 +4,9 @@
 use super::Context;
 use super::local_submit::LocalUser;
 use super::received::received_header;
+use super::spam;
 use super::spill::Received;
+use crate::config::ListenMode;
 use crate::log_limit::{self, LogLimit};
 use crate::metrics::Refusal;
 use crate::policy::auth::results::strip_forged;
@@ -204,6 +206,7 @@ pub async fn message(
     peer: IpAddr,
     spf: Option<SpfCheck>,
     local: Option<&LocalUser>,
+    mode: ListenMode,
 ) -> Result<String, Reply> {
     let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
     // Spill hashes the body of every message that has an SPF check.
@@ -246,6 +249,18 @@ pub async fn message(
         None => String::new(),
     };
     prefix.extend_from_slice(added.as_bytes());
+    // The spam filter (spam.rs): refuses the message, or gives its edited header block.
+    let mut scanned = None;
+    let (prefix, cleaned) = match ctx.config.rspamd.as_ref().filter(|r| r.applies_to(spam::origin(mode, local))) {
+        None => (prefix, cleaned),
+        Some(rspamd) => {
+            let header = [&prefix[..], header].concat();
+            let passed = spam::scan(rspamd, &message, peer, &id, local, header, &received, hostname).await?;
+            quarantine |= passed.quarantine;
+            scanned = Some(passed.event);
+            (Vec::new(), Some(passed.header))
+        }
+    };
     let (parts, _held) = received.into_parts(prefix, cleaned);
     let size = parts.iter().map(Part::len).sum();
     // Small messages go to the queue in memory too; others are read back from the spool.
@@ -300,7 +315,7 @@ pub async fn message(
                 client = %peer,
                 "queued"
             );
-            trace_received(&message, &envelope, peer, local, auth_summary);
+            trace_received(&message, &envelope, peer, local, auth_summary, scanned);
             ctx.queue.enqueue(stored, content);
             Ok(id)
         }
@@ -316,13 +331,14 @@ pub async fn message(
     }
 }
 
-/// The message's first two trace events: received, and stored.
+/// The message's first trace events: received, scanned (by rspamd), and stored.
 fn trace_received(
     message: &Message,
     envelope: &Envelope,
     peer: IpAddr,
     local: Option<&LocalUser>,
     auth: Option<String>,
+    scanned: Option<crate::admin::trace::Event>,
 ) {
     use crate::admin::trace::{self, Event};
     let user = message.user.clone().or_else(|| local.map(|l| l.login.clone()));
@@ -338,6 +354,9 @@ fn trace_received(
         size: envelope.size,
     };
     trace::emit(&envelope.id, event);
+    if let Some(scanned) = scanned {
+        trace::emit(&envelope.id, scanned);
+    }
     trace::emit(&envelope.id, Event::Stored);
 }
 

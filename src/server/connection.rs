@@ -340,7 +340,7 @@ pub(super) async fn converse(
                     };
                     let outcome = match spill.take().map(Spill::finish) {
                         Some(Ok(received)) if received.len() == message.size => {
-                            checks::message(ctx, *message, received, peer.ip(), spf, local).await
+                            checks::message(ctx, *message, received, peer.ip(), spf, local, mode).await
                         }
                         Some(Err(reply)) => Err(reply),
                         _ => {

@@ -14,6 +14,7 @@ pub mod privileges;
 mod received;
 mod reload;
 mod routing;
+mod spam;
 mod spill;
 pub mod tls;
 

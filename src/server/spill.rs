@@ -327,6 +327,17 @@ impl<'a> Received<'a> {
         self.head.len() as u64 + self.file_len
     }
 
+    /// What follows the header block in memory (from its empty line on); the rest,
+    /// if any, is in [`Received::spilled`].
+    pub fn rest(&self) -> &[u8] {
+        &self.head[self.header_len..]
+    }
+
+    /// The file holding the end of the content, and how many bytes of it (from 0).
+    pub fn spilled(&self) -> Option<(Arc<File>, u64)> {
+        self.file.clone().map(|file| (file, self.file_len))
+    }
+
     /// Held in memory whole (no file).
     #[cfg(test)]
     pub fn in_memory(&self) -> bool {

@@ -1,0 +1,3 @@
+//! Content filters that judge a received message before it is stored.
+
+pub mod rspamd;
