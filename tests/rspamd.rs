@@ -61,7 +61,7 @@ impl Rspamd {
   dns {{ nameserver = ["127.0.0.1:{dead}"]; timeout = 0.5s; retransmits = 1; }}
 }}
 logging {{ type = "file"; filename = "{d}/rspamd.log"; level = "info"; }}
-worker "normal" {{ bind_socket = "127.0.0.1:{port}"; count = 1; }}
+worker "normal" {{ bind_socket = "127.0.0.1:{port}"; bind_socket = "{d}/normal.sock mode=0666"; count = 1; }}
 actions {{ reject = 15; add_header = 6; greylist = 4; }}
 lua = "{d}/init.lua";
 modules {{ path = "/usr/share/rspamd/plugins/"; }}
@@ -280,6 +280,12 @@ fn real_rspamd_judges_gtube_clean_mail_and_scores() {
         assert!(spam_count(&t, action) >= at_least, "{action}");
     }
     assert_eq!(spam_count(&t, "error"), 0.0);
+
+    // Over rspamd's unix socket.
+    let socket = rspamd.dir.path().join("normal.sock");
+    let t = tern(&format!("url = \"unix:{}\"\ntimeout = \"10s\"\n", socket.display()));
+    let (code, text) = send(&t, &message("gtube-unix", "", GTUBE), &[]);
+    assert_eq!((code, text.as_str()), (550, "5.7.1 Gtube pattern"), "{}", rspamd.logs());
 }
 
 /// The fake rspamd: answers by the Subject of the message, and writes each request

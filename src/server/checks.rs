@@ -255,7 +255,8 @@ pub async fn message(
         None => (prefix, cleaned),
         Some(rspamd) => {
             let header = [&prefix[..], header].concat();
-            let passed = spam::scan(rspamd, &message, peer, &id, local, header, &received, hostname).await?;
+            let asked = spam::Asked { message: &message, id: &id, peer, local };
+            let passed = spam::scan(rspamd, hostname, asked, header, &received).await?;
             quarantine |= passed.quarantine;
             scanned = Some(passed.event);
             (Vec::new(), Some(passed.header))

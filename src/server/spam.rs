@@ -36,18 +36,25 @@ pub fn origin(mode: ListenMode, local: Option<&LocalUser>) -> Origin {
     }
 }
 
+/// The message rspamd is asked about, and where it came from.
+pub struct Asked<'a> {
+    pub message: &'a Message,
+    pub id: &'a str,
+    pub peer: IpAddr,
+    pub local: Option<&'a LocalUser>,
+}
+
 /// Asks rspamd about the message whose header block (with Tern's own fields) is
 /// `header` and whose rest is in `received`; a refusal is the reply for the client.
+/// `hostname` is Tern's own.
 pub async fn scan(
     config: &Rspamd,
-    message: &Message,
-    peer: IpAddr,
-    id: &str,
-    local: Option<&LocalUser>,
+    hostname: &str,
+    asked: Asked<'_>,
     header: Vec<u8>,
     received: &Received<'_>,
-    hostname: &str,
 ) -> Result<Passed, Reply> {
+    let Asked { message, id, peer, local } = asked;
     let from = message.from.as_ref().map(ToString::to_string).unwrap_or_default();
     let envelope = Envelope {
         client: peer,

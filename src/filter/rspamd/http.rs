@@ -27,7 +27,7 @@ pub struct Content {
 }
 
 impl Content {
-    pub fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.head.len() as u64 + self.file.as_ref().map_or(0, |(_, len)| *len)
     }
 }
@@ -65,7 +65,7 @@ impl Body for Streamed {
 
 /// Starts reading `content` into a body; the file is read off the async threads.
 fn stream(content: Content) -> Streamed {
-    let left = content.len();
+    let left = content.size();
     let (tx, pieces) = mpsc::channel(2);
     tokio::spawn(async move {
         if tx.send(Ok(Bytes::from(content.head))).await.is_err() {
@@ -124,7 +124,7 @@ pub async fn post(
             Err(_) => tracing::debug!(name, "rspamd request header left out: not a valid value"),
         }
     }
-    request = request.header(hyper::header::CONTENT_LENGTH, content.len());
+    request = request.header(hyper::header::CONTENT_LENGTH, content.size());
     let request = request.body(stream(content)).map_err(|e| format!("cannot make the request: {e}"))?;
     match endpoint {
         RspamdEndpoint::Tcp { host, port, .. } => {
