@@ -542,7 +542,7 @@ fn rspamd_down_meets_each_on_error() {
     }
 }
 
-/// Submission is not scanned unless `applies_to` says so.
+/// Only the listener modes of `applies_to` are scanned; a reload changes them.
 #[test]
 fn only_the_listed_origins_are_scanned() {
     let fake = Fake::start();
@@ -551,4 +551,11 @@ fn only_the_listed_origins_are_scanned() {
     delivered(&t, "plain");
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
     assert_eq!(spam_count(&t, "no_action") + spam_count(&t, "error"), 0.0);
+
+    common::service::edit_config(&t, "applies_to = [\"submission\"]", "applies_to = [\"submission\", \"smtp\"]");
+    let line = common::service::sighup(&t, true);
+    assert!(line.contains("rspamd"), "{line}");
+    assert_eq!(send(&t, &message("rewrite", "", "x"), &[]).0, 250);
+    delivered(&t, "[SPAM] rewrite");
+    assert_eq!(fake.requests().len(), 1);
 }

@@ -211,7 +211,22 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
             })*
         };
     }
-    compare!(hostname, listen, local, limits, queue, relay, dns, outbound, tls, auth, auth_checks, dkim, antispam);
+    compare!(
+        hostname,
+        listen,
+        local,
+        limits,
+        queue,
+        relay,
+        dns,
+        outbound,
+        tls,
+        auth,
+        auth_checks,
+        dkim,
+        antispam,
+        rspamd
+    );
     changed
 }
 
