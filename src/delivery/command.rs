@@ -120,6 +120,14 @@ pub fn deliver(
     timeout: Duration,
 ) -> Result<Delivered, Failure> {
     let program = argv.first().map(String::as_str).unwrap_or_default();
+    // An address that starts with '-' would be read as an option (Postfix refuses
+    // them too: allow_min_user = no).
+    if let Some(bad) = [&vars.sender, &vars.recipient, &vars.original].into_iter().find(|a| a.starts_with('-')) {
+        return Err(Failure::permanent(
+            (5, 1, 3),
+            format!("{bad}: an address starting with '-' is not given to a command"),
+        ));
+    }
     let mut child = match start(argv, vars) {
         Ok(started) => started,
         Err(e) => {
@@ -457,6 +465,17 @@ mod tests {
         let f = run("sleep 60 & sleep 60; exit 0", Duration::from_millis(300)).unwrap_err();
         assert!(f.temporary && f.detail.text.contains("time limit"), "{}", f.detail);
         assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn addresses_that_look_like_options_are_refused() {
+        let content = Content::from(Vec::new());
+        let argv = vec!["/bin/true".to_string(), "{user}".to_string()];
+        let v = Vars { recipient: "-oQ@a.test".into(), user: "-oQ".into(), ..vars() };
+        let f = deliver(&argv, &v, "", &content, Duration::from_secs(5)).unwrap_err();
+        assert!(!f.temporary && f.detail.status == Status(5, 1, 3), "{}", f.detail);
+        let v = Vars { sender: "-f@remote.test".into(), ..vars() };
+        assert!(deliver(&argv, &v, "", &content, Duration::from_secs(5)).is_err());
     }
 
     #[test]
