@@ -489,12 +489,12 @@ impl Config {
         }
         for (from, to) in &self.local.aliases {
             let key = format!("local.aliases.{}", path_key(from));
-            check_address(&key, from)?;
+            check_alias_entry(&key, from)?;
             if to.is_empty() {
                 return Err(format!("{key}: expands to nothing"));
             }
-            for t in to {
-                check_address(&key, t)?;
+            for (i, t) in to.iter().enumerate() {
+                check_alias_entry(&format!("{key}[{i}]"), t)?;
             }
         }
         for u in &self.local.users {
@@ -626,6 +626,28 @@ fn check_address(key: &str, addr: &str) -> Result<(), String> {
         .map_err(|e| format!("{key}: {addr:?} is not an address ({e})"))
 }
 
+/// The canonical domain of an alias key or target `@domain` (given without its `@`):
+/// a domain name, not an address literal.
+pub fn alias_domain(domain: &str) -> Option<String> {
+    if domain.starts_with('[') {
+        return None;
+    }
+    crate::smtp::address::canonical_domain(domain)
+}
+
+/// An alias key or target: an address, or `@domain` (as a key, the domain's
+/// catch-all; as a target, the same local part in that domain).
+fn check_alias_entry(key: &str, entry: &str) -> Result<(), String> {
+    match entry.strip_prefix('@') {
+        Some("") => Err(format!("{key}: \"@\" needs a domain after it")),
+        Some(domain) if alias_domain(domain).is_none() => {
+            Err(format!("{key}: {entry:?}: {domain:?} is not a domain name"))
+        }
+        Some(_) => Ok(()),
+        None => check_address(key, entry),
+    }
+}
+
 /// Turns a TOML error into "line N: key.path: message", naming the offending key.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().to_string();
@@ -742,6 +764,14 @@ mod tests {
         let err = |text: &str| Config::parse(text, "t").unwrap_err().to_string();
         let e = err("[local]\ndomains = [\"y.test\"]\n\n[local.aliases]\n\"x@y.test\" = []\n");
         assert!(e.contains("line 5: local.aliases.\"x@y.test\": expands to nothing"), "{e}");
+        let e = err("[local.aliases]\n\"@\" = [\"a@y.test\"]\n");
+        assert!(e.contains("line 2: local.aliases.\"@\": \"@\" needs a domain after it"), "{e}");
+        let e = err("[local.aliases]\n\"@y.test\" = [\"a@y.test\", \"@not a domain\"]\n");
+        assert!(
+            e.contains("local.aliases.\"@y.test\"[1]: \"@not a domain\": \"not a domain\" is not a domain name"),
+            "{e}"
+        );
+        Config::parse("[local.aliases]\n\"@y.test\" = [\"@z.test\", \"a@z.test\"]\n", "t").unwrap();
         let e = err("[[listen]]\naddr = \"0.0.0.0:25\"\n[[listen]]\naddr = \"127.0.0.1:25\"\n");
         assert!(e.contains("line 4: listen[1].addr: 127.0.0.1:25 is taken by listen[0]"), "{e}");
         let e = err("[limits]\ncommand_timeout = \"5M\"\n");

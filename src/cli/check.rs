@@ -7,7 +7,7 @@
 use crate::config::{Config, ConfigSource, EMBEDDED_DEFAULT, line_of, path_key};
 use crate::policy::LocalPolicy;
 use crate::policy::users::Users;
-use crate::smtp::address::Mailbox;
+use crate::smtp::address::{Mailbox, canonical_domain};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -89,6 +89,15 @@ fn warnings(config: &Config) -> Vec<(String, String)> {
     }
     let policy = LocalPolicy::new(config, Arc::new(Users::open(config.users_file())));
     for (from, targets) in &config.local.aliases {
+        let domain = from.strip_prefix('@').and_then(crate::config::alias_domain);
+        if domain
+            .is_some_and(|d| !config.local.domains.iter().any(|l| canonical_domain(l).as_deref() == Some(d.as_str())))
+        {
+            out.push((
+                format!("local.aliases.{}", path_key(from)),
+                "catches nothing: the domain is not one of local.domains".to_string(),
+            ));
+        }
         for target in targets {
             let Ok(mailbox) = Mailbox::parse(target) else { continue };
             if policy.is_local(&mailbox) && policy.resolve(&mailbox).is_err() {

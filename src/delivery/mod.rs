@@ -1,5 +1,6 @@
 //! One delivery attempt to one destination.
 
+pub mod command;
 pub mod maildir;
 pub mod remote;
 

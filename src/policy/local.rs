@@ -1,7 +1,7 @@
 //! Local recipients: domains, users, aliases and subaddresses.
 
 use super::users::Users;
-use crate::config::Config;
+use crate::config::{Config, alias_domain};
 use crate::smtp::Reply;
 use crate::smtp::address::{Mailbox, canonical_domain};
 use std::collections::{HashMap, HashSet};
@@ -40,7 +40,9 @@ pub struct LocalPolicy {
     /// (mailbox name, canonical domain) of every user.
     users: HashSet<(String, String)>,
     /// (local part, canonical domain) → targets.
-    aliases: HashMap<(String, String), Vec<String>>,
+    aliases: HashMap<(String, String), Vec<Target>>,
+    /// Canonical domain → targets of its catch-all (`"@domain"` keys).
+    catch_all: HashMap<String, Vec<Target>>,
     accept_unknown: bool,
     separator: String,
     /// Users of the users file are mailboxes too.
@@ -61,6 +63,31 @@ fn safe_mailbox_name(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('.') && name.len() <= 255 && !name.chars().any(|c| c == '/' || c.is_control())
 }
 
+/// What an alias expands to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Address(Mailbox),
+    /// `"@domain"`: the same local part in that domain (a domain alias).
+    Domain(String),
+}
+
+impl Target {
+    fn parse(s: &str) -> Option<Target> {
+        match s.strip_prefix('@') {
+            Some(domain) => alias_domain(domain).map(|_| Target::Domain(domain.to_string())),
+            None => Mailbox::parse(s).ok().map(Target::Address),
+        }
+    }
+
+    /// The address `to` goes to through this target.
+    fn apply(&self, to: &Mailbox) -> Mailbox {
+        match self {
+            Target::Address(m) => m.clone(),
+            Target::Domain(domain) => Mailbox { local: to.local.clone(), domain: domain.clone() },
+        }
+    }
+}
+
 fn user_unknown() -> Reply {
     Reply::new(550, (5, 1, 1), "Recipient address rejected: user unknown")
 }
@@ -75,11 +102,28 @@ impl LocalPolicy {
             .collect();
         let parse = |a: &String| Mailbox::parse(a).ok().and_then(|m| key(&m));
         let users = local.users.iter().filter_map(parse).collect();
-        let aliases = local.aliases.iter().filter_map(|(from, to)| Some((parse(from)?, to.clone()))).collect();
+        let targets = |to: &Vec<String>| to.iter().filter_map(|t| Target::parse(t)).collect::<Vec<_>>();
+        let mut aliases = HashMap::new();
+        let mut catch_all = HashMap::new();
+        for (from, to) in &local.aliases {
+            match from.strip_prefix('@') {
+                Some(domain) => {
+                    if let Some(domain) = alias_domain(domain) {
+                        catch_all.insert(domain, targets(to));
+                    }
+                }
+                None => {
+                    if let Some(key) = parse(from) {
+                        aliases.insert(key, targets(to));
+                    }
+                }
+            }
+        }
         LocalPolicy {
             domains,
             users,
             aliases,
+            catch_all,
             accept_unknown: local.accept_unknown,
             separator: local.subaddress_separator.clone(),
             accounts,
@@ -148,23 +192,32 @@ impl LocalPolicy {
             "" => local.clone(),
             sep => local.split_once(sep).map_or(local.clone(), |(b, _)| b.to_string()),
         };
+        // Postfix's virtual alias order: the address, the address without its
+        // subaddress, a user of that name, then the domain's catch-all.
         let alias = self
             .aliases
             .get(&(local.clone(), domain.clone()))
             .or_else(|| self.aliases.get(&(base.clone(), domain.clone())));
-        if let Some(targets) = alias {
+        let user =
+            self.users.contains(&(base.clone(), domain.clone())) || self.accounts.contains(&format!("{base}@{domain}"));
+        let targets = match alias {
+            Some(targets) => Some(targets),
+            None if user => None,
+            // A catch-all does not catch its own targets (`postmaster@` as the
+            // catch-all of its domain is that mailbox, as Postfix stops at an
+            // address that expands to itself).
+            None => self.catch_all.get(&domain).filter(|targets| {
+                !targets.iter().any(|t| key(&t.apply(to)).is_some_and(|k| k == (local.clone(), domain.clone())))
+            }),
+        };
+        if let Some(targets) = targets {
             for target in targets {
-                let target = Mailbox::parse(target).map_err(|_| user_unknown())?;
-                self.expand(&target, depth + 1, seen, out)?;
+                self.expand(&target.apply(to), depth + 1, seen, out)?;
             }
             return Ok(());
         }
         // RFC 5321 §4.5.1: postmaster is always accepted, in any case.
-        let known = self.accept_unknown
-            || base == "postmaster"
-            || self.users.contains(&(base.clone(), domain.clone()))
-            || self.accounts.contains(&format!("{base}@{domain}"));
-        if !known {
+        if !(user || self.accept_unknown || base == "postmaster") {
             return Err(user_unknown());
         }
         if !safe_mailbox_name(&base) {
@@ -223,6 +276,53 @@ mod tests {
         assert_eq!(resolve(&p, "\"user@remote.test\"@example.test").unwrap(), ["user@remote.test@example.test"]);
         assert_eq!(resolve(&p, "\"../etc\"@example.test"), Err(550));
         assert_eq!(resolve(&p, "\"a/b\"@example.test"), Err(550));
+    }
+
+    #[test]
+    fn catch_all_comes_after_users_and_aliases() {
+        let p = policy(
+            "[local.aliases]\n\"@example.test\" = [\"bob@example.test\"]\n\"sales@example.test\" = [\"alice@example.test\"]\n",
+        );
+        assert_eq!(resolve(&p, "alice@example.test").unwrap(), ["alice@example.test"]);
+        assert_eq!(resolve(&p, "alice+x@example.test").unwrap(), ["alice@example.test"]);
+        assert_eq!(resolve(&p, "sales@example.test").unwrap(), ["alice@example.test"]);
+        assert_eq!(resolve(&p, "sales+y@example.test").unwrap(), ["alice@example.test"]);
+        assert_eq!(resolve(&p, "nobody@example.test").unwrap(), ["bob@example.test"]);
+        assert_eq!(resolve(&p, "Nobody+z@EXAMPLE.test").unwrap(), ["bob@example.test"]);
+        // Another domain has no catch-all.
+        assert_eq!(resolve(&p, "nobody@bücher.test"), Err(550));
+    }
+
+    #[test]
+    fn domain_alias_keeps_the_local_part() {
+        let p = policy(
+            "[local.aliases]\n\"@bücher.test\" = [\"@example.test\"]\n\"old@example.test\" = [\"@remote.test\"]\n",
+        );
+        assert_eq!(resolve(&p, "bob@xn--bcher-kva.test").unwrap(), ["bob@example.test"]);
+        assert_eq!(resolve(&p, "Bob+tag@bücher.test").unwrap(), ["bob@example.test"]);
+        // The new address must exist: RCPT is refused otherwise.
+        let e = p.resolve(&Mailbox::parse("carol@bücher.test").unwrap()).unwrap_err();
+        assert_eq!((e.code, e.status), (550, Some(crate::smtp::reply::Status(5, 1, 1))), "{e:?}");
+        assert_eq!(resolve(&p, "old@example.test").unwrap(), ["old@remote.test"]);
+    }
+
+    #[test]
+    fn domain_alias_into_a_catch_all_or_an_open_domain() {
+        let p = policy(
+            "[local.aliases]\n\"@bücher.test\" = [\"@example.test\"]\n\"@example.test\" = [\"postmaster@example.test\"]\n",
+        );
+        assert_eq!(resolve(&p, "carol@bücher.test").unwrap(), ["postmaster@example.test"]);
+        let open = policy("accept_unknown = true\n[local.aliases]\n\"@bücher.test\" = [\"@example.test\"]\n");
+        assert_eq!(resolve(&open, "carol@bücher.test").unwrap(), ["carol@example.test"]);
+    }
+
+    #[test]
+    fn domain_alias_loops_are_refused() {
+        let p =
+            policy("[local.aliases]\n\"@bücher.test\" = [\"@example.test\"]\n\"@example.test\" = [\"@bücher.test\"]\n");
+        assert_eq!(resolve(&p, "alice@bücher.test").unwrap(), ["alice@example.test"]);
+        let e = p.resolve(&Mailbox::parse("carol@bücher.test").unwrap()).unwrap_err();
+        assert_eq!((e.code, e.status), (550, Some(crate::smtp::reply::Status(5, 4, 6))), "{e:?}");
     }
 
     #[test]

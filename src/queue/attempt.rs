@@ -4,8 +4,9 @@ use super::bounce::{self, Action, Quoted, Report};
 use super::log::{Clock, delays};
 use super::{Settings, Shared, now, retry};
 use crate::admin::trace::{self, Event};
+use crate::config::Method;
 use crate::delivery::remote::{self, Job};
-use crate::delivery::{Delivered, Detail, Failure, Via, maildir};
+use crate::delivery::{Delivered, Detail, Failure, Via, command, maildir};
 use crate::metrics::{DeliveryResult, Transport};
 use crate::spool::{Change, Content, Envelope, Part, RcptState, Recipient, Stored};
 use std::collections::BTreeMap;
@@ -285,7 +286,7 @@ async fn deliver(
                 .iter()
                 .map(|&i| {
                     let mut via = Via::starting("local");
-                    let result = deliver_local(&settings2, &envelope, &envelope.recipients[i], &content);
+                    let result = deliver_local(&settings2, &envelope, &envelope.recipients[i], &content, &mut via);
                     via.transmission = via.started.elapsed();
                     (i, result, via)
                 })
@@ -322,16 +323,35 @@ async fn deliver(
     }
 }
 
+/// Delivers to one local recipient by its domain's method: a Maildir, or a delivery
+/// command (`relay=command` in the log).
 fn deliver_local(
     settings: &Settings,
     envelope: &Envelope,
     rcpt: &Recipient,
     content: &Content,
+    via: &mut Via,
 ) -> Result<Delivered, Failure> {
     let (mailbox, domain) = rcpt
         .address
         .rsplit_once('@')
         .ok_or_else(|| Failure::permanent((5, 1, 3), format!("bad mailbox {}", rcpt.address)))?;
+    let local = &settings.config.local;
+    if let Method::Command(argv) = local.method_for(domain) {
+        via.relay = "command".into();
+        let vars = command::Vars {
+            sender: envelope.sender.clone(),
+            recipient: rcpt.address.clone(),
+            user: mailbox.to_string(),
+            domain: domain.to_string(),
+            extension: command::extension(&rcpt.original, &local.subaddress_separator),
+            original: rcpt.original.clone(),
+            id: envelope.id.clone(),
+        };
+        // Postfix's local(8) adds these two for a command as for a mailbox.
+        let header = format!("Return-Path: <{}>\nDelivered-To: {}\n", envelope.sender, rcpt.address);
+        return command::deliver(&argv, &vars, &header, content, local.command_timeout);
+    }
     let header = format!("Return-Path: <{}>\r\nDelivered-To: {}\r\n", envelope.sender, rcpt.address);
     let host = maildir::host_for_names(&settings.config.hostname);
     let folder = envelope.quarantine.then_some("Junk");

@@ -38,6 +38,9 @@ pub struct QueueConfig {
     pub mail_root: MailRoot,
     pub hostname: String,
     pub remote: RemoteConfig,
+    /// `[local]`: how each local domain's mail is delivered, and the subaddress
+    /// separator and time limit a delivery command needs.
+    pub local: crate::config::Local,
 }
 
 /// Where mail for an address goes, for notices sent to senders: (address, is local).
