@@ -454,3 +454,60 @@ fn metrics_may_be_public_and_count_the_queue() {
     assert!(sample(&samples, "tern_queue_oldest_seconds{}") >= 0.0);
     assert_eq!(http(&t, "GET", "/api/v1/status", None).status, 401, "only the metrics are public");
 }
+
+#[test]
+fn refusals_in_sessions_are_counted_by_reason() {
+    let t = Tern::start(&format!(
+        "{LOCAL_OPEN}{NO_RELAY}{NO_AUTH_CHECKS}\n[limits]\nmax_message_size = 2000\nmax_recipients = 2\nmax_connections_per_ip = 1\n"
+    ));
+    let token = t.admin_token();
+    let before = scrape(&t, Some(&token));
+    let out = t.py(r#"
+s = connect()
+code, _ = s.docmd("FROB")
+assert code == 500, code
+assert s.mail("someone@sender.test")[0] == 250
+code, _ = s.rcpt("bob@elsewhere.test")
+assert code == 554, code
+# The one connection a stranger may have is open: a second one is refused.
+try:
+    smtplib.SMTP("127.0.0.1", PORT, timeout=30)
+    raise SystemExit("a second connection was served")
+except smtplib.SMTPConnectError as e:
+    assert e.smtp_code == 421, e
+assert s.rcpt("alice@localhost")[0] == 250
+assert s.rcpt("carol@localhost")[0] == 250
+code, _ = s.rcpt("dave@localhost")
+assert code == 452, code
+code, _ = s.data(b"Subject: big\r\n\r\n" + b"x" * 4000 + b"\r\n")
+assert code == 552, code
+assert s.mail("someone@sender.test")[0] == 250
+assert s.rcpt("alice@localhost")[0] == 250
+# smtplib's data() would mend a bare CR: the content goes as it is.
+assert s.docmd("DATA")[0] == 354
+s.send(b"Subject: bare CR\r\n\r\nsmuggled\r.\rMAIL FROM:<x@y>\r\n.\r\n")
+code, _ = s.getreply()
+assert code == 550, code
+s.quit()
+"#);
+    out.assert_success("refusals with smtplib");
+    let after = scrape(&t, Some(&token));
+    let moved = |key: &str| sample(&after, key) - sample(&before, key);
+    for (reason, n) in [
+        ("protocol", 1.0),
+        ("relay_denied", 1.0),
+        ("connection_limit", 1.0),
+        ("too_many_recipients", 1.0),
+        ("message_size", 1.0),
+        ("content", 1.0),
+        ("unknown_recipient", 0.0),
+        ("other", 0.0),
+    ] {
+        assert_eq!(moved(&format!("tern_messages_refused_total{{reason=\"{reason}\"}}")), n, "{reason}\n{}", t.logs());
+    }
+    let listener = format!("listener=\"127.0.0.1:{}\"", t.port);
+    assert_eq!(moved(&format!("tern_connections_total{{{listener},result=\"refused_limit\"}}")), 1.0);
+    // The console counts the same.
+    let activity = api_ok(&t, "GET", "/api/v1/activity", 200);
+    assert_eq!(activity["since_start"]["refused"]["content"], 1, "{activity}");
+}

@@ -451,6 +451,20 @@ fn quickstart_writes_a_config_that_serves() {
     }
     let password = said.lines().skip_while(|l| !l.contains("with the password")).nth(2).unwrap().trim().to_string();
     assert!(password.len() >= 16, "{said}");
+    // The unit shown is the shipped one, naming this configuration file; the data
+    // directory outside /var/lib/tern is named for a drop-in.
+    let unit: String = said
+        .lines()
+        .skip_while(|l| !l.contains("cat > /etc/systemd/system/tern.service"))
+        .skip(1)
+        .take_while(|l| l.trim() != "EOF")
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let shipped = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/tern.service")).unwrap();
+    let cfg_path = etc.join("tern.toml").display().to_string();
+    assert_eq!(unit, shipped.replace("/etc/tern/tern.toml", &cfg_path), "{said}");
+    assert!(said.contains("cat > /usr/lib/sysusers.d/tern.conf") && said.contains("u tern - "), "{said}");
+    assert!(said.contains(&format!("ReadWritePaths={}", data.display())), "{said}");
     let cfg = etc.join("tern.toml");
     tern(&["config", "check", "--config", cfg.to_str().unwrap()], dir.path()).assert_success("config check");
     let users = fs::read_to_string(data.join("users.toml")).unwrap();

@@ -353,3 +353,75 @@ fn other_users_send_only_as_themselves() {
     assert_eq!(t.settled_count("localhost", "bob"), 1);
     assert_eq!(t.settled_count("localhost", "carol"), 2);
 }
+
+/// `git send-email` with `--sendmail-cmd` naming the `sendmail` link, as a developer
+/// mails a patch from a machine whose MTA is Tern.
+#[test]
+fn git_send_email_sends_a_patch_through_the_sendmail_link() {
+    if !have_program("git") || !Path::new("/usr/lib/git-core/git-send-email").exists() {
+        eprintln!("SKIPPED: git send-email is not installed (Debian package git-email)");
+        return;
+    }
+    let t = Tern::start(&config());
+    let mta = link(&t, "sendmail");
+    let repo = t.path().join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let mut cmd = Command::new("git");
+        cmd.args(args)
+            .current_dir(&repo)
+            .env("HOME", t.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Alice Example")
+            .env("GIT_AUTHOR_EMAIL", "alice@tern.test")
+            .env("GIT_COMMITTER_NAME", "Alice Example")
+            .env("GIT_COMMITTER_EMAIL", "alice@tern.test")
+            .env("TERN_CONFIG", &t.config_path);
+        let out = run(cmd, CLIENT_TIMEOUT);
+        out.assert_success(&format!("git {}", args.join(" ")));
+        out
+    };
+    git(&["init", "-q", "-b", "main"]);
+    fs::write(repo.join("README"), "A project.\n").unwrap();
+    git(&["add", "README"]);
+    git(&["commit", "-q", "-m", "Start"]);
+    fs::write(repo.join("hello.txt"), "hello, world\n.\nafter a lone dot\n").unwrap();
+    git(&["add", "hello.txt"]);
+    git(&["commit", "-q", "-m", "Add hello.txt", "-m", "Say hello to the world."]);
+    let sendmail_cmd = format!("--sendmail-cmd={} -i", mta.display());
+    // (git send-email wants a dot in a domain: not bob@localhost.)
+    let sent = git(&[
+        "send-email",
+        &sendmail_cmd,
+        "--to=bob@tern.test",
+        "--from=Alice Example <alice@tern.test>",
+        "--envelope-sender=alice@tern.test",
+        "--confirm=never",
+        "--suppress-cc=all",
+        "--no-annotate",
+        "-1",
+    ]);
+    // It says what it ran, and exits 0 even when it sent nothing.
+    let said = sent.all();
+    assert!(said.contains("Result: OK") && said.contains(" -f alice@tern.test -i bob@tern.test"), "{said}");
+    let mail = t.wait_one(HOSTNAME, "bob");
+    let head = header_block(&mail);
+    assert!(mail.starts_with(b"Return-Path: <alice@tern.test>\r\n"), "{}", show(&mail));
+    for want in [
+        "From: Alice Example <alice@tern.test>\r\n",
+        "To: bob@tern.test\r\n",
+        "Subject: [PATCH] Add hello.txt\r\n",
+        "X-Mailer: git-send-email ",
+        "MIME-Version: 1.0\r\n",
+        "Received: by tern.test (Tern, from userid 0 root)",
+    ] {
+        assert!(head.contains(want), "no {want:?} in:\n{head}");
+    }
+    assert!(head.contains("\r\nMessage-ID: <") && head.contains("\r\nDate: "), "{head}");
+    // The patch arrives whole, its lone dot included (-i).
+    let body = text(split_message(&mail).1);
+    for want in ["Say hello to the world.\r\n", "\r\n+hello, world\r\n+.\r\n+after a lone dot\r\n", "hello.txt | 3 +++"]
+    {
+        assert!(body.contains(want), "no {want:?} in:\n{body}");
+    }
+}

@@ -13,11 +13,19 @@
 # local domain. Delivered = lines with status="delivered" in tern.log (one per
 # recipient the downstream server answered 250 to).
 # BENCH_TERN_OUTBOUND_CONNS, when set, overrides [outbound] max_connections_per_host.
+#
+# [admin]: on, on a free loopback port, for "tern" and "before" (as by default, but
+# not on 8025, where a system Tern may listen); off (listen = "") for "noadmin";
+# on and /metrics scraped every second by curl from start to stop for "scraped".
+# TERN_ADMIN (on | off) says which; the scraped module sets it.
 
 TERN_PID=
 TERN_PORT=
 TERN_RUN=
 TERN_SCENARIO=
+TERN_ADMIN=on
+TERN_CPU_START=0
+TERN_ADMIN_PORT=
 
 tern_write_config() { # SCENARIO RUNDIR PORT
     local scenario=$1 run=$2 port=$3
@@ -68,6 +76,13 @@ EOF
         return 1
         ;;
     esac
+    if [[ $TERN_ADMIN == off ]]; then
+        printf '\n[admin]\nlisten = ""\n' >>"$run/tern.toml"
+    else
+        free_port
+        TERN_ADMIN_PORT=$FREE_PORT
+        printf '\n[admin]\nlisten = "127.0.0.1:%s"\n' "$TERN_ADMIN_PORT" >>"$run/tern.toml"
+    fi
 }
 
 tern_start() { # SCENARIO RUNDIR
@@ -91,6 +106,7 @@ tern_start() { # SCENARIO RUNDIR
         tern_stop
         return 1
     fi
+    TERN_CPU_START=$(tern_cpu_ms)
 }
 
 tern_delivered() {
@@ -105,6 +121,21 @@ tern_delivered() {
 tern_peak_rss() {
     [[ -n $TERN_PID && -r /proc/$TERN_PID/status ]] || { echo "-"; return; }
     awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$TERN_PID/status"
+}
+
+# CPU time the server has used so far (user and system), in ms; tern_cpu_used: since
+# it was ready (what starting costs, a self-signed certificate say, left out).
+tern_cpu_ms() {
+    [[ -n $TERN_PID && -r /proc/$TERN_PID/stat ]] || { echo "-"; return; }
+    # After "pid (comm) ", utime and stime are the 12th and 13th fields.
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.0f", ($12 + $13) * 1000 / hz }' "/proc/$TERN_PID/stat"
+}
+
+tern_cpu_used() {
+    local now
+    now=$(tern_cpu_ms)
+    [[ $now =~ ^[0-9]+$ && $TERN_CPU_START =~ ^[0-9]+$ ]] || { echo "-"; return; }
+    echo $((now - TERN_CPU_START))
 }
 
 tern_stop() {
@@ -130,3 +161,49 @@ before_start() {
 }
 before_delivered() { tern_delivered; }
 before_stop() { tern_stop; }
+
+# Tern with the admin layer off: [admin] listen = "".
+NOADMIN_PORT=
+noadmin_start() {
+    local rc
+    TERN_ADMIN=off
+    tern_start "$@"
+    rc=$?
+    TERN_ADMIN=on
+TERN_CPU_START=0
+    NOADMIN_PORT=$TERN_PORT
+    return $rc
+}
+noadmin_delivered() { tern_delivered; }
+noadmin_stop() { tern_stop; }
+
+# Tern with the admin layer on and /metrics scraped every second by curl (with the
+# bearer token) for the whole run, as Prometheus would; each answer's status goes
+# to scrapes.log. The loop is bounded (an hour) and ends with the server.
+SCRAPED_PORT=
+SCRAPER_PID=
+scraped_start() {
+    local run=$2 token
+    tern_start "$@" || return 1
+    SCRAPED_PORT=$TERN_PORT
+    token=$(cat "$run/data/admin.token") || { tern_stop; return 1; }
+    (
+        for ((i = 0; i < 3600; i++)); do
+            curl -s -o /dev/null -w '%{http_code}\n' --max-time 5 -H "Authorization: Bearer $token" \
+                "http://127.0.0.1:$TERN_ADMIN_PORT/metrics"
+            sleep 1
+        done
+    ) >"$run/scrapes.log" 2>&1 &
+    SCRAPER_PID=$!
+}
+scraped_delivered() { tern_delivered; }
+# Scrapes answered 200 so far.
+scraped_scrapes() { count_lines 200 "$TERN_RUN/scrapes.log"; }
+scraped_stop() {
+    if [[ -n $SCRAPER_PID ]]; then
+        kill "$SCRAPER_PID" 2>/dev/null
+        wait "$SCRAPER_PID" 2>/dev/null
+        SCRAPER_PID=
+    fi
+    tern_stop
+}

@@ -7,7 +7,7 @@ use super::token::Token;
 use crate::queue::{Action, Filter, MessageState, Selection};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +26,10 @@ pub struct App {
 }
 
 type Shared = State<Arc<App>>;
+
+/// The largest request body taken, in bytes: no route reads more than a small JSON
+/// document. A larger one is refused with 413 before the route runs.
+pub const MAX_BODY: usize = 64 * 1024;
 type Params = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 pub fn router(app: Arc<App>) -> Router {
@@ -48,6 +52,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(api)
         .merge(metrics)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(middleware::from_fn(limit_body))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
 }
 
@@ -55,6 +61,26 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(json!({ "error": self.error }))).into_response()
+    }
+}
+
+/// A body announced larger than [`MAX_BODY`] is refused with 413 before the token is
+/// looked at, and the connection closed rather than the body read (RFC 9110 §15.5.14).
+/// A chunked body is bounded where it is read ([`DefaultBodyLimit`]).
+async fn limit_body(request: extract::Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match announced {
+        Some(n) if n > MAX_BODY as u64 => {
+            let error = format!("request body of {n} bytes; at most {MAX_BODY} are taken");
+            let mut response = ApiError { status: 413, error }.into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        _ => next.run(request).await,
     }
 }
 

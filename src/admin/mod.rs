@@ -28,10 +28,6 @@ pub async fn start(config: &Config, state: Arc<ops::State>) -> Result<Option<(So
     let local = tcp.local_addr().map_err(|e| format!("admin listener: {e}"))?;
     let _ = state.admin.set(local);
     let app = Arc::new(api::App { ops: state, token, metrics_public: config.admin.metrics_public });
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener::Limited::new(tcp), api::router(app)).await {
-            tracing::error!(error = %e, "admin listener stopped");
-        }
-    });
+    let task = tokio::spawn(listener::serve(tcp, api::router(app), config.admin.header_timeout));
     Ok(Some((local, task)))
 }

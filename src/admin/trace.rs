@@ -6,7 +6,8 @@
 //! once a second, never per event, so a crash may lose the last second of trace but
 //! never mail (the spool is synced on its own). Daily files are removed once their
 //! last day ended more than `[admin] trace_retention` ago. A message's trace is read
-//! by scanning the kept files for its id, after the writer has flushed what it holds.
+//! by scanning the kept files for its id, after the writer has flushed what it holds,
+//! from the day before its queue id was made on (older files cannot hold it).
 
 use crate::spool::Detail;
 use serde::{Deserialize, Serialize};
@@ -196,8 +197,10 @@ pub fn read(id: &str) -> io::Result<Vec<Entry>> {
     flush();
     let id = id.to_ascii_uppercase();
     let needle = format!("\"id\":\"{id}\"");
+    let first_day = earliest_day(&id);
     let mut events = Vec::new();
-    for (_, path) in day_files(&tracer.dir)? {
+    for (_, path) in day_files(&tracer.dir)?.into_iter().filter(|(day, _)| first_day.is_none_or(|first| *day >= first))
+    {
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             // Removed by the retention sweep meanwhile.
@@ -221,6 +224,15 @@ pub fn read(id: &str) -> io::Result<Vec<Entry>> {
         }
     }
     Ok(events)
+}
+
+/// The first day whose file may hold events of message `id`: a queue id is the time
+/// it was made (Unix microseconds, in hex), before any of its events; a day earlier
+/// still, for a clock set back meanwhile. `None` for an id of another form.
+fn earliest_day(id: &str) -> Option<chrono::NaiveDate> {
+    let micros = u64::from_str_radix(id, 16).ok().filter(|_| id.len() == 16)?;
+    let made = chrono::DateTime::from_timestamp_micros(i64::try_from(micros).ok()?)?;
+    made.date_naive().pred_opt()
 }
 
 /// The daily files in `dir`, oldest first, with their day.
@@ -351,6 +363,15 @@ pub fn note_tls(level: impl std::fmt::Display) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trace_is_read_from_the_day_before_its_id_on() {
+        // 2026-12-06T12:00:00Z in microseconds.
+        let id = format!("{:016X}", 1_796_558_400_000_000u64);
+        assert_eq!(earliest_day(&id), chrono::NaiveDate::from_ymd_opt(2026, 12, 5));
+        assert_eq!(earliest_day("NOTANID"), None);
+        assert_eq!(earliest_day("FFFFFFFFFFFFFFFF"), None);
+    }
 
     #[test]
     fn expired_days_are_swept_and_recent_kept() {

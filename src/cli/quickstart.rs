@@ -74,7 +74,7 @@ fn run(o: &Options) -> Result<(), String> {
     std::fs::write(&tmp, &text)
         .and_then(|()| std::fs::rename(&tmp, &config_path))
         .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-    print!("{}", report(&address, &domain, &hostname, &config_path, &secret, &key.zone_line));
+    print!("{}", report(&address, &domain, &hostname, &config_path, &secret, &key.zone_line, &data_dir));
     Ok(())
 }
 
@@ -118,7 +118,35 @@ fn config_text(address: &str, domain: &str, hostname: &str, data_dir: &Path, key
     t
 }
 
-fn report(address: &str, domain: &str, hostname: &str, config: &Path, secret: &str, dkim: &str) -> String {
+/// The systemd unit and the sysusers(5) file Tern ships, as installed by its package.
+const UNIT: &str = include_str!("../../contrib/tern.service");
+const SYSUSERS: &str = include_str!("../../contrib/tern.sysusers");
+/// The state directory the shipped unit gives the user `tern`.
+const UNIT_STATE_DIR: &str = "/var/lib/tern";
+
+/// The shipped unit, naming `config` where it names `/etc/tern/tern.toml`.
+fn unit_for(config: &Path) -> String {
+    UNIT.replace(crate::config::ETC_CONFIG, &config.display().to_string())
+}
+
+/// `cat > PATH <<'EOF'` … `EOF`, indented as a shell example.
+fn here_document(r: &mut String, path: &str, text: &str) {
+    let _ = writeln!(r, "    cat > {path} <<'EOF'");
+    for line in text.lines() {
+        let _ = writeln!(r, "    {line}");
+    }
+    let _ = writeln!(r, "    EOF");
+}
+
+fn report(
+    address: &str,
+    domain: &str,
+    hostname: &str,
+    config: &Path,
+    secret: &str,
+    dkim: &str,
+    data_dir: &Path,
+) -> String {
     let config_path = std::path::absolute(config).unwrap_or(config.to_path_buf());
     let c = config_path.display();
     let config_flag =
@@ -147,22 +175,25 @@ fn report(address: &str, domain: &str, hostname: &str, config: &Path, secret: &s
     let _ = writeln!(r, "{hostname}. IN A <this server's IPv4 address>   (and AAAA for its IPv6 address, if any)");
     let _ = writeln!(r, "and ask the provider of those addresses for reverse DNS (PTR) naming {hostname}.");
     let _ = writeln!(r, "Then check them with `tern dns check {domain}{config_flag}`.\n");
-    let _ = writeln!(r, "Run the server as a service (systemd), with the binary installed as /usr/local/bin/tern:\n");
-    let _ = writeln!(r, "    cat > /etc/systemd/system/tern.service <<'EOF'");
     let _ = writeln!(
         r,
-        "    [Unit]\n    Description=Tern mail server\n    After=network-online.target\n    Wants=network-online.target\n"
+        "Run the server as a service with the systemd unit Tern ships (contrib/tern.service), the binary\n\
+         installed as /usr/sbin/tern; it runs as the user tern, made by systemd-sysusers:\n"
     );
-    let _ = writeln!(
-        r,
-        "    [Service]\n    ExecStart=/usr/local/bin/tern serve --config {c}\n    ExecReload=/bin/kill -HUP $MAINPID"
-    );
-    let _ = writeln!(
-        r,
-        "    Restart=on-failure\n    LimitNOFILE=65536\n\n    [Install]\n    WantedBy=multi-user.target\n    EOF"
-    );
+    here_document(&mut r, "/usr/lib/sysusers.d/tern.conf", SYSUSERS);
+    here_document(&mut r, "/etc/systemd/system/tern.service", &unit_for(&config_path));
+    if data_dir != Path::new(UNIT_STATE_DIR) {
+        let _ = writeln!(
+            r,
+            "\nThe unit lets Tern write only to {UNIT_STATE_DIR}: for {}, add ReadWritePaths={} with\n\
+             `systemctl edit tern`.",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    let _ = writeln!(r, "\n    systemd-sysusers && chown -R tern:tern {}", data_dir.display());
     let _ = writeln!(r, "    systemctl daemon-reload && systemctl enable --now tern\n");
     let _ = writeln!(r, "Local programs (cron, scripts) send through sendmail(1):\n");
-    let _ = writeln!(r, "    ln -s /usr/local/bin/tern /usr/sbin/sendmail && ln -s /usr/local/bin/tern /usr/bin/mailq");
+    let _ = writeln!(r, "    ln -s /usr/sbin/tern /usr/sbin/sendmail && ln -s /usr/sbin/tern /usr/bin/mailq");
     r
 }

@@ -19,6 +19,10 @@ pub struct Admin {
     /// How long a finished message's trace is kept.
     #[serde(with = "humantime_serde")]
     pub trace_retention: std::time::Duration,
+    /// How long a client may take to send a request's head (line and headers); then
+    /// its connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for Admin {
@@ -28,12 +32,16 @@ impl Default for Admin {
             token_file: None,
             metrics_public: false,
             trace_retention: std::time::Duration::from_secs(7 * 24 * 3600),
+            header_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
 
 impl Admin {
     pub fn validate(&self) -> Result<(), String> {
+        if self.header_timeout.is_zero() {
+            return Err("admin.header_timeout: must be more than 0s".into());
+        }
         match self.listen {
             Some(addr) if !addr.ip().is_loopback() => Err(format!(
                 "admin.listen: {addr} is not a loopback address; the admin listener has no TLS yet, so it \

@@ -24,14 +24,16 @@ pub fn get() -> &'static Metrics {
     &METRICS
 }
 
-/// Why a sender, a recipient or a message was refused.
-#[derive(Debug, Clone, Copy)]
+/// Why a client, a command, a sender, a recipient or a message was refused: every
+/// refusal Tern answers (a 4xx or 5xx reply, or a connection closed with one) counts
+/// once, under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// Relaying asked by a client that may not relay.
     RelayDenied,
     /// No such local mailbox.
     UnknownRecipient,
-    /// An authenticated user sending as someone else.
+    /// An authenticated (or local) user sending as someone else.
     SenderNotOwned,
     RateLimit,
     Greylisted,
@@ -39,14 +41,33 @@ pub enum Refusal {
     AuthChecks,
     /// The client is on a DNS block list.
     Dnsbl,
-    /// No room in the spool or in memory.
+    /// No room in the spool or in memory, or a local error storing it.
     Storage,
+    /// `max_connections`, `max_connections_per_ip`, or the local submission socket's.
+    ConnectionLimit,
+    /// Shut out after too many failed authentications (at connect or at AUTH).
+    Banned,
+    /// Wrong credentials (535), or a local user without an account.
+    AuthFailed,
+    /// Mail before AUTH where authentication is required (530).
+    AuthRequired,
+    /// The message or its header block over the size limit.
+    MessageSize,
+    /// More recipients than one message may have.
+    TooManyRecipients,
+    /// Content refused as it is (bare CR, which smuggling needs).
+    Content,
+    /// Syntax, sequence and pipelining errors, commands not offered, talking before
+    /// the greeting, HTTP to the mail port, too many errors.
+    Protocol,
     /// The spam filter (rspamd) refused it or asked for a retry, or failed to judge it.
     Spam,
+    /// None of the above.
+    Other,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 9] = [
+    const ALL: [Refusal; 18] = [
         Refusal::RelayDenied,
         Refusal::UnknownRecipient,
         Refusal::SenderNotOwned,
@@ -55,10 +76,19 @@ impl Refusal {
         Refusal::AuthChecks,
         Refusal::Dnsbl,
         Refusal::Storage,
+        Refusal::ConnectionLimit,
+        Refusal::Banned,
+        Refusal::AuthFailed,
+        Refusal::AuthRequired,
+        Refusal::MessageSize,
+        Refusal::TooManyRecipients,
+        Refusal::Content,
+        Refusal::Protocol,
         Refusal::Spam,
+        Refusal::Other,
     ];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Refusal::RelayDenied => "relay_denied",
             Refusal::UnknownRecipient => "unknown_recipient",
@@ -68,7 +98,16 @@ impl Refusal {
             Refusal::AuthChecks => "auth_checks",
             Refusal::Dnsbl => "dnsbl",
             Refusal::Storage => "storage",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::Banned => "banned",
+            Refusal::AuthFailed => "auth_failed",
+            Refusal::AuthRequired => "auth_required",
+            Refusal::MessageSize => "message_size",
+            Refusal::TooManyRecipients => "too_many_recipients",
+            Refusal::Content => "content",
+            Refusal::Protocol => "protocol",
             Refusal::Spam => "spam",
+            Refusal::Other => "other",
         }
     }
 }
@@ -265,7 +304,7 @@ impl Metrics {
         let refused_family = Family::<Labels, Counter>::default();
         registry.register(
             "tern_messages_refused",
-            "Senders, recipients and messages refused, by reason",
+            "Clients, commands, senders, recipients and messages refused, by reason",
             refused_family.clone(),
         );
         let names: Vec<&str> = Refusal::ALL.iter().map(|r| r.name()).collect();
@@ -459,6 +498,7 @@ mod tests {
             "tern_messages_refused_total{reason=\"relay_denied\"} 0",
             "tern_spam_results_total{action=\"rewrite_subject\"} 1",
             "tern_spam_results_total{action=\"error\"} 0",
+            "tern_messages_refused_total{reason=\"protocol\"} 0",
             "tern_build_info{version=",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");

@@ -36,13 +36,9 @@ fn rate_key(ctx: &Context, client: IpAddr, user: Option<&str>, local: Option<&Lo
     }
 }
 
-fn refused(reason: Refusal) {
-    crate::metrics::get().refused(reason);
-}
-
 fn rate_limited(what: &str) -> Reply {
-    refused(Refusal::RateLimit);
     Reply::new(451, (4, 7, 1), format!("Rate limit exceeded: too many {what}, try again later"))
+        .because(Refusal::RateLimit)
 }
 
 /// MAIL: an authenticated user may only use its own addresses; every client is held
@@ -64,7 +60,8 @@ pub fn sender(
                 553,
                 (5, 7, 1),
                 format!("Sender address rejected: user {} may send only as {own}", local.login),
-            ));
+            )
+            .because(Refusal::SenderNotOwned));
         }
     } else if let Some(user) = user
         && ctx.config.auth.sender_must_match
@@ -72,8 +69,8 @@ pub fn sender(
     {
         let from = from.map(Mailbox::to_string).unwrap_or_default();
         tracing::info!(%client, user, %from, "sender not owned by the authenticated user");
-        refused(Refusal::SenderNotOwned);
-        return Err(Reply::new(553, (5, 7, 1), format!("Sender address rejected: not owned by user {user}")));
+        return Err(Reply::new(553, (5, 7, 1), format!("Sender address rejected: not owned by user {user}"))
+            .because(Refusal::SenderNotOwned));
     }
     match rate_key(ctx, client, user, local) {
         Some(key) if !ctx.rates.message(&key) => {
@@ -101,12 +98,11 @@ pub fn recipient(
 ) -> Result<Vec<Destination>, Reply> {
     let routes = if !to.domain.is_empty() && !ctx.policy.is_local(to) {
         if user.is_none() && !ctx.trusted(client) {
-            refused(Refusal::RelayDenied);
-            return Err(Reply::new(554, (5, 7, 1), "Relay access denied"));
+            return Err(Reply::new(554, (5, 7, 1), "Relay access denied").because(Refusal::RelayDenied));
         }
         vec![Destination { address: to.to_string(), local: false }]
     } else {
-        let routes = ctx.policy.resolve(to).inspect_err(|_| refused(Refusal::UnknownRecipient))?;
+        let routes = ctx.policy.resolve(to).map_err(|r| r.because(Refusal::UnknownRecipient))?;
         routes.iter().map(|r| Destination { address: r.address(), local: r.is_local() }).collect()
     };
     if let Some(list) = ctx.greylist.as_ref().filter(|_| greylist && user.is_none() && !ctx.trusted(client))
@@ -114,9 +110,10 @@ pub fn recipient(
     {
         let from = from.map(Mailbox::to_string).unwrap_or_default();
         tracing::info!(%client, %from, %to, "greylisted");
-        refused(Refusal::Greylisted);
         let secs = wait.as_millis().div_ceil(1000).max(1);
-        return Err(Reply::new(451, (4, 7, 1), format!("Greylisted, try again in {secs} seconds")));
+        return Err(
+            Reply::new(451, (4, 7, 1), format!("Greylisted, try again in {secs} seconds")).because(Refusal::Greylisted)
+        );
     }
     match rate_key(ctx, client, user, local) {
         Some(key) if !ctx.rates.recipient(&key) => {
@@ -130,7 +127,8 @@ pub fn recipient(
 /// AUTH: checks the password (argon2, off the async threads). Failures are answered
 /// more slowly each time; too many from one IP shut it out for a while.
 pub async fn authenticate(ctx: &Context, user: String, password: Secret, client: IpAddr) -> Result<String, Reply> {
-    let banned = || Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later");
+    let banned =
+        || Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later").because(Refusal::Banned);
     if ctx.auth_failures.is_banned(client) {
         return Err(banned());
     }
@@ -147,7 +145,7 @@ pub async fn authenticate(ctx: &Context, user: String, password: Secret, client:
     if ctx.auth_failures.is_banned(client) {
         return Err(banned());
     }
-    Err(Reply::new(535, (5, 7, 8), "Authentication credentials invalid"))
+    Err(Reply::new(535, (5, 7, 8), "Authentication credentials invalid").because(Refusal::AuthFailed))
 }
 
 /// How mail from users and relay networks is signed while it arrives: as soon as its
@@ -228,10 +226,7 @@ pub async fn message(
         auth_summary = Some(verdict.summary.to_string());
         tracing::info!(id, client = %peer, results = verdict.summary, action = %verdict.action, "authentication checked");
         match verdict.action {
-            Action::Refuse(reply) => {
-                refused(Refusal::AuthChecks);
-                return Err(reply);
-            }
+            Action::Refuse(reply) => return Err(reply.because(Refusal::AuthChecks)),
             Action::Quarantine => quarantine = true,
             Action::Accept => {}
         }
@@ -326,7 +321,6 @@ pub async fn message(
             if let Some(repeats) = STORE_FAILED.admit() {
                 tracing::error!(id, error = %e, client = %peer, repeats, "cannot store message; refused with 452");
             }
-            refused(Refusal::Storage);
             Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
         }
     }

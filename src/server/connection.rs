@@ -82,13 +82,20 @@ pub async fn handle(
     let Some(_slot) = ctx.connections.open(ip, limits.max_connections, per_ip) else {
         counters.connection(ConnectionResult::RefusedLimit);
         tracing::info!(client = %peer, "refused: too many connections");
-        let _ = refuse(&ctx, tcp, mode, Reply::new(421, (4, 7, 0), "Too many connections, try again later")).await;
+        let _ = refuse(
+            &ctx,
+            tcp,
+            mode,
+            Reply::new(421, (4, 7, 0), "Too many connections, try again later").because(Refusal::ConnectionLimit),
+        )
+        .await;
         return;
     };
     if ctx.auth_failures.is_banned(ip) {
         counters.connection(ConnectionResult::RefusedBanned);
         tracing::info!(client = %peer, "refused: too many failed authentications");
-        let reply = Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later");
+        let reply =
+            Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later").because(Refusal::Banned);
         let _ = refuse(&ctx, tcp, mode, reply).await;
         return;
     }
@@ -113,9 +120,8 @@ pub async fn handle(
         }
         (false, dnsbl::Verdict::Blocked { zone, .. }) => {
             counters.connection(ConnectionResult::RefusedDnsbl);
-            crate::metrics::get().refused(Refusal::Dnsbl);
             let text = format!("Service unavailable; client [{}] blocked using {zone}", ip);
-            let _ = refuse(&ctx, tcp, mode, Reply::new(554, (5, 7, 1), text)).await;
+            let _ = refuse(&ctx, tcp, mode, Reply::new(554, (5, 7, 1), text).because(Refusal::Dnsbl)).await;
             End::Closed
         }
         (false, listed) => {
@@ -150,6 +156,7 @@ pub(super) fn log_end(client: &dyn std::fmt::Display, end: End) {
 /// within [`REFUSAL_TLS_TIMEOUT`], and a client that does not complete it is
 /// dropped without a word.
 async fn refuse(ctx: &Context, tcp: TcpStream, mode: ListenMode, reply: Reply) -> std::io::Result<()> {
+    count_refusal(&reply);
     let mut out = Vec::new();
     reply.encode(&mut out);
     let mut stream: Box<dyn Stream> = Box::new(tcp);
@@ -270,6 +277,7 @@ pub(super) async fn converse(
                 Event::Reply(reply) => {
                     if reply.code >= 400 {
                         tracing::info!(client = %peer, reply = %reply, "refused");
+                        count_refusal(&reply);
                     }
                     reply.encode(&mut out);
                 }
@@ -421,6 +429,14 @@ pub(super) async fn converse(
 }
 
 /// The reply to a client that took too long over a command.
+/// Counts a 4xx or 5xx reply in `tern_messages_refused_total` (and the console's
+/// counters) under its reason.
+pub(super) fn count_refusal(reply: &Reply) {
+    if let Some(reason) = reply.refusal() {
+        crate::metrics::get().refused(reason);
+    }
+}
+
 fn timeout_reply() -> Reply {
     Reply::new(421, (4, 4, 2), "Timeout, closing connection")
 }

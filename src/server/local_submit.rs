@@ -13,6 +13,7 @@
 use super::connection;
 use super::{Context, control};
 use crate::config::ListenMode;
+use crate::metrics::Refusal;
 use crate::net::Stream;
 use crate::smtp::Reply;
 use crate::smtp::address::Mailbox;
@@ -103,13 +104,18 @@ async fn handle(ctx: Arc<Context>, stream: UnixStream, stop: watch::Receiver<boo
         }
     };
     let Some(user) = user else {
-        let _ = refuse(&mut stream, Reply::new(554, (5, 7, 1), "Unknown local user")).await;
+        let _ =
+            refuse(&mut stream, Reply::new(554, (5, 7, 1), "Unknown local user").because(Refusal::AuthFailed)).await;
         return;
     };
     let limits = &ctx.config.limits;
     let Some(_slot) = ctx.connections.open(LocalUser::ADDR.ip(), limits.max_connections, None) else {
         tracing::info!(user = %user.login, "local submission refused: too many connections");
-        let _ = refuse(&mut stream, Reply::new(421, (4, 7, 0), "Too many connections, try again later")).await;
+        let _ = refuse(
+            &mut stream,
+            Reply::new(421, (4, 7, 0), "Too many connections, try again later").because(Refusal::ConnectionLimit),
+        )
+        .await;
         return;
     };
     tracing::info!(user = %user.login, uid = user.uid, trusted = user.trusted, "local submission");
@@ -141,6 +147,7 @@ fn identify(uid: u32) -> Option<LocalUser> {
 }
 
 async fn refuse(stream: &mut Box<dyn Stream>, reply: Reply) -> std::io::Result<()> {
+    connection::count_refusal(&reply);
     let mut out = Vec::new();
     reply.encode(&mut out);
     stream.write_all(&out).await?;

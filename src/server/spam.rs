@@ -132,7 +132,7 @@ fn judge(answer: Answer, header: Vec<u8>, id: &str, peer: IpAddr) -> Result<Pass
         outcome,
     };
     if let Some(reply) = refusal {
-        metrics::get().refused(Refusal::Spam);
+        let reply = reply.because(Refusal::Spam);
         trace::emit(id, event(format!("refused with {reply}")));
         return Err(reply);
     }
@@ -168,7 +168,7 @@ fn failed(on_error: OnError, error: String, header: Vec<u8>, id: &str, peer: IpA
     };
     match reply {
         Some(reply) => {
-            metrics::get().refused(Refusal::Spam);
+            let reply = reply.because(Refusal::Spam);
             trace::emit(id, event(format!("refused with {reply} (on_error = {on_error})")));
             Err(reply)
         }

@@ -4,6 +4,7 @@
 use super::address::{Mailbox, parse_path};
 use super::params::{MailParams, RcptParams};
 use super::reply::{Reply, common};
+use crate::metrics::Refusal;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -89,7 +90,7 @@ fn strip_keyword<'a>(arg: &'a str, keyword: &str) -> Option<&'a str> {
 }
 
 fn path_error(e: &'static str) -> Reply {
-    Reply::new(501, (5, 1, 3), format!("Bad address syntax: {e}"))
+    Reply::new(501, (5, 1, 3), format!("Bad address syntax: {e}")).because(Refusal::Protocol)
 }
 
 /// `BDAT <size> [LAST]` (RFC 3030 §2).

@@ -1,6 +1,7 @@
 //! AUTH (RFC 4954) with the PLAIN (RFC 4616) and LOGIN mechanisms.
 
 use super::{Check, Mode, Pending, Session};
+use crate::metrics::Refusal;
 use crate::smtp::reply::{Reply, common};
 use crate::smtp::sasl::{self, Secret};
 
@@ -31,11 +32,10 @@ impl Session {
         }
         if !self.auth_offered() {
             // RFC 4954 §4: 538 when the mechanism needs an encrypted connection.
-            return self.reject(Reply::new(
-                538,
-                (5, 7, 11),
-                "Encryption required for requested authentication mechanism",
-            ));
+            return self.reject(
+                Reply::new(538, (5, 7, 11), "Encryption required for requested authentication mechanism")
+                    .because(Refusal::Protocol),
+            );
         }
         if self.hello.is_none() {
             return self.reject(common::bad_sequence("Send EHLO first"));
@@ -82,7 +82,7 @@ impl Session {
         };
         let Mode::Auth(step) = std::mem::replace(&mut self.mode, Mode::Command) else { unreachable!() };
         if line == b"*" {
-            self.reject(Reply::new(501, (5, 0, 0), "Authentication cancelled"));
+            self.reject(Reply::new(501, (5, 0, 0), "Authentication cancelled").because(Refusal::Protocol));
             return true;
         }
         self.auth_response(step, &line);

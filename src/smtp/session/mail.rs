@@ -1,6 +1,7 @@
 //! MAIL FROM (RFC 5321 §4.1.1.2).
 
 use super::{Check, Pending, Session};
+use crate::metrics::Refusal;
 use crate::smtp::address::Mailbox;
 use crate::smtp::command::Command;
 use crate::smtp::params::MailParams;
@@ -15,7 +16,7 @@ impl Session {
             return self.reject(common::bad_sequence("Nested MAIL command"));
         }
         if self.config.require_auth && self.user.is_none() {
-            return self.reject(Reply::new(530, (5, 7, 0), "Authentication required"));
+            return self.reject(Reply::new(530, (5, 7, 0), "Authentication required").because(Refusal::AuthRequired));
         }
         if !hello.extended && params != MailParams::default() {
             return self.reject(Reply::new(555, (5, 5, 4), "Parameters need EHLO"));
