@@ -38,6 +38,8 @@ pub struct QueueConfig {
     pub mail_root: MailRoot,
     pub hostname: String,
     pub remote: RemoteConfig,
+    /// How each local domain's mail is handed over (`[local] delivery`).
+    pub local: crate::config::Local,
 }
 
 /// Where mail for an address goes, for notices sent to senders: (address, is local).

@@ -258,5 +258,6 @@ fn queue_config(config: &Config, own_addrs: Vec<SocketAddr>) -> Result<QueueConf
         mail_root: MailRoot { path: config.mail_root(), access: config.mailbox_access()? },
         hostname: config.hostname.clone(),
         remote,
+        local: config.local.clone(),
     })
 }
