@@ -45,7 +45,7 @@ impl Peer {
                 return;
             }
             let verb = line.split([' ', '\r']).next().unwrap_or("").to_ascii_uppercase();
-            self.commands.lock().unwrap().push(verb.clone());
+            self.commands.lock().unwrap().push(line.trim_end().to_string());
             let reply = match verb.as_str() {
                 "LHLO" => "250-fake\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n".to_string(),
                 "MAIL" => {
@@ -140,13 +140,23 @@ fn recipients(names: &[&str]) -> Vec<Recipient> {
 
 /// Delivers one message to `names` at `target`; results in recipient order.
 async fn send(config: &RemoteConfig, target: &Target, names: &[&str]) -> Vec<Result<Delivered, Failure>> {
+    send_utf8(config, target, names, false).await
+}
+
+/// [`send`], the message marked SMTPUTF8 when `smtputf8`.
+async fn send_utf8(
+    config: &RemoteConfig,
+    target: &Target,
+    names: &[&str],
+    smtputf8: bool,
+) -> Vec<Result<Delivered, Failure>> {
     let rcpts = recipients(names);
     let content = Content::from(Arc::new(b"Subject: t\r\n\r\n.dot\r\nbody\r\n".to_vec()));
     let job = Job {
         sender: "s@b.test",
         recipients: rcpts.iter().enumerate().collect(),
         content: &content,
-        smtputf8: false,
+        smtputf8,
         eight_bit: false,
         ret: None,
         envid: None,
@@ -241,7 +251,23 @@ async fn connections_are_reused_with_rset() {
     }
     assert_eq!(peer.connections.load(Ordering::SeqCst), 1);
     let commands = peer.commands.lock().unwrap().clone();
-    assert_eq!(commands, ["LHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA"]);
+    let verbs: Vec<&str> = commands.iter().map(|c| c.split(' ').next().unwrap()).collect();
+    assert_eq!(verbs, ["LHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA"]);
+    assert_eq!(commands[0], "LHLO tern.test");
+    assert_eq!(commands[2], "RCPT TO:<a@a.test>");
+}
+
+#[tokio::test]
+async fn smtputf8_is_needed_only_for_addresses_that_are_not_ascii() {
+    let ok = Script { rcpt: Vec::new(), after: "250 2.0.0 saved\r\n", close: false };
+    let peer = Peer::new(vec![ok]);
+    let (config, target) = (config(), Target::parse(&peer.tcp().await));
+    // UTF-8 in the content only: the server (without SMTPUTF8) stores it as it is.
+    assert_eq!(send_utf8(&config, &target, &["a"], true).await.iter().map(show).collect::<Vec<_>>(), ["delivered"]);
+    assert_eq!(peer.commands.lock().unwrap()[1], "MAIL FROM:<s@b.test>");
+    // A recipient whose address is not ASCII cannot be named to it.
+    let results = send_utf8(&config, &target, &["jos\u{e9}"], true).await;
+    assert_eq!(results.iter().map(show).collect::<Vec<_>>(), ["permanent 5.6.7"]);
 }
 
 #[tokio::test]

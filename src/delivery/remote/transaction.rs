@@ -191,7 +191,11 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     // on it, and passes on no DSN request (RFC 3461 §4 parameters).
     let dsn = caps.dsn && !lmtp;
     // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
-    if job.smtputf8 && !caps.smtputf8 {
+    // An LMTP server stores the content as it is: there the message needs SMTPUTF8
+    // only when an address of its envelope is not ASCII (Dovecot does not offer it).
+    let ascii_envelope = || job.sender.is_ascii() && job.recipients.iter().all(|(_, r)| r.address.is_ascii());
+    let smtputf8 = job.smtputf8 && (caps.smtputf8 || !lmtp || !ascii_envelope());
+    if smtputf8 && !caps.smtputf8 {
         let f = Failure::permanent((5, 6, 7), format!("{peer} does not support SMTPUTF8, needed by this message"));
         return Ok(everyone(job, Err(f)));
     }
@@ -217,7 +221,7 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     if job.eight_bit && caps.eight_bit {
         mail.push_str(" BODY=8BITMIME");
     }
-    if job.smtputf8 {
+    if smtputf8 {
         mail.push_str(" SMTPUTF8");
     }
     if dsn {
