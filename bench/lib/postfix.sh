@@ -13,6 +13,11 @@
 # relayhost = [127.0.0.1]:DOWNSTREAM_PORT, the downstream smtp-sink. Delivered =
 # lines with status=sent in the instance's maillog.
 #
+# Scenario C: as A, but virtual_transport = lmtp:inet:127.0.0.1:DOVECOT_PORT hands
+# every message for user@localhost to the run's Dovecot over LMTP (lmtp(8), with
+# its default connection cache and destination concurrency). Delivered = messages
+# Dovecot stored.
+#
 # Everything else is left at Postfix's defaults (compatibility_level 3.6), including
 # in_flow_delay, which slows smtpd down when the queue manager falls behind.
 
@@ -36,6 +41,13 @@ postfix_configure() { # SCENARIO DIR PORT
         ;;
     B)
         scenario_conf=("relayhost = [127.0.0.1]:$DOWNSTREAM_PORT")
+        ;;
+    C)
+        scenario_conf=(
+            "virtual_mailbox_domains = localhost"
+            "virtual_mailbox_maps = texthash:$d/etc/vmailbox"
+            "virtual_transport = lmtp:inet:127.0.0.1:$DOVECOT_PORT"
+        )
         ;;
     *)
         log "postfix: scenario $scenario is not implemented"
@@ -110,6 +122,7 @@ postfix_start() { # SCENARIO RUNDIR
 postfix_delivered() {
     case $PF_SCENARIO in
     B) count_lines 'status=sent' "$PF_DIR/maillog" ;;
+    C) dovecot_delivered ;;
     *) count_maildir_new "$PF_DIR/mail/localhost" ;;
     esac
 }

@@ -12,7 +12,10 @@
 # 127.0.0.1:DOWNSTREAM_PORT through [relay.routes]; "localhost" stays the only
 # local domain. Delivered = lines with status="delivered" in tern.log (one per
 # recipient the downstream server answered 250 to).
-# BENCH_TERN_OUTBOUND_CONNS, when set, overrides [outbound] max_connections_per_host.
+# Scenario C: as A, but "localhost" is delivered over LMTP (delivery = "lmtp") to
+# the run's Dovecot on 127.0.0.1:DOVECOT_PORT. Delivered = messages Dovecot stored.
+# BENCH_TERN_OUTBOUND_CONNS, when set, overrides [outbound] max_connections_per_host
+# (in C, the limit of LMTP connections at once).
 #
 # [admin]: on, on a free loopback port, for "tern" and "before" (as by default, but
 # not on 8025, where a system Tern may listen); off (listen = "") for "noadmin";
@@ -67,9 +70,25 @@ max_message_size = 52428800
 [relay.routes]
 "remote.test" = "127.0.0.1:$DOWNSTREAM_PORT"
 EOF
-        if [[ -n ${BENCH_TERN_OUTBOUND_CONNS:-} ]]; then
-            printf '\n[outbound]\nmax_connections_per_host = %s\n' "$BENCH_TERN_OUTBOUND_CONNS" >>"$run/tern.toml"
-        fi
+        ;;
+    C)
+        cat >"$run/tern.toml" <<EOF
+hostname = "tern-bench.localhost"
+data_dir = "$run/data"
+
+[[listen]]
+addr = "127.0.0.1:$port"
+mode = "smtp"
+
+[local]
+domains = ["localhost"]
+accept_unknown = true
+delivery = "lmtp"
+lmtp = "127.0.0.1:$DOVECOT_PORT"
+
+[limits]
+max_message_size = 52428800
+EOF
         ;;
     *)
         log "tern: scenario $scenario is not implemented"
@@ -82,6 +101,9 @@ EOF
         free_port
         TERN_ADMIN_PORT=$FREE_PORT
         printf '\n[admin]\nlisten = "127.0.0.1:%s"\n' "$TERN_ADMIN_PORT" >>"$run/tern.toml"
+    fi
+    if [[ $scenario != A && -n ${BENCH_TERN_OUTBOUND_CONNS:-} ]]; then
+        printf '\n[outbound]\nmax_connections_per_host = %s\n' "$BENCH_TERN_OUTBOUND_CONNS" >>"$run/tern.toml"
     fi
 }
 
@@ -113,6 +135,7 @@ tern_delivered() {
     case $TERN_SCENARIO in
     # The delivery line says status=sent; builds before it said status="delivered".
     B) echo $(($(count_lines ' status=sent ' "$TERN_RUN/tern.log") + $(count_lines 'status="delivered"' "$TERN_RUN/tern.log"))) ;;
+    C) dovecot_delivered ;;
     *) count_maildir_new "$TERN_RUN/mail" ;;
     esac
 }

@@ -1,6 +1,7 @@
 //! One delivery attempt to one destination.
 
 pub mod command;
+pub mod lmtp;
 pub mod maildir;
 pub mod remote;
 
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct Via {
     /// `host[ip]:port` of the server that answered (or was tried last), `local` for a
-    /// Maildir, `none` when no server could be tried.
+    /// Maildir, `lmtp:` and the socket path or `host:port` for an LMTP server, `none`
+    /// when no server could be tried.
     pub relay: String,
     /// When work on this destination began.
     pub started: Instant,

@@ -6,7 +6,7 @@ use super::{Settings, Shared, now, retry};
 use crate::admin::trace::{self, Event};
 use crate::config::Method;
 use crate::delivery::remote::{self, Job};
-use crate::delivery::{Delivered, Detail, Failure, Via, command, maildir};
+use crate::delivery::{Delivered, Detail, Failure, Via, command, lmtp, maildir};
 use crate::metrics::{DeliveryResult, Transport};
 use crate::spool::{Change, Content, Envelope, Part, RcptState, Recipient, Stored};
 use std::collections::BTreeMap;
@@ -82,13 +82,13 @@ pub async fn run(
             let f = Failure::temporary((4, 3, 0), format!("cannot read spool: {e}"));
             let results = pending.iter().map(|&i| (i, Err(f.clone()), Via::starting("none"))).collect();
             trace_attempt(&stored, "spool", None, &results);
-            settle(shared, &settings, &mut stored, results, &mut outcome, true).await;
+            settle(shared, &settings, &mut stored, results, &mut outcome, true, None).await;
         }
         Ok((_, hops)) if *hops > MAX_HOPS => {
             let f = Failure::permanent((5, 4, 6), format!("mail loop: more than {MAX_HOPS} Received headers"));
             let results = pending.iter().map(|&i| (i, Err(f.clone()), Via::starting("none"))).collect();
             trace_attempt(&stored, "loop check", None, &results);
-            settle(shared, &settings, &mut stored, results, &mut outcome, true).await;
+            settle(shared, &settings, &mut stored, results, &mut outcome, true, None).await;
         }
         Ok((content, _)) => deliver(shared, &settings, &mut stored, &pending, content, &mut outcome).await,
     }
@@ -116,7 +116,8 @@ pub async fn run(
 /// recorded at once, except those that owe the sender a notice: they wait until the
 /// notice is stored, so that a crash in between repeats the attempt rather than
 /// losing the notice. The `last` destination's changes wait for the attempt's final
-/// record (with `Done`), which follows at once.
+/// record (with `Done`), which follows at once. `transport` names the way the mail
+/// went in the metrics (by default, local or remote as the recipient is).
 async fn settle(
     shared: &Shared,
     settings: &Settings,
@@ -124,6 +125,7 @@ async fn settle(
     results: Results,
     outcome: &mut Outcome,
     last: bool,
+    transport: Option<Transport>,
 ) {
     let id = stored.envelope.id.clone();
     let now = now();
@@ -140,7 +142,7 @@ async fn settle(
             _ => (1, false),
         };
         let reports = outcome.reports.len();
-        let transport = if rcpt.local { Transport::Local } else { Transport::Remote };
+        let transport = transport.unwrap_or(if rcpt.local { Transport::Local } else { Transport::Remote });
         rcpt.state = match result {
             Ok(d) => {
                 let dsn = d.detail.status;
@@ -266,9 +268,10 @@ fn count_received(content: &[u8]) -> usize {
         .count()
 }
 
-/// Local recipients go to their Maildirs; the others, grouped by destination, to
-/// other servers in one transaction per destination. Each destination's results are
-/// settled as soon as they are known.
+/// Local recipients go to their Maildirs, or to their domain's LMTP server in one
+/// transaction per server; the others, grouped by destination, to other servers in
+/// one transaction per destination. Each destination's results are settled as soon
+/// as they are known.
 async fn deliver(
     shared: &Arc<Shared>,
     settings: &Arc<Settings>,
@@ -278,7 +281,32 @@ async fn deliver(
     outcome: &mut Outcome,
 ) {
     let envelope = stored.envelope.clone();
-    let (local, remote): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| envelope.recipients[i].local);
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    let mut by_lmtp: BTreeMap<String, Vec<(usize, &Recipient)>> = BTreeMap::new();
+    for &i in pending {
+        let r = &envelope.recipients[i];
+        let domain = r.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        if !r.local {
+            remote.push(i);
+        } else if let Method::Lmtp(server) = settings.config.local.method_for(domain) {
+            by_lmtp.entry(server).or_default().push((i, r));
+        } else {
+            local.push(i);
+        }
+    }
+    let mut by_destination: BTreeMap<String, Vec<(usize, &Recipient)>> = BTreeMap::new();
+    for &i in &remote {
+        let r = &envelope.recipients[i];
+        let domain = r.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        let key = crate::smtp::address::canonical_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase());
+        by_destination.entry(key).or_default().push((i, r));
+    }
+    let destinations = usize::from(!local.is_empty()) + by_lmtp.len() + by_destination.len();
+    let mut settled = 0;
+    let mut last = || {
+        settled += 1;
+        settled == destinations
+    };
     if !local.is_empty() {
         let (settings2, envelope, content) = (settings.clone(), envelope.clone(), content.clone());
         let results = tokio::task::spawn_blocking(move || {
@@ -295,31 +323,31 @@ async fn deliver(
         .await
         .expect("local delivery panicked");
         trace_attempt(stored, "local", None, &results);
-        settle(shared, settings, stored, results, outcome, remote.is_empty()).await;
+        settle(shared, settings, stored, results, outcome, last(), None).await;
     }
-    let mut by_destination: BTreeMap<String, Vec<(usize, &Recipient)>> = BTreeMap::new();
-    for &i in &remote {
-        let r = &envelope.recipients[i];
-        let domain = r.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        let key = crate::smtp::address::canonical_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase());
-        by_destination.entry(key).or_default().push((i, r));
+    let job = |recipients| Job {
+        sender: &envelope.sender,
+        recipients,
+        content,
+        smtputf8: envelope.smtputf8,
+        eight_bit: envelope.eight_bit,
+        ret: envelope.ret,
+        envid: envelope.envid.as_deref(),
+    };
+    for (server, recipients) in by_lmtp {
+        let target = lmtp::Target::parse(&server);
+        let (results, via) = lmtp::deliver(&settings.config.remote, &target, &job(recipients)).await;
+        let results = results.into_iter().map(|(i, r)| (i, r, via.clone())).collect();
+        trace_attempt(stored, &via.relay, None, &results);
+        settle(shared, settings, stored, results, outcome, last(), Some(Transport::Lmtp)).await;
     }
-    let destinations = by_destination.len();
-    for (n, (domain, recipients)) in by_destination.into_iter().enumerate() {
-        let job = Job {
-            sender: &envelope.sender,
-            recipients,
-            content,
-            smtputf8: envelope.smtputf8,
-            eight_bit: envelope.eight_bit,
-            ret: envelope.ret,
-            envid: envelope.envid.as_deref(),
-        };
+    for (domain, recipients) in by_destination {
+        let job = job(recipients);
         let delivery = remote::deliver(&settings.config.remote, &settings.dns, &domain, &job);
         let ((results, via), tls) = trace::with_tls(delivery).await;
         let results = results.into_iter().map(|(i, r)| (i, r, via.clone())).collect();
         trace_attempt(stored, &domain, tls, &results);
-        settle(shared, settings, stored, results, outcome, n + 1 == destinations).await;
+        settle(shared, settings, stored, results, outcome, last(), None).await;
     }
 }
 

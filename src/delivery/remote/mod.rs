@@ -6,7 +6,7 @@ mod fold;
 mod pool;
 pub mod route;
 mod tls;
-mod transaction;
+pub(crate) mod transaction;
 
 pub use client::{RemoteReply, dot_stuff, parse_reply_line};
 pub use pool::Pool;
@@ -17,7 +17,8 @@ use super::{Delivered, Failure, Via};
 use crate::config::SmarthostTls;
 use crate::dns::Dns;
 use crate::spool::{Content, Recipient, Ret};
-use client::{Client, Stream};
+use client::Client;
+pub(crate) use client::Stream;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,8 +125,7 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
 }
 
 /// One server. `Err` means "try the next server" (connection failure, or a 4xx/5xx
-/// greeting); `Ok` carries the recipients' results. An idle connection to the same
-/// server is reused when it still answers RSET.
+/// greeting); `Ok` carries the recipients' results.
 async fn attempt(
     config: &RemoteConfig,
     hop: &Hop,
@@ -133,11 +133,43 @@ async fn attempt(
     job: &Job<'_>,
     via: &mut Via,
 ) -> Result<Outcome, Failure> {
-    let conn_fail = |what: String| Failure::temporary((4, 4, 1), format!("{} [{}]: {what}", hop.host, addr.ip()));
     let key = format!("{}|{addr}", hop.host);
-    let _slot = config.pool.slot(&key).await;
+    pooled(config, &key, job, via, connect(config, hop, addr))
+        .await
+        .map_err(|e| Failure::temporary((4, 4, 1), format!("{} [{}]: {}", hop.host, addr.ip(), e.what())))
+}
+
+/// Why a pooled transaction gave no results.
+#[derive(Debug)]
+pub(crate) enum Broken {
+    /// No connection could be opened (or it was refused at the greeting).
+    Connect(String),
+    /// The connection failed during the transaction.
+    Transaction(String),
+}
+
+impl Broken {
+    pub(crate) fn what(&self) -> &str {
+        match self {
+            Broken::Connect(e) | Broken::Transaction(e) => e,
+        }
+    }
+}
+
+/// Runs `job` on a connection to the server `key`: an idle one from the pool when it
+/// still answers RSET, else one that `connect` opens. At most the pool's limit of
+/// transactions run at once per server; a connection left between transactions goes
+/// back to the pool. Shared by SMTP and LMTP delivery.
+pub(crate) async fn pooled(
+    config: &RemoteConfig,
+    key: &str,
+    job: &Job<'_>,
+    via: &mut Via,
+    connect: impl Future<Output = Result<transaction::Connection, String>>,
+) -> Result<Outcome, Broken> {
+    let _slot = config.pool.slot(key).await;
     let mut reused = None;
-    while let Some(mut conn) = config.pool.take(&key) {
+    while let Some(mut conn) = config.pool.take(key) {
         if conn.client.command("RSET").await.is_ok_and(|r| r.code == 250) {
             reused = Some(conn);
             break;
@@ -145,7 +177,7 @@ async fn attempt(
     }
     let mut conn = match reused {
         Some(conn) => conn,
-        None => connect(config, hop, addr).await.map_err(conn_fail)?,
+        None => connect.await.map_err(Broken::Connect)?,
     };
     crate::admin::trace::note_tls(conn.tls_level());
     via.tls = conn.tls().to_string();
@@ -153,13 +185,32 @@ async fn attempt(
     via.setup = sending - via.started;
     let sent = transaction::send(config, &mut conn, job).await;
     via.transmission = sending.elapsed().max(Duration::from_nanos(1));
-    let outcome = sent.map_err(|e| conn_fail(e.0))?;
+    let outcome = sent.map_err(|e| Broken::Transaction(e.0))?;
     // Only a connection between transactions is kept; one left in any other state
     // (say, a server still waiting for content) is closed by dropping it.
     if conn.is_ready() {
-        config.pool.put(&key, conn);
+        config.pool.put(key, conn);
     }
     Ok(outcome)
+}
+
+/// Reads the greeting on a fresh connection and says hello; `session` tells what
+/// TLS is in place or wanted, and whether the server speaks LMTP.
+pub(crate) async fn greet(
+    config: &RemoteConfig,
+    stream: Box<dyn Stream>,
+    session: transaction::Session<'_>,
+) -> Result<transaction::Connection, String> {
+    let mut client = Client::new(stream, config.command_timeout);
+    // RFC 5321 §4.5.3.2.1: a server may hold back its greeting (five minutes by default).
+    let greeting = client
+        .read_reply_within(config.greeting_timeout)
+        .await
+        .map_err(|e| format!("reading the greeting: {}", e.0))?;
+    if greeting.code != 220 {
+        return Err(format!("greeting {}", greeting.text()));
+    }
+    transaction::open(config, client, session).await.map_err(|e| e.0)
 }
 
 /// Connects, reads the greeting and says hello (with TLS as the hop needs).
@@ -188,16 +239,8 @@ async fn connect(config: &RemoteConfig, hop: &Hop, addr: SocketAddr) -> Result<t
         stream = tls;
         (level, cipher) = (l, Some(c));
     }
-    let mut client = Client::new(stream, config.command_timeout);
-    // RFC 5321 §4.5.3.2.1: a server may hold back its greeting (five minutes by default).
-    let greeting = client
-        .read_reply_within(config.greeting_timeout)
-        .await
-        .map_err(|e| format!("reading the greeting: {}", e.0))?;
-    if greeting.code != 220 {
-        return Err(format!("greeting {}", greeting.text()));
-    }
     let peer = format!("{} [{}]", hop.host, addr.ip());
-    let session = transaction::Session { peer: &peer, host: &hop.host, ip: addr.ip(), policy, level, cipher };
-    transaction::open(config, client, session).await.map_err(|e| e.0)
+    let session =
+        transaction::Session { peer: &peer, host: &hop.host, ip: addr.ip(), policy, level, cipher, lmtp: false };
+    greet(config, stream, session).await
 }

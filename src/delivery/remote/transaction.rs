@@ -1,4 +1,5 @@
-//! One mail transaction on an open connection: EHLO, MAIL, RCPT…, DATA or BDAT.
+//! One mail transaction on an open connection: EHLO, MAIL, RCPT…, DATA or BDAT; or,
+//! for LMTP (RFC 2033), LHLO and one reply per accepted recipient after the content.
 
 use super::client::{Client, ConnError, RemoteReply, Stuffer};
 use super::fold::{Count, Folder};
@@ -72,9 +73,19 @@ pub struct Session<'a> {
     /// TLS already in place (implicit TLS), and its version and cipher.
     pub level: TlsLevel,
     pub cipher: Option<String>,
+    /// Speak LMTP (RFC 2033) rather than SMTP.
+    pub lmtp: bool,
 }
 
-async fn hello(config: &RemoteConfig, client: &mut Client) -> Result<Capabilities, ConnError> {
+async fn hello(config: &RemoteConfig, client: &mut Client, lmtp: bool) -> Result<Capabilities, ConnError> {
+    // RFC 2033 §4.1: LHLO replaces HELO and EHLO; there is nothing to fall back to.
+    if lmtp {
+        let lhlo = client.command(&format!("LHLO {}", config.hostname)).await?;
+        if !lhlo.is_positive() {
+            return Err(ConnError(format!("LHLO refused: {}", lhlo.text())));
+        }
+        return Ok(capabilities(&lhlo));
+    }
     let ehlo = client.command(&format!("EHLO {}", config.hostname)).await?;
     if ehlo.is_positive() {
         return Ok(capabilities(&ehlo));
@@ -97,6 +108,8 @@ pub struct Connection {
     peer: String,
     host: String,
     ip: IpAddr,
+    /// An LMTP connection: one reply per recipient after the content.
+    lmtp: bool,
     /// Between transactions, with nothing unanswered: only then may the connection
     /// carry another message.
     ready: bool,
@@ -120,17 +133,31 @@ impl Connection {
     }
 }
 
-/// EHLO, STARTTLS when wanted, AUTH at a smarthost.
+/// EHLO, STARTTLS when wanted, AUTH at a smarthost; for LMTP, LHLO alone.
 pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_>) -> Result<Connection, ConnError> {
-    let mut caps = hello(config, &mut client).await?;
+    let lmtp = session.lmtp;
+    let mut caps = hello(config, &mut client, lmtp).await?;
     let (mut level, mut cipher) = (session.level, session.cipher);
+    if lmtp {
+        return Ok(Connection {
+            client,
+            caps,
+            level,
+            cipher,
+            peer: session.peer.to_string(),
+            host: session.host.to_string(),
+            ip: session.ip,
+            lmtp,
+            ready: true,
+        });
+    }
     if level == TlsLevel::None && caps.starttls && session.policy != TlsPolicy::Off {
         let reply = client.command("STARTTLS").await?;
         if reply.code == 220 {
             let (l, c) = client.start_tls(&config.tls, session.host).await?;
             (level, cipher) = (l, Some(c));
             // RFC 3207 §4.2: everything learned before TLS is forgotten.
-            caps = hello(config, &mut client).await?;
+            caps = hello(config, &mut client, false).await?;
         } else if session.policy == TlsPolicy::Required {
             return Err(ConnError(format!("STARTTLS refused: {}", reply.text())));
         }
@@ -150,6 +177,7 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
         peer: session.peer.to_string(),
         host: session.host.to_string(),
         ip: session.ip,
+        lmtp,
         ready: true,
     })
 }
@@ -158,9 +186,16 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
 /// [`Connection::is_ready`] then tells whether it can carry the next message.
 pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -> Result<Outcome, ConnError> {
     let (client, caps, level, peer) = (&mut conn.client, &conn.caps, conn.level, conn.peer.as_str());
-    let (host, ip) = (conn.host.as_str(), conn.ip);
+    let (host, ip, lmtp) = (conn.host.as_str(), conn.ip, conn.lmtp);
+    // The LMTP server puts the message in a mailbox: Tern keeps the duty of reporting
+    // on it, and passes on no DSN request (RFC 3461 §4 parameters).
+    let dsn = caps.dsn && !lmtp;
     // RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
-    if job.smtputf8 && !caps.smtputf8 {
+    // An LMTP server stores the content as it is: there the message needs SMTPUTF8
+    // only when an address of its envelope is not ASCII (Dovecot does not offer it).
+    let ascii_envelope = || job.sender.is_ascii() && job.recipients.iter().all(|(_, r)| r.address.is_ascii());
+    let smtputf8 = job.smtputf8 && (caps.smtputf8 || !lmtp || !ascii_envelope());
+    if smtputf8 && !caps.smtputf8 {
         let f = Failure::permanent((5, 6, 7), format!("{peer} does not support SMTPUTF8, needed by this message"));
         return Ok(everyone(job, Err(f)));
     }
@@ -186,10 +221,10 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     if job.eight_bit && caps.eight_bit {
         mail.push_str(" BODY=8BITMIME");
     }
-    if job.smtputf8 {
+    if smtputf8 {
         mail.push_str(" SMTPUTF8");
     }
-    if caps.dsn {
+    if dsn {
         if let Some(ret) = job.ret {
             mail.push_str(&format!(" RET={ret}"));
         }
@@ -200,7 +235,7 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     let mut commands = vec![mail];
     for (_, r) in &job.recipients {
         let mut rcpt = format!("RCPT TO:<{}>", r.address);
-        if caps.dsn {
+        if dsn {
             if let Some(notify) = &r.notify {
                 rcpt.push_str(&format!(" NOTIFY={notify}"));
             }
@@ -287,6 +322,11 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         }
         Err(Sending::Conn(e)) => return Err(e),
     }
+    if lmtp {
+        let ready = per_recipient(client, config, &mut outcome, &accepted, (host, ip)).await;
+        conn.ready = ready;
+        return Ok(outcome);
+    }
     let final_reply = client.read_reply_within(config.data_timeout).await?;
     // A final reply to the content ends the transaction, whatever it says.
     conn.ready = true;
@@ -298,6 +338,41 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     };
     outcome.extend(accepted.iter().map(|i| (*i, result.clone())));
     Ok(outcome)
+}
+
+/// RFC 2033 §4.2: after the content, one reply for each recipient whose RCPT was
+/// accepted, in the order of the RCPTs. A recipient whose reply never comes (the
+/// connection closes or times out, or the reply is garbage) is deferred: the server
+/// may or may not have delivered it, and a duplicate beats a loss. True when every
+/// reply came, so the connection may carry another transaction.
+async fn per_recipient(
+    client: &mut Client,
+    config: &RemoteConfig,
+    outcome: &mut Outcome,
+    accepted: &[usize],
+    (host, ip): (&str, IpAddr),
+) -> bool {
+    for (n, i) in accepted.iter().enumerate() {
+        let reply = match client.read_reply_within(config.data_timeout).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let f = Failure::temporary(
+                    (4, 4, 2),
+                    format!("{host}: no reply for this recipient ({n} of {} came): {}", accepted.len(), e.0),
+                );
+                outcome.extend(accepted[n..].iter().map(|i| (*i, Err(f.clone()))));
+                return false;
+            }
+        };
+        let result = if reply.is_positive() {
+            let detail = Detail::from_server(server_reply(host, ip, &reply), "");
+            Ok(Delivered { detail, relayed: false, dsn_passed_on: false })
+        } else {
+            Err(remote_failure(host, ip, &reply))
+        };
+        outcome.push((*i, result));
+    }
+    true
 }
 
 /// A message whose content cannot be read from the store: tried again later.
