@@ -10,6 +10,7 @@ mod duration;
 mod lines;
 mod locate;
 mod mail_auth;
+mod milter;
 mod sendmail;
 mod server;
 
@@ -19,6 +20,7 @@ pub use delivery::{DEFAULT_COMMAND_TIMEOUT, DeliveryKind, DomainDelivery, Method
 pub use lines::{key as path_key, line_of};
 pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
+pub use milter::{Milter, MilterAddress, OnError, Stage};
 pub use sendmail::{SUBMIT_SOCKET, Sendmail};
 pub use server::Server;
 
@@ -75,6 +77,9 @@ pub struct Config {
     pub server: Server,
     #[serde(default)]
     pub admin: Admin,
+    /// Milters the mail of the listed listener modes goes through, in order.
+    #[serde(default)]
+    pub milter: Vec<Milter>,
     /// The file this was read from (none for the embedded default), and when.
     #[serde(skip)]
     pub source: Option<(PathBuf, std::time::SystemTime)>,
@@ -547,6 +552,7 @@ impl Config {
         self.local.validate_delivery()?;
         self.check_listeners()?;
         self.server.validate()?;
+        milter::validate(&self.milter)?;
         Ok(())
     }
 

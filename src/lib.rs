@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod dns;
 pub mod fault;
 pub mod files;
+pub mod filter;
 pub mod log_limit;
 pub mod metrics;
 pub mod net;

@@ -192,6 +192,7 @@ pub struct Metrics {
     auth: Vec<Vec<Counter>>,
     tls: Vec<Vec<Counter>>,
     dns: Vec<Vec<Counter>>,
+    milter_results: Family<Labels, Counter>,
 }
 
 /// Series of a family with one label, one per value.
@@ -296,6 +297,12 @@ impl Metrics {
             Unit::Bytes,
             spool_bytes.clone(),
         );
+        let milter_results = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_milter_results",
+            "Verdicts of milters (and their failures), by configured milter name and result",
+            milter_results.clone(),
+        );
         let auth_family = Family::<Labels, Counter>::default();
         registry.register("tern_auth_results", "SPF, DKIM, ARC and DMARC results of checked mail", auth_family.clone());
         let auth = grid(&auth_family, ("method", "result"), &["spf", "dkim", "arc", "dmarc"], &AUTH_RESULTS);
@@ -331,6 +338,7 @@ impl Metrics {
             auth,
             tls,
             dns,
+            milter_results,
         }
     }
 
@@ -347,6 +355,14 @@ impl Metrics {
             connections: ConnectionResult::ALL.map(connection),
             received: self.received.get_or_create(&label()).clone(),
         }
+    }
+
+    /// A milter's verdict or failure. The labels are bounded: `milter` is a name
+    /// from the configuration, `result` one of continue, accept, reject, tempfail,
+    /// discard, quarantine and error. The series are made at first use (a look-up
+    /// under a lock, next to a network round trip to the milter).
+    pub fn milter(&self, milter: &str, result: &'static str) {
+        self.milter_results.get_or_create(&vec![("milter", milter.to_string()), ("result", result.to_string())]).inc();
     }
 
     pub fn refused(&self, reason: Refusal) {

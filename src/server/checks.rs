@@ -3,6 +3,8 @@
 
 use super::Context;
 use super::local_submit::LocalUser;
+use super::milter_intake::{self, Filtered, Keep, Layout};
+use crate::filter::milter::Milters;
 use super::received::received_header;
 use super::spill::Received;
 use crate::log_limit::{self, LogLimit};
@@ -204,6 +206,7 @@ pub async fn message(
     peer: IpAddr,
     spf: Option<SpfCheck>,
     local: Option<&LocalUser>,
+    milters: Option<&mut Milters>,
 ) -> Result<String, Reply> {
     let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
     // Spill hashes the body of every message that has an SPF check.
@@ -237,16 +240,41 @@ pub async fn message(
     // RFC 6409 §8.2 and §8.3: submitted mail gets the Date and Message-ID it lacks.
     // Signed mail got them when its signing started, and is signed over them: signed
     // before it is queued, so that every retry sends the same signature.
-    let added = match signed {
-        Some((_, added, signatures)) => {
-            prefix.extend_from_slice(signatures.as_bytes());
-            added
-        }
-        None if message.user.is_some() => missing_headers(header, &id, hostname),
-        None => String::new(),
+    let (added, signatures) = match signed {
+        Some((_, added, signatures)) => (added, Some(signatures)),
+        None if message.user.is_some() => (missing_headers(header, &id, hostname), None),
+        None => (String::new(), None),
     };
-    prefix.extend_from_slice(added.as_bytes());
-    let (parts, _held) = received.into_parts(prefix, cleaned);
+    // The milters have the last word before the message is stored.
+    let mut milters = milters.filter(|m| m.wants_message());
+    let (parts, _keep, edits) = match milters.as_deref_mut() {
+        None => {
+            prefix.extend_from_slice(signatures.unwrap_or_default().as_bytes());
+            prefix.extend_from_slice(added.as_bytes());
+            let (parts, held) = received.into_parts(prefix, cleaned);
+            (parts, Some(Keep::Held(held)), Vec::new())
+        }
+        Some(m) => {
+            let layout = Layout { trace: prefix, added, cleaned, signatures };
+            let filtered = milter_intake::message(ctx, m, &id, received, layout).await;
+            let notes = m.take_notes();
+            match filtered {
+                Err(reply) => {
+                    emit_notes(&id, notes);
+                    return Err(reply);
+                }
+                Ok(Filtered::Discarded) => {
+                    tracing::info!(id, client = %peer, "discarded by a milter");
+                    emit_notes(&id, notes);
+                    return Ok(id);
+                }
+                Ok(Filtered::Kept { parts, keep, edits }) => {
+                    m.restore_notes(notes);
+                    (parts, Some(keep), edits)
+                }
+            }
+        }
+    };
     let size = parts.iter().map(Part::len).sum();
     // Small messages go to the queue in memory too; others are read back from the spool.
     let in_memory = parts.iter().all(|p| matches!(p, Part::Bytes(_)));
@@ -277,10 +305,19 @@ pub async fn message(
             });
         }
     }
+    let mut sender = message.from.as_ref().map(Mailbox::to_string).unwrap_or_default();
+    if !edits.is_empty() {
+        milter_intake::apply_envelope(ctx, &id, &edits, &mut sender, &mut recipients, &mut quarantine);
+        if recipients.is_empty() {
+            tracing::info!(id, client = %peer, "milters removed every recipient; nothing to deliver");
+            emit_notes(&id, milters.as_deref_mut().map(Milters::take_notes).unwrap_or_default());
+            return Ok(id);
+        }
+    }
     let envelope = Envelope {
         id: id.clone(),
         arrival: crate::queue::now(),
-        sender: message.from.as_ref().map(Mailbox::to_string).unwrap_or_default(),
+        sender,
         size,
         smtputf8: message.params.smtputf8,
         eight_bit: message.params.body == Body::EightBitMime,
@@ -300,7 +337,8 @@ pub async fn message(
                 client = %peer,
                 "queued"
             );
-            trace_received(&message, &envelope, peer, local, auth_summary);
+            let notes = milters.map(Milters::take_notes).unwrap_or_default();
+            trace_received(&message, &envelope, peer, local, auth_summary, notes);
             ctx.queue.enqueue(stored, content);
             Ok(id)
         }
@@ -323,6 +361,7 @@ fn trace_received(
     peer: IpAddr,
     local: Option<&LocalUser>,
     auth: Option<String>,
+    milter_notes: Vec<crate::admin::trace::Event>,
 ) {
     use crate::admin::trace::{self, Event};
     let user = message.user.clone().or_else(|| local.map(|l| l.login.clone()));
@@ -338,7 +377,15 @@ fn trace_received(
         size: envelope.size,
     };
     trace::emit(&envelope.id, event);
+    emit_notes(&envelope.id, milter_notes);
     trace::emit(&envelope.id, Event::Stored);
+}
+
+/// The milters' trace events of the message.
+fn emit_notes(id: &str, notes: Vec<crate::admin::trace::Event>) {
+    for note in notes {
+        crate::admin::trace::emit(id, note);
+    }
 }
 
 /// `Date:` and `Message-ID:` lines for whichever of the two the header block lacks.
