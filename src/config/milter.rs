@@ -101,7 +101,9 @@ pub(super) fn validate(milters: &[Milter]) -> Result<(), String> {
     let mut names = std::collections::HashSet::new();
     for (i, m) in milters.iter().enumerate() {
         let key = format!("milter[{i}]");
-        if m.name.is_empty() || m.name.len() > 64 || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        if m.name.is_empty()
+            || m.name.len() > 64
+            || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return Err(format!("{key}.name: {:?} must be 1 to 64 letters, digits, '-', '_' or '.'", m.name));
         }

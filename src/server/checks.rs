@@ -4,9 +4,9 @@
 use super::Context;
 use super::local_submit::LocalUser;
 use super::milter_intake::{self, Filtered, Keep, Layout};
-use crate::filter::milter::Milters;
 use super::received::received_header;
 use super::spill::Received;
+use crate::filter::milter::Milters;
 use crate::log_limit::{self, LogLimit};
 use crate::metrics::Refusal;
 use crate::policy::auth::results::strip_forged;

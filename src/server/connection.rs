@@ -4,8 +4,8 @@
 use super::local_submit::LocalUser;
 use super::spill::Spill;
 use super::{Context, checks};
-use crate::filter::milter;
 use crate::config::ListenMode;
+use crate::filter::milter;
 use crate::metrics::{ConnectionResult, ListenerMetrics, Refusal};
 use crate::net::Stream;
 use crate::policy::auth::SpfCheck;

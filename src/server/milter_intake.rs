@@ -154,7 +154,9 @@ pub fn apply_envelope(
             Edit::ChangeFrom { address, .. } => *sender = bare(address),
             Edit::DeleteRcpt(address) => {
                 let address = bare(address);
-                recipients.retain(|r| !r.original.eq_ignore_ascii_case(&address) && !r.address.eq_ignore_ascii_case(&address));
+                recipients.retain(|r| {
+                    !r.original.eq_ignore_ascii_case(&address) && !r.address.eq_ignore_ascii_case(&address)
+                });
             }
             Edit::AddRcpt { address, .. } => {
                 let address = bare(address);

@@ -78,6 +78,8 @@ pub struct Milters {
     discard: bool,
     /// Trace events of the transaction, to write once it has a queue id.
     notes: Vec<Event>,
+    /// The queue id of the message at its end, for the log.
+    queue_id: String,
 }
 
 /// A failure, per `on_error`: the refusal, if any.
@@ -117,7 +119,13 @@ impl Milters {
                 })
             })
             .collect();
-        (!slots.is_empty()).then_some(Milters { slots, info, discard: false, notes: Vec::new() })
+        (!slots.is_empty()).then_some(Milters {
+            slots,
+            info,
+            discard: false,
+            notes: Vec::new(),
+            queue_id: String::new(),
+        })
     }
 
     /// Whether any milter is told of the message (so the message is held for them).
@@ -155,7 +163,8 @@ impl Milters {
             OnError::Reject => "reject",
         };
         let client = self.info.client.map(|c| c.to_string()).unwrap_or_default();
-        tracing::warn!(milter = %slot.config.name, stage, %error, on_error = action, %client, "milter failed");
+        let id = &self.queue_id;
+        tracing::warn!(milter = %slot.config.name, stage, %error, on_error = action, %client, id, "milter failed");
         slot.state = State::Failed;
         slot.refusal = refusal.clone();
         slot.in_transaction = false;
@@ -276,6 +285,7 @@ impl Milters {
     pub async fn mail(&mut self, from: Option<&Mailbox>, params: Vec<String>) -> Result<(), Reply> {
         self.discard = false;
         self.notes.clear();
+        self.queue_id.clear();
         let addr = from.map(Mailbox::to_string).unwrap_or_default();
         let mut args = vec![format!("<{addr}>")];
         args.extend(params);
@@ -314,7 +324,8 @@ impl Milters {
         let addr = to.to_string();
         let args = vec![format!("<{addr}>")];
         let mailer = if local { "local" } else { "smtp" };
-        let extra = [("{rcpt_addr}", addr.clone()), ("{rcpt_host}", to.domain.clone()), ("{rcpt_mailer}", mailer.into())];
+        let extra =
+            [("{rcpt_addr}", addr.clone()), ("{rcpt_host}", to.domain.clone()), ("{rcpt_mailer}", mailer.into())];
         for i in 0..self.slots.len() {
             let bytes = self.packets(Step::Rcpt, &extra, Command::Rcpt(&args));
             self.step(i, Step::Rcpt, Stage::Rcpt, bytes).await?;
@@ -381,6 +392,7 @@ impl Milters {
         max_body: u64,
     ) -> Result<Outcome, Reply> {
         let mut outcome = Outcome { discard: self.discard, ..Outcome::default() };
+        self.queue_id = id.to_string();
         let queue_id = [("i", id.to_string())];
         for i in 0..self.slots.len() {
             if outcome.discard {

@@ -62,7 +62,8 @@ impl Fields {
             // unless the edit deletes.
             Edit::ChangeHeader { index, name, value } => {
                 let nth = (*index).max(1) as usize;
-                let found = self.0.iter().enumerate().filter(|(_, raw)| is_named(raw, name)).nth(nth - 1).map(|(i, _)| i);
+                let found =
+                    self.0.iter().enumerate().filter(|(_, raw)| is_named(raw, name)).nth(nth - 1).map(|(i, _)| i);
                 match (found, value.is_empty()) {
                     (Some(i), true) => {
                         self.0.remove(i);

@@ -271,10 +271,11 @@ mod tests {
         let macros = [("j", "mx.test".to_string()), ("{daemon_name}", "tern".to_string())];
         let (mail, rcpt) = (["<a@b>".to_string(), "SIZE=10".to_string()], ["<c@d>".to_string()]);
         let cases: Vec<(Command, &[u8])> = vec![
-            (Command::Macro { stage: b'C', pairs: &macros },
-                b"DCj\0mx.test\0{daemon_name}\0tern\0"),
-            (Command::Connect { hostname: "[1.2.3.4]", family: b'4', port: 25, address: "1.2.3.4" },
-                b"C[1.2.3.4]\x004\x00\x191.2.3.4\0"),
+            (Command::Macro { stage: b'C', pairs: &macros }, b"DCj\0mx.test\0{daemon_name}\0tern\0"),
+            (
+                Command::Connect { hostname: "[1.2.3.4]", family: b'4', port: 25, address: "1.2.3.4" },
+                b"C[1.2.3.4]\x004\x00\x191.2.3.4\0",
+            ),
             (Command::Helo("client.test"), b"Hclient.test\0"),
             (Command::Mail(&mail), b"M<a@b>\0SIZE=10\0"),
             (Command::Rcpt(&rcpt), b"R<c@d>\0"),
@@ -317,7 +318,10 @@ mod tests {
         assert_eq!(one(b'q', b"spam\0"), Ok(Response::Quarantine("spam".into())));
         assert_eq!(one(b'+', b"<x@y>\0"), Ok(Response::AddRcpt("<x@y>".into())));
         assert_eq!(one(b'-', b"<x@y>\0"), Ok(Response::DelRcpt("<x@y>".into())));
-        assert_eq!(one(b'2', b"<x@y>\0NOTIFY=NEVER\0"), Ok(Response::AddRcptPar("<x@y>".into(), "NOTIFY=NEVER".into())));
+        assert_eq!(
+            one(b'2', b"<x@y>\0NOTIFY=NEVER\0"),
+            Ok(Response::AddRcptPar("<x@y>".into(), "NOTIFY=NEVER".into()))
+        );
         assert_eq!(one(b'e', b"<x@y>\0"), Ok(Response::ChgFrom("<x@y>".into(), String::new())));
         assert_eq!(one(b'b', b"new body\r\n"), Ok(Response::ReplBody(b"new body\r\n".to_vec())));
         assert_eq!(one(b'h', b"X-A\0v\0"), Ok(Response::AddHeader { name: "X-A".into(), value: "v".into() }));

@@ -146,7 +146,10 @@ impl Negotiated {
             return Err(format!("speaks milter version {version}"));
         }
         if protocol & !OFFERED_PROTOCOL != 0 {
-            return Err(format!("asked for protocol steps {:#x} that Tern does not offer", protocol & !OFFERED_PROTOCOL));
+            return Err(format!(
+                "asked for protocol steps {:#x} that Tern does not offer",
+                protocol & !OFFERED_PROTOCOL
+            ));
         }
         Ok(Negotiated { actions: actions & OFFERED_ACTIONS, protocol })
     }
@@ -184,14 +187,31 @@ pub enum Verdict {
 /// A change to the message, asked for at its end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit {
-    AddHeader { name: String, value: String },
-    InsertHeader { index: u32, name: String, value: String },
-    ChangeHeader { index: u32, name: String, value: String },
+    AddHeader {
+        name: String,
+        value: String,
+    },
+    InsertHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
+    ChangeHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
     /// A piece of the new body (the pieces are concatenated).
     ReplaceBody(Vec<u8>),
-    AddRcpt { address: String, params: String },
+    AddRcpt {
+        address: String,
+        params: String,
+    },
     DeleteRcpt(String),
-    ChangeFrom { address: String, params: String },
+    ChangeFrom {
+        address: String,
+        params: String,
+    },
     Quarantine(String),
 }
 
@@ -308,9 +328,8 @@ mod tests {
         assert_eq!(a.actions, OFFERED_ACTIONS, "actions Tern cannot do are dropped");
         assert!(!a.sends(Step::Connect) && a.sends(Step::Helo) && a.sends(Step::EndOfMessage));
         assert!(!a.answers(Step::Rcpt) && a.answers(Step::Mail));
-        let refused = |protocol, version| {
-            Negotiated::from_answer(&Response::OptNeg { version, actions: 0, protocol }).is_err()
-        };
+        let refused =
+            |protocol, version| Negotiated::from_answer(&Response::OptNeg { version, actions: 0, protocol }).is_err();
         assert!(refused(0x800, 6), "SMFIP_RCPT_REJ is not offered");
         assert!(refused(0, 7) && refused(0, 1));
         assert!(Negotiated::from_answer(&Response::Continue).is_err());
