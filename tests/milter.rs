@@ -247,7 +247,7 @@ fn opendkim_signs_submitted_mail_through_the_milter() {
         &conf,
         format!(
             "Mode s\nSyslog no\nSocket inet:{port}@127.0.0.1\nDomain {LOCAL}\nSelector milter\nKeyFile {}\n\
-             InternalHosts 192.0.2.1\nRequireSafeKeys false\nCanonicalization relaxed/simple\n",
+             InternalHosts 192.0.2.1\nRequireSafeKeys false\nCanonicalization simple/simple\n",
             key.path.display()
         ),
     )
@@ -261,6 +261,14 @@ fn opendkim_signs_submitted_mail_through_the_milter() {
     );
     let m = Mta::start(Opts { peer: false, extra: &extra, ..Opts::default() });
     let to = format!("bob@{LOCAL}");
+    // A folded field and a field without space after its colon: simple/simple
+    // signing needs them sent to the milter and stored exactly as they came.
+    let data = dir.path().join("message.eml").display().to_string();
+    let msg = format!(
+        "From: Alice <{ALICE}>\r\nTo: <{to}>\r\nSubject: signed by OpenDKIM,\r\n\tfolded\r\n\
+         X-Tight:no space\r\n\r\nHello,\r\n\r\nsigned through the milter.\r\n"
+    );
+    fs::write(&data, msg).unwrap();
     let out = m.t.swaks(&[
         "--port",
         &m.submission.to_string(),
@@ -274,11 +282,12 @@ fn opendkim_signs_submitted_mail_through_the_milter() {
         ALICE,
         "-t",
         &to,
-        "--header",
-        "Subject: signed by OpenDKIM",
+        "--data",
+        &data,
     ]);
     out.assert_success("swaks through the submission listener");
     let got = m.t.wait_one(LOCAL, "bob");
+    assert!(contains(&got, b"OpenDKIM,\r\n\tfolded\r\nX-Tight:no space\r\n"), "{}", show(&got));
     assert_eq!(count(&got, b"DKIM-Signature:"), 1, "{}", show(&got));
     assert!(contains(&got, format!("d={LOCAL}").as_bytes()), "{}", show(&got));
     assert_eq!(dkimpy_verify(dir.path(), &got, &key), "pass", "{}", show(&got));

@@ -31,7 +31,7 @@ pub enum Filtered<'a> {
 
 /// What stored parts borrow from: the message as received, or its share of memory.
 pub enum Keep<'a> {
-    Received(#[allow(dead_code)] Received<'a>),
+    Received(#[allow(dead_code)] Box<Received<'a>>),
     Held(#[allow(dead_code)] super::spill::Held),
 }
 
@@ -117,7 +117,7 @@ pub async fn message<'a>(
             head.extend_from_slice(&header);
             head.extend_from_slice(b"\r\n");
             let parts = vec![Part::Bytes(head), Part::File { file, offset: 0, len }];
-            Ok(Filtered::Kept { parts, keep: Keep::Received(received), edits: envelope })
+            Ok(Filtered::Kept { parts, keep: Keep::Received(Box::new(received)), edits: envelope })
         }
     }
 }
