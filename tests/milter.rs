@@ -324,6 +324,12 @@ fn an_unreachable_milter_follows_on_error() {
         assert_eq!(logs.matches("milter failed").count(), 1, "logged once\n{logs}");
         assert!(logs.contains("milter=dead") && logs.contains("cannot connect"), "{logs}");
     }
+    // A milter for submission only is not asked about mail on port 25.
+    let milter = milter_config("dead", &format!("127.0.0.1:{}", free_port()), "reject", "2s");
+    let t = Tern::start(&format!("{LOCAL_OPEN}{NO_AUTH_CHECKS}{milter}applies_to = [\"submission\"]\n"));
+    let (mail, _, end) = transaction(&t, "sender@localhost", &["rcpt@localhost"], &message("rcpt@localhost", "", "x"));
+    assert_eq!((mail.code, end.map(|r| r.code)), (250, Some(250)));
+    assert!(!t.logs().contains("milter failed"), "{}", t.logs());
 }
 
 #[test]

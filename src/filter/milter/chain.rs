@@ -602,3 +602,39 @@ fn describe(edit: &Edit) -> String {
         Edit::Quarantine(reason) => format!("quarantined ({reason})"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_bodies_get_crlf_line_ends_across_pieces() {
+        let mut last = 0;
+        let mut out = crlf(b"a\nb\r", &mut last);
+        out.extend(crlf(b"\nc\n", &mut last));
+        assert_eq!(out, b"a\r\nb\r\nc\r\n");
+    }
+
+    #[test]
+    fn header_values_are_kept_as_they_follow_the_colon() {
+        let add = |value: &str| Edit::AddHeader { name: "X".into(), value: value.into() };
+        assert_eq!(with_leading_space(add("v"), false), add(" v"));
+        assert_eq!(with_leading_space(add(" v"), true), add(" v"));
+        let delete = Edit::ChangeHeader { index: 1, name: "X".into(), value: String::new() };
+        assert_eq!(with_leading_space(delete.clone(), false), delete, "a deletion stays one");
+    }
+
+    #[test]
+    fn milters_apply_to_their_listener_modes() {
+        use crate::config::ListenMode;
+        let config: crate::config::Config = toml::from_str(
+            "[[milter]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\napplies_to = [\"submission\"]\n\
+             [[milter]]\nname = \"b\"\naddress = \"unix:/x\"\n",
+        )
+        .unwrap();
+        let names = |mode| Milters::new(&config.milter, mode, Info::default()).map(|m| m.slots.len());
+        assert_eq!(names(ListenMode::Submission), Some(2));
+        assert_eq!(names(ListenMode::Smtp), Some(1));
+        assert!(Milters::new(&[], ListenMode::Smtp, Info::default()).is_none());
+    }
+}
