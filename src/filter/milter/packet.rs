@@ -349,6 +349,36 @@ mod tests {
         assert_eq!(decode(&((MAX_PACKET + 1) as u32).to_be_bytes()), Err(DecodeError::Length(MAX_PACKET as u32 + 1)));
     }
 
+    proptest::proptest! {
+        /// Any bytes: no panic; a packet takes exactly its declared length, and
+        /// whatever its cut, a stream of packets decodes the same.
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            if let Ok(Some((_, used))) = decode(&data) {
+                let len = u32::from_be_bytes(data[..4].try_into().unwrap()) as usize;
+                proptest::prop_assert_eq!(used, 4 + len);
+            }
+        }
+
+        #[test]
+        fn valid_packets_decode_whole(cmd in proptest::sample::select(b"acdrtkpfyq+-2ebhim".to_vec()),
+                                      text in "[a-z]{0,5}", index in 0u32..5) {
+            let data = match cmd {
+                b'a' | b'c' | b'd' | b'r' | b't' | b'k' | b'p' | b'f' => Vec::new(),
+                b'b' => text.clone().into_bytes(),
+                b'h' => format!("{text}\0{text}\0").into_bytes(),
+                b'i' | b'm' => [&index.to_be_bytes()[..], format!("{text}\0v\0").as_bytes()].concat(),
+                b'y' => format!("550 5.7.1 {text}\0").into_bytes(),
+                _ => format!("<{text}>\0").into_bytes(),
+            };
+            let bytes = packet(cmd, &data);
+            proptest::prop_assert!(one(cmd, &data).is_ok());
+            for cut in 0..bytes.len() {
+                proptest::prop_assert_eq!(decode(&bytes[..cut]), Ok(None));
+            }
+        }
+    }
+
     #[test]
     fn truncated_packets_wait_for_more() {
         let whole = packet(b'h', b"X-A\0v\0");
