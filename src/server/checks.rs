@@ -252,7 +252,7 @@ pub async fn message(
             prefix.extend_from_slice(signatures.unwrap_or_default().as_bytes());
             prefix.extend_from_slice(added.as_bytes());
             let (parts, held) = received.into_parts(prefix, cleaned);
-            (parts, Some(Keep::Held(held)), Vec::new())
+            (parts, Keep::Held(held), Vec::new())
         }
         Some(m) => {
             let layout = Layout { trace: prefix, added, cleaned, signatures };
@@ -270,7 +270,7 @@ pub async fn message(
                 }
                 Ok(Filtered::Kept { parts, keep, edits }) => {
                     m.restore_notes(notes);
-                    (parts, Some(keep), edits)
+                    (parts, keep, edits)
                 }
             }
         }
@@ -327,6 +327,7 @@ pub async fn message(
         held: false,
         recipients,
     };
+    let notes = milters.map(Milters::take_notes).unwrap_or_default();
     match ctx.spool.store_parts(&envelope, parts).await {
         Ok(stored) => {
             tracing::info!(
@@ -337,7 +338,6 @@ pub async fn message(
                 client = %peer,
                 "queued"
             );
-            let notes = milters.map(Milters::take_notes).unwrap_or_default();
             trace_received(&message, &envelope, peer, local, auth_summary, notes);
             ctx.queue.enqueue(stored, content);
             Ok(id)
@@ -349,6 +349,7 @@ pub async fn message(
                 tracing::error!(id, error = %e, client = %peer, repeats, "cannot store message; refused with 452");
             }
             refused(Refusal::Storage);
+            emit_notes(&id, notes);
             Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
         }
     }

@@ -431,21 +431,20 @@ impl Milters {
         let name = self.slots[i].config.name.clone();
         let agreed = self.conn(i).agreed;
         let leading_space = self.conn(i).leading_space();
-        let ask = |step: Step, bytes: Vec<u8>| (step, bytes);
         let mut steps = Vec::new();
         if agreed.sends(Step::Data) {
-            steps.push(ask(Step::Data, self.packets(Step::Data, queue_id, Command::Data)));
+            steps.push((Step::Data, self.packets(Step::Data, queue_id, Command::Data)));
         }
         // The header fields and their end are small: their packets are made at once.
         if agreed.sends(Step::Header) {
             for (field_name, value) in fields.for_milter(leading_space) {
                 let mut out = Vec::new();
                 Command::Header { name: &field_name, value: &value }.encode(&mut out);
-                steps.push(ask(Step::Header, out));
+                steps.push((Step::Header, out));
             }
         }
         if agreed.sends(Step::EndOfHeaders) {
-            steps.push(ask(Step::EndOfHeaders, self.packets(Step::EndOfHeaders, queue_id, Command::EndOfHeaders)));
+            steps.push((Step::EndOfHeaders, self.packets(Step::EndOfHeaders, queue_id, Command::EndOfHeaders)));
         }
         // Whether to go on with the next step; a refusal or a failure otherwise.
         let mut settle = |this: &mut Milters, step: Step, v: Result<Verdict, Error>| {
@@ -471,8 +470,15 @@ impl Milters {
                 }
             }
         };
+        // Packets of steps the milter does not answer (SMFIP_NR_*) go out together
+        // with the next one it answers, or once they fill a write.
+        let mut pending = Vec::new();
         for (step, bytes) in steps {
-            let v = self.conn(i).ask(step, &bytes, &mut |_| Ok(())).await;
+            pending.extend_from_slice(&bytes);
+            if !agreed.answers(step) {
+                continue;
+            }
+            let v = self.conn(i).ask(step, &std::mem::take(&mut pending), &mut |_| Ok(())).await;
             if !settle(self, step, v)? {
                 return Ok(());
             }
@@ -482,9 +488,15 @@ impl Milters {
             while at < body.len() {
                 let chunk = body.read(at, BODY_CHUNK).await.map_err(|e| Err(("body", Error::Io(e.to_string()))))?;
                 at += chunk.len() as u64;
-                let mut out = Vec::new();
-                Command::Body(&chunk).encode(&mut out);
-                let v = self.conn(i).ask(Step::Body, &out, &mut |_| Ok(())).await;
+                Command::Body(&chunk).encode(&mut pending);
+                if !agreed.answers(Step::Body) {
+                    if pending.len() >= 4 * BODY_CHUNK {
+                        let sent = self.conn(i).send(&std::mem::take(&mut pending), "body").await;
+                        sent.map_err(|e| Err(("body", e)))?;
+                    }
+                    continue;
+                }
+                let v = self.conn(i).ask(Step::Body, &std::mem::take(&mut pending), &mut |_| Ok(())).await;
                 let skip = matches!(v, Ok(Verdict::Skip));
                 if !settle(self, Step::Body, v)? {
                     if skip {
@@ -495,7 +507,8 @@ impl Milters {
             }
         }
         // End of message: the edits come before the verdict.
-        let end = self.packets(Step::EndOfMessage, queue_id, Command::EndOfBody);
+        pending.extend(self.packets(Step::EndOfMessage, queue_id, Command::EndOfBody));
+        let end = pending;
         let mut edits = Vec::new();
         let mut replaced: Option<(File, u64)> = None;
         // The last byte of the new body so far, to make its line ends CRLF.
