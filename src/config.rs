@@ -10,6 +10,8 @@ mod duration;
 mod lines;
 mod locate;
 mod mail_auth;
+mod milter;
+mod on_error;
 mod rspamd;
 mod sendmail;
 mod server;
@@ -20,7 +22,9 @@ pub use delivery::{DEFAULT_COMMAND_TIMEOUT, DeliveryKind, DomainDelivery, Method
 pub use lines::{key as path_key, line_of};
 pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
-pub use rspamd::{Endpoint as RspamdEndpoint, OnError, Origin, Rspamd};
+pub use milter::{Milter, MilterAddress, Stage};
+pub use on_error::OnError;
+pub use rspamd::{Endpoint as RspamdEndpoint, Origin, Rspamd};
 pub use sendmail::{SUBMIT_SOCKET, Sendmail};
 pub use server::Server;
 
@@ -77,6 +81,9 @@ pub struct Config {
     pub server: Server,
     #[serde(default)]
     pub admin: Admin,
+    /// Milters the mail of the listed listener modes goes through, in order.
+    #[serde(default)]
+    pub milter: Vec<Milter>,
     /// Messages scanned by rspamd; none without the section.
     pub rspamd: Option<Rspamd>,
     /// The file this was read from (none for the embedded default), and when.
@@ -554,6 +561,7 @@ impl Config {
         if let Some(rspamd) = &self.rspamd {
             rspamd.validate()?;
         }
+        milter::validate(&self.milter)?;
         Ok(())
     }
 

@@ -76,6 +76,8 @@ pub enum Event {
     Admin { action: String },
     /// A delivery status notification was queued, as message `notice`.
     Notice { notice: String, to: String },
+    /// A milter's verdict, edits or failure at a stage of the message's transaction.
+    Milter { milter: String, stage: String, result: String },
     /// Nothing more will happen: `delivered`, `bounced`, `partly bounced` or `deleted`.
     Finished { state: String, delivered: usize, bounced: usize },
 }
@@ -140,6 +142,7 @@ impl std::fmt::Display for Event {
             }
             Event::Admin { action } => write!(f, "{action} by the mail administrator"),
             Event::Notice { notice, to } => write!(f, "delivery status notification {notice} sent to {}", sender(to)),
+            Event::Milter { milter, stage, result } => write!(f, "milter {milter} at {stage}: {result}"),
             Event::Finished { state, delivered, bounced } => {
                 write!(f, "finished: {state} ({delivered} delivered, {bounced} bounced)")
             }

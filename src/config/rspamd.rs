@@ -1,6 +1,6 @@
 //! `[rspamd]`: messages scanned by rspamd over its HTTP protocol. No section, no scan.
 
-use super::humantime_serde;
+use super::{OnError, humantime_serde};
 use serde::Deserialize;
 use std::fmt;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ pub struct Rspamd {
     #[serde(default = "default_applies_to")]
     pub applies_to: Vec<Origin>,
     /// What happens to a message when rspamd cannot be asked or its answer is unusable.
-    #[serde(default)]
+    #[serde(default = "OnError::accept")]
     pub on_error: OnError,
     /// The whole exchange (connect, send, answer) must end within this.
     #[serde(default = "default_timeout", with = "humantime_serde")]
@@ -44,29 +44,6 @@ impl fmt::Display for Origin {
             Origin::Submission => "submission",
             Origin::Submissions => "submissions",
             Origin::Local => "local",
-        })
-    }
-}
-
-/// The answer to a message rspamd could not judge.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Deliver it unmarked.
-    #[default]
-    Accept,
-    /// 451 4.7.1: the client tries again later.
-    Tempfail,
-    /// 550 5.7.1.
-    Reject,
-}
-
-impl fmt::Display for OnError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OnError::Accept => "accept",
-            OnError::Tempfail => "tempfail",
-            OnError::Reject => "reject",
         })
     }
 }

@@ -1,3 +1,5 @@
-//! Content filters that judge a received message before it is stored.
+//! Content filters outside Tern that judge or change mail as it arrives: milters
+//! (`[[milter]]`, [`milter`]) and rspamd (`[rspamd]`, [`rspamd`]).
 
+pub mod milter;
 pub mod rspamd;

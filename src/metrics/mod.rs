@@ -62,12 +62,14 @@ pub enum Refusal {
     Protocol,
     /// The spam filter (rspamd) refused it or asked for a retry, or failed to judge it.
     Spam,
+    /// A milter refused it, or failed with `on_error` refusing.
+    Milter,
     /// None of the above.
     Other,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 18] = [
+    const ALL: [Refusal; 19] = [
         Refusal::RelayDenied,
         Refusal::UnknownRecipient,
         Refusal::SenderNotOwned,
@@ -85,6 +87,7 @@ impl Refusal {
         Refusal::Content,
         Refusal::Protocol,
         Refusal::Spam,
+        Refusal::Milter,
         Refusal::Other,
     ];
 
@@ -107,6 +110,7 @@ impl Refusal {
             Refusal::Content => "content",
             Refusal::Protocol => "protocol",
             Refusal::Spam => "spam",
+            Refusal::Milter => "milter",
             Refusal::Other => "other",
         }
     }
@@ -254,6 +258,7 @@ pub struct Metrics {
     tls: Vec<Vec<Counter>>,
     dns: Vec<Vec<Counter>>,
     spam: Vec<Counter>,
+    milter_results: Family<Labels, Counter>,
 }
 
 /// Series of a family with one label, one per value.
@@ -358,6 +363,12 @@ impl Metrics {
             Unit::Bytes,
             spool_bytes.clone(),
         );
+        let milter_results = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_milter_results",
+            "Verdicts of milters (and their failures), by configured milter name and result",
+            milter_results.clone(),
+        );
         let auth_family = Family::<Labels, Counter>::default();
         registry.register("tern_auth_results", "SPF, DKIM, ARC and DMARC results of checked mail", auth_family.clone());
         let auth = grid(&auth_family, ("method", "result"), &["spf", "dkim", "arc", "dmarc"], &AUTH_RESULTS);
@@ -401,6 +412,7 @@ impl Metrics {
             tls,
             dns,
             spam,
+            milter_results,
         }
     }
 
@@ -417,6 +429,14 @@ impl Metrics {
             connections: ConnectionResult::ALL.map(connection),
             received: self.received.get_or_create(&label()).clone(),
         }
+    }
+
+    /// A milter's verdict or failure. The labels are bounded: `milter` is a name
+    /// from the configuration, `result` one of continue, accept, reject, tempfail,
+    /// discard, quarantine and error. The series are made at first use (a look-up
+    /// under a lock, next to a network round trip to the milter).
+    pub fn milter(&self, milter: &str, result: &'static str) {
+        self.milter_results.get_or_create(&vec![("milter", milter.to_string()), ("result", result.to_string())]).inc();
     }
 
     pub fn refused(&self, reason: Refusal) {

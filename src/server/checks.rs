@@ -3,10 +3,12 @@
 
 use super::Context;
 use super::local_submit::LocalUser;
+use super::milter_intake::{self, Filtered, Keep, Layout};
 use super::received::received_header;
 use super::spam;
 use super::spill::Received;
 use crate::config::ListenMode;
+use crate::filter::milter::Milters;
 use crate::log_limit::{self, LogLimit};
 use crate::metrics::Refusal;
 use crate::policy::auth::results::strip_forged;
@@ -205,6 +207,7 @@ pub async fn message(
     spf: Option<SpfCheck>,
     local: Option<&LocalUser>,
     mode: ListenMode,
+    mut milters: Option<&mut Milters>,
 ) -> Result<String, Reply> {
     let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
     // Spill hashes the body of every message that has an SPF check.
@@ -235,29 +238,68 @@ pub async fn message(
     // RFC 6409 §8.2 and §8.3: submitted mail gets the Date and Message-ID it lacks.
     // Signed mail got them when its signing started, and is signed over them: signed
     // before it is queued, so that every retry sends the same signature.
-    let added = match signed {
-        Some((_, added, signatures)) => {
-            prefix.extend_from_slice(signatures.as_bytes());
-            added
-        }
-        None if message.user.is_some() => missing_headers(header, &id, hostname),
-        None => String::new(),
+    let (added, signatures) = match signed {
+        Some((_, added, signatures)) => (added, Some(signatures)),
+        None if message.user.is_some() => (missing_headers(header, &id, hostname), None),
+        None => (String::new(), None),
     };
-    prefix.extend_from_slice(added.as_bytes());
-    // The spam filter (spam.rs): refuses the message, or gives its edited header block.
+    // The spam filter (spam.rs): refuses the message, or gives its edited header
+    // block, which Tern signs again if it signs the message.
     let mut scanned = None;
-    let (prefix, cleaned) = match ctx.config.rspamd.as_ref().filter(|r| r.applies_to(spam::origin(mode, local))) {
-        None => (prefix, cleaned),
-        Some(rspamd) => {
-            let header = [&prefix[..], header].concat();
-            let asked = spam::Asked { message: &message, id: &id, peer, local };
-            let passed = spam::scan(rspamd, hostname, asked, header, &received).await?;
-            quarantine |= passed.quarantine;
-            scanned = Some(passed.event);
-            (Vec::new(), Some(passed.header))
+    let (mut prefix, added, cleaned, signatures) =
+        match ctx.config.rspamd.as_ref().filter(|r| r.applies_to(spam::origin(mode, local))) {
+            None => (prefix, added, cleaned, signatures),
+            Some(rspamd) => {
+                let block = [&prefix[..], added.as_bytes(), header].concat();
+                let asked = spam::Asked { message: &message, id: &id, peer, local };
+                let passed = match spam::scan(rspamd, hostname, asked, block.clone(), &received).await {
+                    Ok(passed) => passed,
+                    Err(reply) => {
+                        emit_notes(&id, milters.as_deref_mut().map(Milters::take_notes).unwrap_or_default());
+                        return Err(reply);
+                    }
+                };
+                quarantine |= passed.quarantine;
+                scanned = Some(passed.event);
+                let signatures = match signatures {
+                    Some(_) if passed.header != block => {
+                        Some(milter_intake::sign_received(ctx, &id, &passed.header, &received).await?)
+                    }
+                    kept => kept,
+                };
+                (Vec::new(), String::new(), Some(passed.header), signatures)
+            }
+        };
+    // The milters have the last word before the message is stored.
+    let mut milters = milters.filter(|m| m.wants_message());
+    let (parts, _keep, edits) = match milters.as_deref_mut() {
+        None => {
+            prefix.extend_from_slice(signatures.unwrap_or_default().as_bytes());
+            prefix.extend_from_slice(added.as_bytes());
+            let (parts, held) = received.into_parts(prefix, cleaned);
+            (parts, Keep::Held(held), Vec::new())
+        }
+        Some(m) => {
+            let layout = Layout { trace: prefix, added, cleaned, signatures };
+            let filtered = milter_intake::message(ctx, m, &id, received, layout).await;
+            let notes = m.take_notes();
+            match filtered {
+                Err(reply) => {
+                    emit_notes(&id, notes);
+                    return Err(reply);
+                }
+                Ok(Filtered::Discarded) => {
+                    tracing::info!(id, client = %peer, "discarded by a milter");
+                    emit_notes(&id, notes);
+                    return Ok(id);
+                }
+                Ok(Filtered::Kept { parts, keep, edits }) => {
+                    m.restore_notes(notes);
+                    (parts, keep, edits)
+                }
+            }
         }
     };
-    let (parts, _held) = received.into_parts(prefix, cleaned);
     let size = parts.iter().map(Part::len).sum();
     // Small messages go to the queue in memory too; others are read back from the spool.
     let in_memory = parts.iter().all(|p| matches!(p, Part::Bytes(_)));
@@ -288,10 +330,19 @@ pub async fn message(
             });
         }
     }
+    let mut sender = message.from.as_ref().map(Mailbox::to_string).unwrap_or_default();
+    if !edits.is_empty() {
+        milter_intake::apply_envelope(ctx, &id, &edits, &mut sender, &mut recipients, &mut quarantine);
+        if recipients.is_empty() {
+            tracing::info!(id, client = %peer, "milters removed every recipient; nothing to deliver");
+            emit_notes(&id, milters.as_deref_mut().map(Milters::take_notes).unwrap_or_default());
+            return Ok(id);
+        }
+    }
     let envelope = Envelope {
         id: id.clone(),
         arrival: crate::queue::now(),
-        sender: message.from.as_ref().map(Mailbox::to_string).unwrap_or_default(),
+        sender,
         size,
         smtputf8: message.params.smtputf8,
         eight_bit: message.params.body == Body::EightBitMime,
@@ -301,6 +352,7 @@ pub async fn message(
         held: false,
         recipients,
     };
+    let notes = milters.map(Milters::take_notes).unwrap_or_default();
     match ctx.spool.store_parts(&envelope, parts).await {
         Ok(stored) => {
             tracing::info!(
@@ -311,7 +363,7 @@ pub async fn message(
                 client = %peer,
                 "queued"
             );
-            trace_received(&message, &envelope, peer, local, auth_summary, scanned);
+            trace_received(&message, &envelope, peer, local, auth_summary, scanned, notes);
             ctx.queue.enqueue(stored, content);
             Ok(id)
         }
@@ -321,6 +373,7 @@ pub async fn message(
             if let Some(repeats) = STORE_FAILED.admit() {
                 tracing::error!(id, error = %e, client = %peer, repeats, "cannot store message; refused with 452");
             }
+            emit_notes(&id, notes);
             Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
         }
     }
@@ -334,6 +387,7 @@ fn trace_received(
     local: Option<&LocalUser>,
     auth: Option<String>,
     scanned: Option<crate::admin::trace::Event>,
+    milter_notes: Vec<crate::admin::trace::Event>,
 ) {
     use crate::admin::trace::{self, Event};
     let user = message.user.clone().or_else(|| local.map(|l| l.login.clone()));
@@ -352,7 +406,15 @@ fn trace_received(
     if let Some(scanned) = scanned {
         trace::emit(&envelope.id, scanned);
     }
+    emit_notes(&envelope.id, milter_notes);
     trace::emit(&envelope.id, Event::Stored);
+}
+
+/// The milters' trace events of the message.
+fn emit_notes(id: &str, notes: Vec<crate::admin::trace::Event>) {
+    for note in notes {
+        crate::admin::trace::emit(id, note);
+    }
 }
 
 /// `Date:` and `Message-ID:` lines for whichever of the two the header block lacks.

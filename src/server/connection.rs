@@ -5,6 +5,7 @@ use super::local_submit::LocalUser;
 use super::spill::Spill;
 use super::{Context, checks};
 use crate::config::ListenMode;
+use crate::filter::milter;
 use crate::metrics::{ConnectionResult, ListenerMetrics, Refusal};
 use crate::net::Stream;
 use crate::policy::auth::SpfCheck;
@@ -128,9 +129,10 @@ pub async fn handle(
             counters.connection(ConnectionResult::Accepted);
             counters.active.inc();
             let _ = tcp.set_nodelay(true);
+            let own = tcp.local_addr().ok();
             let mut stream: Box<dyn Stream> = Box::new(tcp);
             let allowlisted = matches!(listed, dnsbl::Verdict::Allowed { .. });
-            let client = Client { peer, mode, allowlisted, local: None, counters: &counters };
+            let client = Client { peer, own, mode, allowlisted, local: None, counters: &counters };
             let end = converse(&ctx, &mut stream, client, stop).await;
             let _ = stream.shutdown().await;
             counters.active.dec();
@@ -226,6 +228,8 @@ async fn start_tls(ctx: &Context, stream: &mut Box<dyn Stream>) -> Result<String
 /// What is known of a client when the conversation starts.
 pub(super) struct Client<'a> {
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub own: Option<SocketAddr>,
     pub mode: ListenMode,
     /// On a DNS allow list.
     pub allowlisted: bool,
@@ -242,7 +246,7 @@ pub(super) async fn converse(
     client: Client<'_>,
     mut stop: watch::Receiver<bool>,
 ) -> End {
-    let Client { peer, mode, allowlisted, local, counters } = client;
+    let Client { peer, own, mode, allowlisted, local, counters } = client;
     let limits = &ctx.config.limits;
     let deadline = Instant::now() + limits.session_timeout;
     let mut config = ctx.session_config(mode, peer.ip());
@@ -253,9 +257,22 @@ pub(super) async fn converse(
     if let Some(local) = local {
         session.set_user(local.login.clone());
     }
+    let info = milter::Info {
+        hostname: ctx.config.hostname.clone(),
+        daemon: mode.to_string(),
+        client: Some(peer),
+        local: own,
+        ..Default::default()
+    };
+    let mut milters = milter::Milters::new(&ctx.config.milter, mode, info);
     if mode == ListenMode::Submissions {
         match start_tls(ctx, stream).await {
-            Ok(description) => session.tls_started(description),
+            Ok(description) => {
+                if let Some(m) = milters.as_mut() {
+                    m.info.tls = Some(description.clone());
+                }
+                session.tls_started(description)
+            }
             Err(end) => return end,
         }
     }
@@ -301,13 +318,23 @@ pub(super) async fn converse(
                         return end;
                     }
                     match start_tls(ctx, stream).await {
-                        Ok(description) => session.tls_started(description),
+                        Ok(description) => {
+                            if let Some(m) = milters.as_mut() {
+                                m.info.tls = Some(description.clone());
+                            }
+                            session.tls_started(description)
+                        }
                         Err(end) => return end,
                     }
                 }
                 Event::Check(Check::Mail { from, params, user }) => {
                     tracing::debug!(client = %peer, from = ?from.as_ref().map(|m| m.to_string()), size = ?params.size, "MAIL");
-                    let verdict = checks::sender(ctx, from.as_ref(), user.as_deref(), peer.ip(), local);
+                    let mut verdict = checks::sender(ctx, from.as_ref(), user.as_deref(), peer.ip(), local);
+                    if let Some(m) = milters.as_mut().filter(|_| verdict.is_ok()) {
+                        m.info.helo = session.hello_name().unwrap_or_default().to_string();
+                        m.info.user = user.clone().or_else(|| local.map(|l| l.login.clone()));
+                        verdict = m.mail(from.as_ref(), mail_args(&params)).await;
+                    }
                     if let Some(earlier) = spf.take() {
                         earlier.abort();
                     }
@@ -326,8 +353,14 @@ pub(super) async fn converse(
                     let user = session.user().map(str::to_string);
                     // Greylisting is for strangers on port 25, not for clients on an allow list.
                     let greylist = mode == ListenMode::Smtp && !allowlisted;
-                    let verdict =
+                    let mut verdict =
                         checks::recipient(ctx, &to, peer.ip(), user.as_deref(), greylist, session.sender(), local);
+                    if let (Some(m), Ok(routes)) = (milters.as_mut(), &verdict) {
+                        let local = routes.iter().all(|r| r.local);
+                        if let Err(reply) = m.rcpt(&to, local).await {
+                            verdict = Err(reply);
+                        }
+                    }
                     session.answer_rcpt(verdict);
                 }
                 Event::Check(Check::Auth { user, password }) => {
@@ -348,7 +381,8 @@ pub(super) async fn converse(
                     };
                     let outcome = match spill.take().map(Spill::finish) {
                         Some(Ok(received)) if received.len() == message.size => {
-                            checks::message(ctx, *message, received, peer.ip(), spf, local, mode).await
+                            checks::message(ctx, *message, received, peer.ip(), spf, local, mode, milters.as_mut())
+                                .await
                         }
                         Some(Err(reply)) => Err(reply),
                         _ => {
@@ -428,7 +462,25 @@ pub(super) async fn converse(
     }
 }
 
-/// The reply to a client that took too long over a command.
+/// The ESMTP parameters of MAIL as milters are told of them.
+fn mail_args(params: &crate::smtp::params::MailParams) -> Vec<String> {
+    use crate::smtp::params::Body;
+    let mut args = Vec::new();
+    if let Some(size) = params.size {
+        args.push(format!("SIZE={size}"));
+    }
+    if params.body == Body::EightBitMime {
+        args.push("BODY=8BITMIME".into());
+    }
+    if params.smtputf8 {
+        args.push("SMTPUTF8".into());
+    }
+    if let Some(envid) = &params.envid {
+        args.push(format!("ENVID={envid}"));
+    }
+    args
+}
+
 /// Counts a 4xx or 5xx reply in `tern_messages_refused_total` (and the console's
 /// counters) under its reason.
 pub(super) fn count_refusal(reply: &Reply) {
@@ -437,6 +489,7 @@ pub(super) fn count_refusal(reply: &Reply) {
     }
 }
 
+/// The reply to a client that took too long over a command.
 fn timeout_reply() -> Reply {
     Reply::new(421, (4, 4, 2), "Timeout, closing connection")
 }

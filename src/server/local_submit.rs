@@ -124,6 +124,7 @@ async fn handle(ctx: Arc<Context>, stream: UnixStream, stop: watch::Receiver<boo
     counters.active.inc();
     let client = connection::Client {
         peer: LocalUser::ADDR,
+        own: None,
         mode: ListenMode::Submission,
         allowlisted: false,
         local: Some(&user),

@@ -9,6 +9,7 @@ mod listen;
 mod listeners;
 pub mod local_submit;
 pub mod lock;
+mod milter_intake;
 mod notify;
 pub mod privileges;
 mod received;

@@ -67,10 +67,12 @@ pub async fn scan(
         hostname: None,
         mta_name: hostname,
     };
-    let mut head = Vec::with_capacity(header.len() + received.rest().len());
+    let (body, file) = received.body();
+    let mut head = Vec::with_capacity(header.len() + 2 + body.len());
     head.extend_from_slice(&header);
-    head.extend_from_slice(received.rest());
-    let content = Content { head, file: received.spilled() };
+    head.extend_from_slice(b"\r\n");
+    head.extend_from_slice(body);
+    let content = Content { head, file };
     let verdict = match Client::new(config) {
         Ok(client) => client.check(&envelope, content).await,
         Err(e) => Err(e),

@@ -52,6 +52,12 @@ impl Files {
         }
     }
 
+    /// An empty file of the pool, for content made here (a body a milter replaced);
+    /// it closes when dropped.
+    pub fn file(&self) -> io::Result<File> {
+        self.take()
+    }
+
     /// Takes a file back, emptied first: nothing of one message is seen with the next.
     fn give(&self, mut file: File) {
         if file.set_len(0).is_ok() && file.rewind().is_ok() {
@@ -327,15 +333,11 @@ impl<'a> Received<'a> {
         self.head.len() as u64 + self.file_len
     }
 
-    /// What follows the header block in memory (from its empty line on); the rest,
-    /// if any, is in [`Received::spilled`].
-    pub fn rest(&self) -> &[u8] {
-        &self.head[self.header_len..]
-    }
-
-    /// The file holding the end of the content, and how many bytes of it (from 0).
-    pub fn spilled(&self) -> Option<(Arc<File>, u64)> {
-        self.file.clone().map(|file| (file, self.file_len))
+    /// The body (after the empty line): its first bytes in memory, then those of the
+    /// file, if any, and how many.
+    pub fn body(&self) -> (&[u8], Option<(Arc<File>, u64)>) {
+        let memory = self.head.get(self.header_len + 2..).unwrap_or_default();
+        (memory, self.file.clone().map(|f| (f, self.file_len)))
     }
 
     /// Held in memory whole (no file).

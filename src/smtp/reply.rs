@@ -44,6 +44,11 @@ impl Reply {
         Reply { code, status: None, lines, reason: None }
     }
 
+    /// A reply of several lines, each with the enhanced status code `status` when given.
+    pub fn with_lines(code: u16, status: Option<Status>, lines: Vec<String>) -> Reply {
+        Reply { code, status, lines, reason: None }
+    }
+
     /// The same reply, counted as refused for `reason`.
     pub fn because(mut self, reason: Refusal) -> Reply {
         self.reason = Some(reason);
