@@ -192,6 +192,15 @@ impl Signing<'_> {
     }
 }
 
+/// Where a message came from: the client's address, the local user of the
+/// submission socket, the listener's mode.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub peer: IpAddr,
+    pub local: Option<&'a LocalUser>,
+    pub mode: ListenMode,
+}
+
 /// End of message: checks how the sender is authenticated (strangers on port 25) or
 /// signs the message (users and relay networks), adds the trace headers, stores
 /// durably, queues. Returns the queue id.
@@ -203,12 +212,11 @@ pub async fn message(
     ctx: &Context,
     message: Message,
     mut received: Received<'_>,
-    peer: IpAddr,
+    source: Source<'_>,
     spf: Option<SpfCheck>,
-    local: Option<&LocalUser>,
-    mode: ListenMode,
     mut milters: Option<&mut Milters>,
 ) -> Result<String, Reply> {
+    let Source { peer, local, mode } = source;
     let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
     // Spill hashes the body of every message that has an SPF check.
     let hashed = received.take_body_hashes().map(|h| h.finish()).unwrap_or_default();

@@ -381,8 +381,8 @@ pub(super) async fn converse(
                     };
                     let outcome = match spill.take().map(Spill::finish) {
                         Some(Ok(received)) if received.len() == message.size => {
-                            checks::message(ctx, *message, received, peer.ip(), spf, local, mode, milters.as_mut())
-                                .await
+                            let source = checks::Source { peer: peer.ip(), local, mode };
+                            checks::message(ctx, *message, received, source, spf, milters.as_mut()).await
                         }
                         Some(Err(reply)) => Err(reply),
                         _ => {
