@@ -105,6 +105,20 @@ impl Dovecot {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Runs `doveadm` on this Dovecot's configuration: its standard output.
+    fn doveadm(&self, args: &[&str]) -> String {
+        let out = Command::new("doveadm")
+            .arg("-c")
+            .arg(self.path().join("dovecot.conf"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run doveadm");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "doveadm {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    }
+
     fn socket(&self) -> PathBuf {
         self.path().join("lmtp.sock")
     }
@@ -272,6 +286,9 @@ fn one_transaction_two_users_one_over_quota() {
     let alice = dovecot.wait_mail("alice@a.test", "", 1);
     assert!(alice[0].contains("Subject: quota check") && alice[0].contains("a line of text"), "{}", alice[0]);
     assert!(alice[0].contains("Return-Path: <sender@b.test>"), "{}", alice[0]);
+    // Dovecot's own tool reads it from the mailbox (and its index).
+    let fetched = dovecot.doveadm(&["fetch", "-u", "alice@a.test", "hdr.subject body", "mailbox", "INBOX"]);
+    assert!(fetched.contains("quota check") && fetched.contains("a line of text"), "{fetched}");
     let sent = delivery_line(&t, "alice@a.test", "sent");
     assert_eq!(field(&sent, "relay"), Some(format!("lmtp:{}", dovecot.target()).as_str()), "{sent}");
     let bounced = delivery_line(&t, "bob@a.test", "bounced");

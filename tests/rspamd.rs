@@ -473,6 +473,30 @@ fn verdicts_of_a_fake_rspamd_are_applied() {
     assert_eq!(spam_count(&t, "reject"), 1.0);
 }
 
+#[test]
+fn terns_signature_covers_the_subject_rspamd_rewrote() {
+    use common::dkim::{Alg, dkimpy_verify, keygen, require_dkimpy};
+    require_dkimpy();
+    let fake = Fake::start();
+    let key = keygen("a.test", "s1", Alg::Rsa);
+    // Loopback may relay: its mail is Tern's to sign, and rspamd scans it too.
+    let config = format!("url = \"http://127.0.0.1:{}/\"\n{}", fake.port, key.config());
+    let t = tern(&config);
+    let message = "From: Alice <alice@a.test>\r\nTo: <alice@localhost>\r\nSubject: rewrite\r\n\
+                   Date: Sun, 06 Dec 2026 21:00:00 +0000\r\nMessage-ID: <signed@a.test>\r\n\r\nsigned body\r\n";
+    let script = format!(
+        "s = connect()\ns.mail('alice@a.test')\ns.rcpt('alice@localhost')\n\
+         code, resp = s.data({message:?})\nprint(code, resp.decode())\ns.quit()\n"
+    );
+    let out = t.py(&script);
+    out.assert_success("send with smtplib");
+    assert!(out.stdout.starts_with("250 "), "{}", out.stdout);
+    let got = delivered(&t, "[SPAM] rewrite");
+    assert_eq!(got.matches("DKIM-Signature:").count(), 1, "one signature, made again: {got}");
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(dkimpy_verify(dir.path(), got.as_bytes(), &key), "pass", "{got}");
+}
+
 /// SHA-256 through Python's hashlib (no hashing crate in the tests).
 fn sha256(bytes: &[u8]) -> String {
     let mut cmd = Command::new("python3");
