@@ -138,20 +138,8 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
     let lmtp = session.lmtp;
     let mut caps = hello(config, &mut client, lmtp).await?;
     let (mut level, mut cipher) = (session.level, session.cipher);
-    if lmtp {
-        return Ok(Connection {
-            client,
-            caps,
-            level,
-            cipher,
-            peer: session.peer.to_string(),
-            host: session.host.to_string(),
-            ip: session.ip,
-            lmtp,
-            ready: true,
-        });
-    }
-    if level == TlsLevel::None && caps.starttls && session.policy != TlsPolicy::Off {
+    // An LMTP server is local: no TLS or AUTH.
+    if !lmtp && level == TlsLevel::None && caps.starttls && session.policy != TlsPolicy::Off {
         let reply = client.command("STARTTLS").await?;
         if reply.code == 220 {
             let (l, c) = client.start_tls(&config.tls, session.host).await?;
@@ -162,11 +150,11 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
             return Err(ConnError(format!("STARTTLS refused: {}", reply.text())));
         }
     }
-    if session.policy == TlsPolicy::Required && level != TlsLevel::Verified {
+    if !lmtp && session.policy == TlsPolicy::Required && level != TlsLevel::Verified {
         let _ = client.command("QUIT").await;
         return Err(ConnError(format!("TLS with a verified certificate is required, got: {level}")));
     }
-    if let Some((user, password)) = &config.auth {
+    if let Some((user, password)) = config.auth.as_ref().filter(|_| !lmtp) {
         authenticate(&mut client, &caps, user, password).await?;
     }
     Ok(Connection {
