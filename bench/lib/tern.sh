@@ -95,7 +95,10 @@ EOF
         return 1
         ;;
     esac
-    if [[ $TERN_ADMIN == off ]]; then
+    # An older build without the operations layer knows no [admin] section.
+    if ! "$TERN_BIN" config default 2>/dev/null | grep -q '\[admin\]'; then
+        :
+    elif [[ $TERN_ADMIN == off ]]; then
         printf '\n[admin]\nlisten = ""\n' >>"$run/tern.toml"
     else
         free_port
@@ -193,7 +196,6 @@ noadmin_start() {
     tern_start "$@"
     rc=$?
     TERN_ADMIN=on
-TERN_CPU_START=0
     NOADMIN_PORT=$TERN_PORT
     return $rc
 }
