@@ -333,6 +333,7 @@ pub(super) async fn converse(
                     if let Some(m) = milters.as_mut().filter(|_| verdict.is_ok()) {
                         m.info.helo = session.hello_name().unwrap_or_default().to_string();
                         m.info.user = user.clone().or_else(|| local.map(|l| l.login.clone()));
+                        m.info.auth_type = session.auth_mechanism();
                         verdict = m.mail(from.as_ref(), mail_args(&params)).await;
                     }
                     if let Some(earlier) = spf.take() {

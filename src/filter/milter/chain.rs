@@ -35,6 +35,8 @@ pub struct Info {
     pub tls: Option<String>,
     /// The authenticated user (`{auth_authen}`).
     pub user: Option<String>,
+    /// The SASL mechanism it authenticated with (`{auth_type}`); none for a local user.
+    pub auth_type: Option<&'static str>,
 }
 
 /// The result of the milters at the end of a message.
@@ -201,7 +203,9 @@ impl Milters {
             Step::Mail => {
                 if let Some(user) = &info.user {
                     pairs.push(("{auth_authen}", user.clone()));
-                    pairs.push(("{auth_type}", "PLAIN".to_string()));
+                }
+                if let Some(mechanism) = info.auth_type {
+                    pairs.push(("{auth_type}", mechanism.to_string()));
                 }
             }
             _ => {}

@@ -52,6 +52,11 @@ impl Session {
         if words.next().is_some() {
             return self.reject(common::syntax("Syntax: AUTH mechanism [initial-response]"));
         }
+        self.mechanism = match mechanism.as_str() {
+            "PLAIN" => Some("PLAIN"),
+            "LOGIN" => Some("LOGIN"),
+            _ => None,
+        };
         match (mechanism.as_str(), initial) {
             ("PLAIN", None) => self.challenge(Step::Plain, ""),
             ("PLAIN", Some(ir)) => self.auth_response(Step::Plain, ir.as_bytes()),

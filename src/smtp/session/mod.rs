@@ -178,6 +178,8 @@ pub struct Session {
     tls: Option<String>,
     /// Set by a successful AUTH.
     user: Option<String>,
+    /// The SASL mechanism of the last AUTH (`PLAIN`, `LOGIN`).
+    mechanism: Option<&'static str>,
 }
 
 impl Session {
@@ -195,6 +197,7 @@ impl Session {
             closed: false,
             tls: None,
             user: None,
+            mechanism: None,
         }
     }
 
@@ -207,6 +210,11 @@ impl Session {
     /// The authenticated user, if any.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// The SASL mechanism the user authenticated with (`{auth_type}` of milters).
+    pub fn auth_mechanism(&self) -> Option<&'static str> {
+        self.mechanism.filter(|_| self.user.is_some())
     }
 
     /// The reverse-path of the open transaction; `None` for the null sender or when

@@ -334,6 +334,7 @@ fn auth_plain_and_login() {
     let mut d = Driver::with(SessionConfig { auth_without_tls: true, ..secure() });
     ehlo(&mut d);
     assert_eq!(d.send(b"AUTH PLAIN AGFsaWNlQHgudGVzdAB3cm9uZw==\r\n"), ["535 5.7.8"]);
+    assert_eq!(d.session.auth_mechanism(), None, "no mechanism without a user");
     assert_eq!(d.send(b"AUTH CRAM-MD5\r\n"), ["504 5.5.4"]);
     assert_eq!(d.send(b"AUTH PLAIN\r\n"), ["334"]);
     assert_eq!(d.send(b"*\r\n"), ["501 5.0.0"]);
@@ -341,7 +342,9 @@ fn auth_plain_and_login() {
     assert_eq!(d.send(b"YWxpY2VAeC50ZXN0\r\n"), ["334"]);
     assert_eq!(d.send(b"cHc=\r\n"), ["235 2.7.0"]);
     assert_eq!(d.session.user(), Some("alice@x.test"));
+    assert_eq!(d.session.auth_mechanism(), Some("LOGIN"));
     assert_eq!(d.send(b"AUTH PLAIN AGFsaWNlQHgudGVzdABwdw==\r\n"), ["503 5.5.1"]);
+    assert_eq!(d.session.auth_mechanism(), Some("LOGIN"), "a refused AUTH changes nothing");
     assert_eq!(d.send(b"MAIL FROM:<alice@x.test>\r\n"), ["250 2.1.0"]);
 }
 
