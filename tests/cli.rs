@@ -528,3 +528,42 @@ s.quit()
     let mail = fs::read_to_string(&list_files(&new)[0]).unwrap();
     assert!(mail.contains("DKIM-Signature:") && mail.contains("d=example.test"), "{mail}");
 }
+
+/// `tern dane tlsa` pins what the server presents: the SHA-256 of the public key (3 1 1)
+/// or of the whole certificate (3 0 1) of the certificate `openssl s_client` is shown
+/// after STARTTLS, here the self-signed one Tern made at its first start.
+#[test]
+fn dane_tlsa_pins_the_certificate_the_server_presents() {
+    let t = Tern::start(LOCAL_OPEN);
+    let pem = t.dir.path().join("served.pem");
+    let served = format!(
+        "echo QUIT | openssl s_client -starttls smtp -connect 127.0.0.1:{} 2>/dev/null | openssl x509 -out {}",
+        t.port,
+        pem.display()
+    );
+    run(shell(&served), CLIENT_TIMEOUT).assert_success("openssl s_client");
+    let digest = |pipeline: &str| {
+        let out = run(shell(&format!("{pipeline} | openssl dgst -sha256 -r")), CLIENT_TIMEOUT);
+        out.assert_success(pipeline);
+        out.stdout.split_whitespace().next().unwrap_or_default().to_string()
+    };
+    let spki = digest(&format!("openssl x509 -in {} -noout -pubkey | openssl pkey -pubin -outform DER", pem.display()));
+    let full = digest(&format!("openssl x509 -in {} -outform DER", pem.display()));
+    assert_eq!(spki.len(), 64, "{spki}");
+    let out = t.tern_cmd(&["dane", "tlsa"]);
+    out.assert_success("tern dane tlsa");
+    assert_eq!(out.stdout.trim(), format!("_25._tcp.{HOSTNAME}. IN TLSA 3 1 1 {spki}"));
+    let out = t.tern_cmd(&["dane", "tlsa", "--port", "465", "--full-certificate"]);
+    out.assert_success("tern dane tlsa --full-certificate");
+    assert_eq!(out.stdout.trim(), format!("_465._tcp.{HOSTNAME}. IN TLSA 3 0 1 {full}"));
+    // Without a certificate there is nothing to pin: said, not guessed.
+    std::fs::remove_file(t.data_dir.join("tls/self-signed.crt")).unwrap();
+    let out = t.tern_cmd(&["dane", "tlsa"]);
+    assert!(!out.status.is_some_and(|s| s.success()) && out.stderr.contains("no [tls] cert"), "{}", out.stderr);
+}
+
+fn shell(script: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script]);
+    cmd
+}

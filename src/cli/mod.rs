@@ -2,6 +2,7 @@
 
 mod check;
 mod control;
+mod dane;
 mod dkim;
 mod dns;
 mod mailq;
@@ -58,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// DANE: the TLSA record of the certificate Tern presents.
+    Dane {
+        #[command(subcommand)]
+        command: DaneCommand,
+    },
     /// DNS records of the domains Tern serves.
     Dns {
         #[command(subcommand)]
@@ -89,6 +95,21 @@ enum Command {
     Status,
     /// Make the running server read its configuration file again.
     Reload,
+}
+
+#[derive(Subcommand)]
+enum DaneCommand {
+    /// Print the TLSA record (`_25._tcp.HOST. IN TLSA 3 1 1 …`) pinning the listeners'
+    /// certificate: usage 3 (DANE-EE), SHA-256 of its public key (or, with
+    /// `--full-certificate`, of the whole certificate).
+    Tlsa {
+        /// The port in the record's name.
+        #[arg(long, default_value_t = 25)]
+        port: u16,
+        /// Selector 0: match the whole certificate (changes at every renewal).
+        #[arg(long)]
+        full_certificate: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -290,6 +311,10 @@ pub fn main() -> ExitCode {
                 KeyAlgorithm::Ed25519 => DkimAlgorithm::Ed25519Sha256,
             };
             dkim::keygen(&config, &domain, selector.as_deref(), algorithm, out)
+        }
+        Command::Dane { command: DaneCommand::Tlsa { port, full_certificate } } => {
+            let selector = if full_certificate { dane::Selector::Cert } else { dane::Selector::Spki };
+            dane::tlsa(&config, port, selector)
         }
         Command::Dns { command: DnsCommand::Check { domain } } => dns::check(&config, &domain),
         Command::Dns { command: DnsCommand::Spf { ip, mail_from, helo, stdin: _ } } => {
