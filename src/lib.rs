@@ -18,3 +18,4 @@ pub mod queue;
 pub mod server;
 pub mod smtp;
 pub mod spool;
+pub mod tls_policy;
