@@ -368,6 +368,9 @@ pub struct Outbound {
     pub starttls: bool,
     /// Extra trust roots (PEM) for verifying remote servers, beside the system's.
     pub ca_file: Option<PathBuf>,
+    /// Honour the MTA-STS policies of recipient domains (RFC 8461; off by default), cached in
+    /// `<data_dir>/mta-sts/`.
+    pub mta_sts: bool,
 }
 
 impl Default for Outbound {
@@ -382,6 +385,7 @@ impl Default for Outbound {
             data_timeout: Duration::from_secs(600),
             starttls: true,
             ca_file: None,
+            mta_sts: false,
         }
     }
 }

@@ -121,6 +121,7 @@ fn config() -> RemoteConfig {
         tls: Arc::new(TlsClient::new(None).unwrap()),
         own_addrs: Vec::new(),
         pool: Arc::new(Pool::new(4)),
+        mta_sts: None,
     }
 }
 

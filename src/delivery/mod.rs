@@ -24,6 +24,8 @@ pub struct Via {
     pub transmission: Duration,
     /// TLS version and cipher (`TLSv1.3/TLS13_AES_256_GCM_SHA384`), or `none`.
     pub tls: String,
+    /// The server's certificate was verified for its name.
+    pub tls_verified: bool,
 }
 
 impl Via {
@@ -35,6 +37,7 @@ impl Via {
             setup: Duration::ZERO,
             transmission: Duration::ZERO,
             tls: "none".into(),
+            tls_verified: false,
         }
     }
 }

@@ -17,6 +17,7 @@ use super::{Delivered, Failure, Via};
 use crate::config::SmarthostTls;
 use crate::dns::Dns;
 use crate::spool::{Content, Recipient, Ret};
+use crate::tls_policy::mta_sts::{Mode, Policy};
 use client::Client;
 pub(crate) use client::Stream;
 use std::collections::HashMap;
@@ -52,6 +53,8 @@ pub struct RemoteConfig {
     pub own_addrs: Vec<SocketAddr>,
     /// Open connections and the per-server limit.
     pub pool: Arc<Pool>,
+    /// MTA-STS policies of recipient domains, unless turned off.
+    pub mta_sts: Option<Arc<crate::tls_policy::MtaSts>>,
 }
 
 /// A message and the recipients to deliver it to at one destination.
@@ -95,10 +98,21 @@ pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'
 }
 
 async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>, via: &mut Via) -> Outcome {
-    let hops = match route::hops(config, dns, domain).await {
+    let mut hops = match route::hops(config, dns, domain).await {
         Ok(h) => h,
         Err(f) => return all(job, Err(f)),
     };
+    let sts = sts_policy(config, dns, domain).await;
+    let enforce = sts.as_ref().is_some_and(|p| p.mode == Mode::Enforce);
+    if enforce {
+        // RFC 8461 §4.1: only MX hosts the policy names may be used.
+        let policy = sts.as_ref().expect("enforce means a policy");
+        hops.retain(|hop| policy.allows_mx(&hop.host));
+        if hops.is_empty() {
+            let detail = format!("MTA-STS policy of {domain}: no MX host matches the policy");
+            return all(job, Err(Failure::temporary((4, 7, 5), detail)));
+        }
+    }
     let mut last = Failure::temporary((4, 4, 1), format!("no reachable server for {domain}"));
     for hop in &hops {
         let addrs = match route::addresses(config, dns, hop).await {
@@ -112,8 +126,13 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         for addr in addrs {
             via.relay = format!("{}[{}]:{}", hop.host, addr.ip(), addr.port());
             (via.tls, via.transmission) = ("none".into(), Duration::ZERO);
-            match attempt(config, hop, addr, job, via).await {
-                Ok(outcome) => return outcome,
+            match attempt(config, hop, addr, job, via, enforce).await {
+                Ok(outcome) => {
+                    if let Some(policy) = sts.as_ref().filter(|p| p.mode == Mode::Testing) {
+                        report_testing(domain, policy, hop, via);
+                    }
+                    return outcome;
+                }
                 Err(f) => {
                     tracing::info!(host = %hop.host, %addr, reason = %f.detail, "trying next server");
                     last = f;
@@ -121,7 +140,35 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
             }
         }
     }
+    if enforce {
+        // RFC 8461 §5: no MX could be used as the policy demands; the mail waits.
+        last = Failure::temporary((4, 7, 5), format!("MTA-STS policy of {domain}: {}", last.detail));
+    }
     all(job, Err(last))
+}
+
+/// The MTA-STS policy that applies to `domain`: only for mail routed by MX records,
+/// never for the smarthost, `[relay.routes]` or address literals. Mode `none` is no
+/// policy.
+async fn sts_policy(config: &RemoteConfig, dns: &Dns, domain: &str) -> Option<Policy> {
+    let sts = config.mta_sts.as_ref()?;
+    if config.routes.contains_key(domain) || config.smarthost.is_some() || domain.starts_with('[') {
+        return None;
+    }
+    sts.policy(dns, &config.tls, config.allow_loopback, domain).await.filter(|p| p.mode != Mode::None)
+}
+
+/// Mode `testing`: the mail went as usual; one line says whether enforcing the policy
+/// would have stopped it (RFC 8461 §5).
+fn report_testing(domain: &str, policy: &Policy, hop: &Hop, via: &Via) {
+    let problem = if !policy.allows_mx(&hop.host) {
+        "MX host not in the policy"
+    } else if !via.tls_verified {
+        "no TLS with a verified certificate"
+    } else {
+        return;
+    };
+    tracing::warn!(domain, host = %hop.host, problem, "MTA-STS policy (testing) would have failed this delivery");
 }
 
 /// One server. `Err` means "try the next server" (connection failure, or a 4xx/5xx
@@ -132,9 +179,11 @@ async fn attempt(
     addr: SocketAddr,
     job: &Job<'_>,
     via: &mut Via,
+    sts_enforce: bool,
 ) -> Result<Outcome, Failure> {
-    let key = format!("{}|{addr}", hop.host);
-    pooled(config, &key, job, via, connect(config, hop, addr))
+    // A connection opened under MTA-STS is verified; it is pooled apart from the others.
+    let key = if sts_enforce { format!("{}|{addr}|sts", hop.host) } else { format!("{}|{addr}", hop.host) };
+    pooled(config, &key, job, via, connect(config, hop, addr, sts_enforce))
         .await
         .map_err(|e| Failure::temporary((4, 4, 1), format!("{} [{}]: {}", hop.host, addr.ip(), e.what())))
 }
@@ -181,6 +230,7 @@ pub(crate) async fn pooled(
     };
     crate::admin::trace::note_tls(conn.tls_level());
     via.tls = conn.tls().to_string();
+    via.tls_verified = conn.tls_level() == TlsLevel::Verified;
     let sending = Instant::now();
     via.setup = sending - via.started;
     let sent = transaction::send(config, &mut conn, job).await;
@@ -214,7 +264,12 @@ pub(crate) async fn greet(
 }
 
 /// Connects, reads the greeting and says hello (with TLS as the hop needs).
-async fn connect(config: &RemoteConfig, hop: &Hop, addr: SocketAddr) -> Result<transaction::Connection, String> {
+async fn connect(
+    config: &RemoteConfig,
+    hop: &Hop,
+    addr: SocketAddr,
+    sts_enforce: bool,
+) -> Result<transaction::Connection, String> {
     let tcp = timeout(config.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| "connection timed out".to_string())?
@@ -227,6 +282,7 @@ async fn connect(config: &RemoteConfig, hop: &Hop, addr: SocketAddr) -> Result<t
     let policy = match (smarthost, config.smarthost_tls) {
         (true, SmarthostTls::None) => TlsPolicy::Off,
         (true, _) => TlsPolicy::Required,
+        (false, _) if sts_enforce => TlsPolicy::Required,
         (false, _) if config.starttls => TlsPolicy::Opportunistic,
         (false, _) => TlsPolicy::Off,
     };
