@@ -3,6 +3,7 @@
 //! fetched and expires. What to do with a cached policy is decided by [`decide`].
 
 use super::mta_sts::{self, Policy};
+use crate::files::{self, Access};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -94,13 +95,14 @@ pub fn load(dir: &Path, domain: &str) -> Option<Entry> {
     serde_json::from_slice(&text).ok()
 }
 
-/// Stores `entry` for `domain`: written to a temporary file, synced, then renamed into
-/// place, so a crash leaves the old entry or the new one.
+/// Stores `entry` for `domain` (owner-only, like all of the data dir): written to a
+/// temporary file, synced, then renamed into place, so a crash leaves the old entry or
+/// the new one.
 pub fn store(dir: &Path, domain: &str, entry: &Entry) -> io::Result<()> {
     let target = path(dir, domain).ok_or_else(|| io::Error::other(format!("bad domain {domain}")))?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{domain}.json.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
+    files::create_dir_all(dir, Access::PRIVATE)?;
+    let tmp = dir.join(format!(".{}.json.tmp", domain.to_ascii_lowercase()));
+    let mut file = files::create_file(&tmp, Access::PRIVATE, false)?;
     file.write_all(&serde_json::to_vec(entry).map_err(io::Error::other)?)?;
     file.sync_all()?;
     std::fs::rename(&tmp, &target)
@@ -143,7 +145,8 @@ mod tests {
         let loaded = load(&dir, "remote.test").unwrap();
         assert_eq!(loaded, entry);
         assert_eq!(loaded.parsed().unwrap(), policy);
-        assert!(tmp.path().join("mta-sts/remote.test.json").is_file());
+        let meta = std::fs::metadata(tmp.path().join("mta-sts/remote.test.json")).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
         let (newer, _) = Entry::new("id2", POLICY, 2000).unwrap();
         store(&dir, "remote.test", &newer).unwrap();
         assert_eq!(load(&dir, "remote.test").unwrap().id, "id2");

@@ -171,21 +171,15 @@ pub fn parse_policy(text: &str) -> Result<Policy, ParseError> {
             "version" => {
                 version.get_or_insert(value);
             }
-            "mode" => {
-                if mode.is_none() {
-                    mode = Some(match value {
-                        "enforce" => Mode::Enforce,
-                        "testing" => Mode::Testing,
-                        "none" => Mode::None,
-                        _ => return err(format!("unknown mode: {value}")),
-                    });
-                }
+            "mode" if mode.is_none() => {
+                mode = Some(match value {
+                    "enforce" => Mode::Enforce,
+                    "testing" => Mode::Testing,
+                    "none" => Mode::None,
+                    _ => return err(format!("unknown mode: {value}")),
+                });
             }
-            "max_age" => {
-                if max_age.is_none() {
-                    max_age = Some(parse_max_age(value)?);
-                }
-            }
+            "max_age" if max_age.is_none() => max_age = Some(parse_max_age(value)?),
             "mx" => mx.push(parse_mx(value)?),
             _ => {}
         }
