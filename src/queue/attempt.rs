@@ -288,10 +288,11 @@ async fn deliver(
         let domain = r.address.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
         if !r.local {
             remote.push(i);
-        } else if let Method::Lmtp(server) = settings.config.local.method_for(domain) {
-            by_lmtp.entry(server).or_default().push((i, r));
-        } else {
-            local.push(i);
+            continue;
+        }
+        match settings.config.local.method_for(domain) {
+            Method::Lmtp(server) => by_lmtp.entry(server).or_default().push((i, r)),
+            method => local.push((i, method)),
         }
     }
     let mut by_destination: BTreeMap<String, Vec<(usize, &Recipient)>> = BTreeMap::new();
@@ -312,9 +313,10 @@ async fn deliver(
         let results = tokio::task::spawn_blocking(move || {
             local
                 .iter()
-                .map(|&i| {
-                    let mut via = Via::starting("local");
-                    let result = deliver_local(&settings2, &envelope, &envelope.recipients[i], &content, &mut via);
+                .map(|(i, method)| {
+                    let (i, mut via) = (*i, Via::starting("local"));
+                    let rcpt = &envelope.recipients[i];
+                    let result = deliver_local(&settings2, &envelope, rcpt, method, &content, &mut via);
                     via.transmission = via.started.elapsed();
                     (i, result, via)
                 })
@@ -351,12 +353,13 @@ async fn deliver(
     }
 }
 
-/// Delivers to one local recipient by its domain's method: a Maildir, or a delivery
+/// Delivers to one local recipient by its domain's `method`: a Maildir, or a delivery
 /// command (`relay=command` in the log).
 fn deliver_local(
     settings: &Settings,
     envelope: &Envelope,
     rcpt: &Recipient,
+    method: &Method,
     content: &Content,
     via: &mut Via,
 ) -> Result<Delivered, Failure> {
@@ -365,7 +368,7 @@ fn deliver_local(
         .rsplit_once('@')
         .ok_or_else(|| Failure::permanent((5, 1, 3), format!("bad mailbox {}", rcpt.address)))?;
     let local = &settings.config.local;
-    if let Method::Command(argv) = local.method_for(domain) {
+    if let Method::Command(argv) = method {
         via.relay = "command".into();
         let vars = command::Vars {
             sender: envelope.sender.clone(),
@@ -378,7 +381,7 @@ fn deliver_local(
         };
         // Postfix's local(8) adds these two for a command as for a mailbox.
         let header = format!("Return-Path: <{}>\nDelivered-To: {}\n", envelope.sender, rcpt.address);
-        return command::deliver(&argv, &vars, &header, content, local.command_timeout);
+        return command::deliver(argv, &vars, &header, content, local.command_timeout);
     }
     let header = format!("Return-Path: <{}>\r\nDelivered-To: {}\r\n", envelope.sender, rcpt.address);
     let host = maildir::host_for_names(&settings.config.hostname);
