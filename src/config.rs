@@ -335,11 +335,61 @@ pub struct Dns {
     /// How long to wait for a nameserver's answer; a question is asked twice.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// DNSSEC for outbound DANE (RFC 7672): off, validated here, or trusted from a
+    /// validating resolver on loopback.
+    pub dnssec: Dnssec,
+    /// DNSKEY records (zone-file format) to validate from instead of the root's keys,
+    /// with `dnssec = "validate"`.
+    pub trust_anchor: Option<PathBuf>,
 }
 
 impl Default for Dns {
     fn default() -> Self {
-        Dns { nameservers: Vec::new(), timeout: Duration::from_secs(5) }
+        Dns { nameservers: Vec::new(), timeout: Duration::from_secs(5), dnssec: Dnssec::Off, trust_anchor: None }
+    }
+}
+
+/// `[dns] dnssec`: where DNSSEC answers for DANE come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dnssec {
+    /// No DNSSEC, no DANE.
+    #[default]
+    Off,
+    /// Tern validates signatures itself, from the root's keys or `trust_anchor`.
+    Validate,
+    /// The nameserver (a validating resolver on loopback) is asked with the DO and AD
+    /// bits and its AD bit is believed, like Postfix's `smtp_dns_support_level = dane`.
+    TrustResolver,
+}
+
+impl Dns {
+    /// `trust-resolver` believes the AD bit, which only a resolver on this machine
+    /// can be trusted to set: the path to any other is unprotected (RFC 6698 §A.3.1).
+    fn validate(&self) -> Result<(), String> {
+        match self.dnssec {
+            Dnssec::TrustResolver => {
+                if self.nameservers.is_empty() {
+                    return Err("dns.dnssec: \"trust-resolver\" needs dns.nameservers: a validating resolver on \
+                                loopback (127.0.0.1 or [::1])"
+                        .into());
+                }
+                if let Some(far) = self.nameservers.iter().find(|a| !a.ip().is_loopback()) {
+                    return Err(format!(
+                        "dns.dnssec: \"trust-resolver\" trusts the AD bit of the nameserver, but {far} is not on \
+                         loopback: run a validating resolver on this machine, or use dnssec = \"validate\""
+                    ));
+                }
+                if self.trust_anchor.is_some() {
+                    return Err("dns.trust_anchor: used only with dnssec = \"validate\"".into());
+                }
+            }
+            Dnssec::Off if self.trust_anchor.is_some() => {
+                return Err("dns.trust_anchor: used only with dnssec = \"validate\"".into());
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -485,6 +535,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.dns.validate()?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls: cert and key go together".into());
         }

@@ -39,6 +39,27 @@ pub enum Mx {
     None,
 }
 
+/// The exchanges of an MX RRset, best first (RFC 5321 §5.1).
+pub fn mx_hosts<'a>(records: impl Iterator<Item = &'a RData>) -> Mx {
+    let mut hosts: Vec<(u16, String)> = records
+        .filter_map(|r| match r {
+            RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
+            _ => None,
+        })
+        .collect();
+    if hosts.is_empty() {
+        return Mx::None;
+    }
+    if hosts.iter().any(|(_, h)| h.is_empty()) {
+        // RFC 7505 §3: a null MX is the only MX record of its domain.
+        return Mx::Null;
+    }
+    // §5.1: equal preferences are tried in random order.
+    fastrand::shuffle(&mut hosts);
+    hosts.sort_by_key(|(pref, _)| *pref);
+    Mx::Hosts(hosts)
+}
+
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioResolver,
@@ -137,25 +158,7 @@ impl Dns {
                 };
             }
         };
-        let mut hosts: Vec<(u16, String)> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
-                _ => None,
-            })
-            .collect();
-        if hosts.is_empty() {
-            return Ok(Mx::None);
-        }
-        if hosts.iter().any(|(_, h)| h.is_empty()) {
-            // RFC 7505 §3: a null MX is the only MX record of its domain.
-            return Ok(Mx::Null);
-        }
-        // §5.1: equal preferences are tried in random order.
-        fastrand::shuffle(&mut hosts);
-        hosts.sort_by_key(|(pref, _)| *pref);
-        Ok(Mx::Hosts(hosts))
+        Ok(mx_hosts(lookup.answers().iter().map(|r| &r.data)))
     }
 
     /// A mail-auth authenticator (SPF, DKIM, DMARC) asking the same nameservers.

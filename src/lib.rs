@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod dnssec;
 pub mod fault;
 pub mod files;
 pub mod filter;

@@ -122,6 +122,7 @@ fn config() -> RemoteConfig {
         own_addrs: Vec::new(),
         pool: Arc::new(Pool::new(4)),
         mta_sts: None,
+        dane: None,
     }
 }
 

@@ -24,8 +24,10 @@ pub struct Via {
     pub transmission: Duration,
     /// TLS version and cipher (`TLSv1.3/TLS13_AES_256_GCM_SHA384`), or `none`.
     pub tls: String,
-    /// The server's certificate was verified for its name.
+    /// The server's certificate was verified for its name, or by DANE.
     pub tls_verified: bool,
+    /// The server's certificate matched its DANE TLSA records (RFC 7672).
+    pub dane: bool,
 }
 
 impl Via {
@@ -38,6 +40,7 @@ impl Via {
             transmission: Duration::ZERO,
             tls: "none".into(),
             tls_verified: false,
+            dane: false,
         }
     }
 }

@@ -259,6 +259,7 @@ pub struct Metrics {
     dns: Vec<Vec<Counter>>,
     spam: Vec<Counter>,
     milter_results: Family<Labels, Counter>,
+    dane: Vec<(&'static str, Counter)>,
 }
 
 /// Series of a family with one label, one per value.
@@ -395,6 +396,13 @@ impl Metrics {
             spam_family.clone(),
         );
         let spam = series(&spam_family, "action", &SPAM_RESULTS);
+        let dane_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_dane_results",
+            "DANE decisions and failures for MX hosts (RFC 7672), by result (TLS-RPT names for failures)",
+            dane_family.clone(),
+        );
+        let dane = DANE_RESULTS.iter().copied().zip(series(&dane_family, "result", &DANE_RESULTS)).collect();
         Metrics {
             registry,
             connections_active,
@@ -413,6 +421,7 @@ impl Metrics {
             dns,
             spam,
             milter_results,
+            dane,
         }
     }
 
@@ -479,6 +488,13 @@ impl Metrics {
         self.dns[kind as usize][result as usize].inc();
     }
 
+    /// A DANE result, by its name (`DaneResult::name`); other names are not counted.
+    pub fn dane(&self, result: &str) {
+        if let Some((_, counter)) = self.dane.iter().find(|(name, _)| *name == result) {
+            counter.inc();
+        }
+    }
+
     pub fn spam_result(&self, result: SpamResult) {
         self.spam[result as usize].inc();
     }
@@ -490,6 +506,20 @@ impl Metrics {
         out
     }
 }
+
+/// The values of `tern_dane_results_total{result}`: a decision, or a failure by its
+/// TLS-RPT result type (RFC 8460 §4.3), as `tls_policy::dane::DaneResult` names them.
+pub const DANE_RESULTS: [&str; 9] = [
+    "verified",
+    "no-tlsa",
+    "tlsa-invalid",
+    "dnssec-invalid",
+    "dane-required",
+    "certificate-host-mismatch",
+    "certificate-expired",
+    "validation-failure",
+    "starttls-not-supported",
+];
 
 /// Seconds: from a millisecond to a minute.
 const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0];

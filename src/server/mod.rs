@@ -252,6 +252,7 @@ fn queue_config(config: &Config, own_addrs: Vec<SocketAddr>) -> Result<QueueConf
         pool: Arc::new(Pool::new(out.max_connections_per_host)),
         own_addrs,
         mta_sts: out.mta_sts.then(|| Arc::new(crate::tls_policy::MtaSts::new(&config.data_dir))),
+        dane: crate::dnssec::SecureDns::new(&config.dns)?,
     };
     Ok(QueueConfig {
         retry: config.queue.retry.clone(),

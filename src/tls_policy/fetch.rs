@@ -38,7 +38,7 @@ pub async fn fetch(tls: &TlsClient, dns: &Dns, allow_loopback: bool, domain: &st
 /// One GET of the policy from `addr`.
 async fn get(tls: &TlsClient, host: &str, addr: SocketAddr) -> Result<String, String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("cannot connect: {e}"))?;
-    let (stream, level, _) = tls.handshake(Box::new(tcp), host).await.map_err(|e| e.0)?;
+    let (stream, level, _) = tls.handshake(Box::new(tcp), host, None).await.map_err(|e| e.0)?;
     if level != TlsLevel::Verified {
         return Err(format!("certificate not verified for {host}"));
     }

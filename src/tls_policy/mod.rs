@@ -1,7 +1,10 @@
 //! Policies published by recipient domains that decide how strictly outbound TLS is
-//! required for them. MTA-STS (RFC 8461) is the one Tern understands.
+//! required for them: DANE (RFC 7672, [`dane`]) where the MX host publishes TLSA
+//! records under DNSSEC, else MTA-STS (RFC 8461).
 
 pub mod cache;
+pub mod dane;
+mod dane_match;
 pub mod fetch;
 pub mod mta_sts;
 

@@ -2,6 +2,7 @@
 //! transaction for all recipients of a message that go to the same destination.
 
 mod client;
+mod dane;
 mod fold;
 mod pool;
 pub mod route;
@@ -17,6 +18,7 @@ use super::{Delivered, Failure, Via};
 use crate::config::SmarthostTls;
 use crate::dns::Dns;
 use crate::spool::{Content, Recipient, Ret};
+use crate::tls_policy::dane::{DaneResult, HostPolicy};
 use crate::tls_policy::mta_sts::{Mode, Policy};
 use client::Client;
 pub(crate) use client::Stream;
@@ -55,6 +57,8 @@ pub struct RemoteConfig {
     pub pool: Arc<Pool>,
     /// MTA-STS policies of recipient domains, unless turned off.
     pub mta_sts: Option<Arc<crate::tls_policy::MtaSts>>,
+    /// DNSSEC lookups for DANE (RFC 7672), unless `[dns] dnssec` is off.
+    pub dane: Option<Arc<crate::dnssec::SecureDns>>,
 }
 
 /// A message and the recipients to deliver it to at one destination.
@@ -82,6 +86,25 @@ pub enum TlsPolicy {
     Opportunistic,
     /// TLS with a verified certificate, or no delivery.
     Required,
+    /// DANE (RFC 7672): TLS, and the certificate must match the host's TLSA records.
+    Dane,
+    /// TLS without authentication, or no delivery: the host's TLSA records exist but
+    /// none is usable (RFC 7672 §2.2).
+    Encrypt,
+}
+
+impl TlsPolicy {
+    /// No delivery without TLS.
+    pub fn is_mandatory(self) -> bool {
+        matches!(self, TlsPolicy::Required | TlsPolicy::Dane | TlsPolicy::Encrypt)
+    }
+
+    /// No delivery unless the server proves who it is: by a verified certificate, or
+    /// by DANE. A connection opened under such a policy carries mail that needs
+    /// authenticated TLS (REQUIRETLS, RFC 8689).
+    pub fn is_authenticated(self) -> bool {
+        matches!(self, TlsPolicy::Required | TlsPolicy::Dane)
+    }
 }
 
 /// Delivers `job` to `domain` (canonical form): tries each hop and address in turn
@@ -102,7 +125,12 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         Ok(h) => h,
         Err(f) => return all(job, Err(f)),
     };
-    let sts = sts_policy(config, dns, domain).await;
+    let dane = match dane_plan(config, domain, &mut hops).await {
+        Ok(plan) => plan,
+        Err(f) => return all(job, Err(f)),
+    };
+    // RFC 8461 §2: DANE takes precedence over MTA-STS.
+    let sts = if dane.is_some() { None } else { sts_policy(config, dns, domain).await };
     let enforce = sts.as_ref().is_some_and(|p| p.mode == Mode::Enforce);
     if enforce {
         // RFC 8461 §4.1: only MX hosts the policy names may be used.
@@ -114,7 +142,17 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         }
     }
     let mut last = Failure::temporary((4, 4, 1), format!("no reachable server for {domain}"));
-    for hop in &hops {
+    // The first failure DANE caused: with no server left, the mail waits with it.
+    let mut dane_failure: Option<Failure> = None;
+    for (i, hop) in hops.iter().enumerate() {
+        let host_policy = dane.as_ref().map_or(&HostPolicy::None, |p| &p[i]);
+        if let HostPolicy::Unusable(why) = host_policy {
+            // RFC 7672 §2.2.2: a host whose TLSA records cannot be trusted is skipped.
+            let f = Failure::temporary((4, 7, 5), format!("DANE: {}: {why}", hop.host));
+            dane_failure.get_or_insert(f.clone());
+            last = f;
+            continue;
+        }
         let addrs = match route::addresses(config, dns, hop).await {
             Ok(a) => a,
             Err(f) if !f.temporary => return all(job, Err(f)),
@@ -126,8 +164,13 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         for addr in addrs {
             via.relay = format!("{}[{}]:{}", hop.host, addr.ip(), addr.port());
             (via.tls, via.transmission) = ("none".into(), Duration::ZERO);
-            match attempt(config, hop, addr, job, via, enforce).await {
+            match attempt(config, hop, addr, job, via, enforce, host_policy).await {
                 Ok(outcome) => {
+                    if let HostPolicy::Verify(check) = host_policy {
+                        DaneResult::Verified.count();
+                        let records: Vec<String> = check.records.iter().map(|r| r.to_string()).collect();
+                        tracing::info!(domain, host = %hop.host, %addr, records = %records.join(", "), "DANE verified");
+                    }
                     if let Some(policy) = sts.as_ref().filter(|p| p.mode == Mode::Testing) {
                         report_testing(domain, policy, hop, via);
                     }
@@ -135,16 +178,40 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
                 }
                 Err(f) => {
                     tracing::info!(host = %hop.host, %addr, reason = %f.detail, "trying next server");
+                    if let Some(kind) = host_policy.check().and_then(|c| c.take_failure()) {
+                        DaneResult::Failed(kind).count();
+                        tracing::warn!(domain, host = %hop.host, %addr, result = %kind, reason = %f.detail, "DANE failure");
+                        let f = Failure::temporary((4, 7, 5), format!("DANE: {} ({kind}): {}", hop.host, f.detail));
+                        dane_failure.get_or_insert(f);
+                    }
                     last = f;
                 }
             }
         }
+    }
+    if let Some(f) = dane_failure {
+        // RFC 7672 §2.2: no downgrade past a DANE failure; the mail waits.
+        return all(job, Err(f));
     }
     if enforce {
         // RFC 8461 §5: no MX could be used as the policy demands; the mail waits.
         last = Failure::temporary((4, 7, 5), format!("MTA-STS policy of {domain}: {}", last.detail));
     }
     all(job, Err(last))
+}
+
+/// The DANE policy of each hop, when `[dns] dnssec` is on and the mail is routed by
+/// MX records (never for the smarthost, `[relay.routes]` or address literals).
+async fn dane_plan(
+    config: &RemoteConfig,
+    domain: &str,
+    hops: &mut Vec<Hop>,
+) -> Result<Option<Vec<HostPolicy>>, Failure> {
+    let Some(secure) = config.dane.as_ref() else { return Ok(None) };
+    if config.routes.contains_key(domain) || config.smarthost.is_some() || domain.starts_with('[') {
+        return Ok(None);
+    }
+    dane::plan(secure, domain, config.port, hops).await
 }
 
 /// The MTA-STS policy that applies to `domain`: only for mail routed by MX records,
@@ -180,10 +247,17 @@ async fn attempt(
     job: &Job<'_>,
     via: &mut Via,
     sts_enforce: bool,
+    dane: &HostPolicy,
 ) -> Result<Outcome, Failure> {
-    // A connection opened under MTA-STS is verified; it is pooled apart from the others.
-    let key = if sts_enforce { format!("{}|{addr}|sts", hop.host) } else { format!("{}|{addr}", hop.host) };
-    pooled(config, &key, job, via, connect(config, hop, addr, sts_enforce))
+    // A connection opened under MTA-STS or DANE is checked as they demand; it is
+    // pooled apart from the others.
+    let key = match dane {
+        HostPolicy::Verify(_) => format!("{}|{addr}|dane", hop.host),
+        HostPolicy::Encrypt(_) => format!("{}|{addr}|encrypt", hop.host),
+        _ if sts_enforce => format!("{}|{addr}|sts", hop.host),
+        _ => format!("{}|{addr}", hop.host),
+    };
+    pooled(config, &key, job, via, connect(config, hop, addr, sts_enforce, dane))
         .await
         .map_err(|e| Failure::temporary((4, 4, 1), format!("{} [{}]: {}", hop.host, addr.ip(), e.what())))
 }
@@ -229,8 +303,10 @@ pub(crate) async fn pooled(
         None => connect.await.map_err(Broken::Connect)?,
     };
     crate::admin::trace::note_tls(conn.tls_level());
-    via.tls = conn.tls().to_string();
-    via.tls_verified = conn.tls_level() == TlsLevel::Verified;
+    via.dane = conn.tls_level() == TlsLevel::Dane;
+    // The delivery log says `tls=dane/TLSv1.3/…` for a certificate DANE vouched for.
+    via.tls = if via.dane { format!("dane/{}", conn.tls()) } else { conn.tls().to_string() };
+    via.tls_verified = conn.tls_level().is_authenticated();
     let sending = Instant::now();
     via.setup = sending - via.started;
     let sent = transaction::send(config, &mut conn, job).await;
@@ -269,6 +345,7 @@ async fn connect(
     hop: &Hop,
     addr: SocketAddr,
     sts_enforce: bool,
+    dane: &HostPolicy,
 ) -> Result<transaction::Connection, String> {
     let tcp = timeout(config.connect_timeout, TcpStream::connect(addr))
         .await
@@ -282,13 +359,15 @@ async fn connect(
     let policy = match (smarthost, config.smarthost_tls) {
         (true, SmarthostTls::None) => TlsPolicy::Off,
         (true, _) => TlsPolicy::Required,
+        (false, _) if matches!(dane, HostPolicy::Verify(_)) => TlsPolicy::Dane,
+        (false, _) if matches!(dane, HostPolicy::Encrypt(_)) => TlsPolicy::Encrypt,
         (false, _) if sts_enforce => TlsPolicy::Required,
         (false, _) if config.starttls => TlsPolicy::Opportunistic,
         (false, _) => TlsPolicy::Off,
     };
     let (mut level, mut cipher) = (TlsLevel::None, None);
     if smarthost && config.smarthost_tls == SmarthostTls::Implicit {
-        let (tls, l, c) = timeout(config.connect_timeout, config.tls.handshake(stream, &hop.host))
+        let (tls, l, c) = timeout(config.connect_timeout, config.tls.handshake(stream, &hop.host, None))
             .await
             .map_err(|_| "TLS handshake timed out".to_string())?
             .map_err(|e| e.0)?;
@@ -296,7 +375,8 @@ async fn connect(
         (level, cipher) = (l, Some(c));
     }
     let peer = format!("{} [{}]", hop.host, addr.ip());
+    let dane = dane.check().map(|c| &**c);
     let session =
-        transaction::Session { peer: &peer, host: &hop.host, ip: addr.ip(), policy, level, cipher, lmtp: false };
+        transaction::Session { peer: &peer, host: &hop.host, ip: addr.ip(), policy, level, cipher, lmtp: false, dane };
     greet(config, stream, session).await
 }

@@ -7,7 +7,7 @@ use crate::dns::{Dns, DnsError, Mx};
 use std::net::{IpAddr, SocketAddr};
 
 /// At most this many MX hosts are tried in one attempt.
-const MAX_MX_HOSTS: usize = 5;
+pub const MAX_MX_HOSTS: usize = 5;
 
 /// A host to try: its name (for logs and TLS) and port.
 #[derive(Debug, Clone, PartialEq, Eq)]

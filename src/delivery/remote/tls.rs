@@ -3,6 +3,7 @@
 //! is then classified by checking the certificate against the trust roots.
 
 use super::client::{ConnError, Stream};
+use crate::tls_policy::dane::{DaneCheck, DaneFailure};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -22,6 +23,15 @@ pub enum TlsLevel {
     Encrypted,
     /// Encrypted, and the certificate matches the host name and a trusted root.
     Verified,
+    /// Encrypted, and the certificate matched the host's DANE TLSA records (RFC 7672).
+    Dane,
+}
+
+impl TlsLevel {
+    /// The server proved who it is: a verified certificate, or one DANE vouched for.
+    pub fn is_authenticated(self) -> bool {
+        matches!(self, TlsLevel::Verified | TlsLevel::Dane)
+    }
 }
 
 impl fmt::Display for TlsLevel {
@@ -30,6 +40,7 @@ impl fmt::Display for TlsLevel {
             TlsLevel::None => "none",
             TlsLevel::Encrypted => "encrypted",
             TlsLevel::Verified => "verified",
+            TlsLevel::Dane => "dane",
         })
     }
 }
@@ -84,6 +95,7 @@ impl ServerCertVerifier for AcceptAny {
 pub struct TlsClient {
     connector: TlsConnector,
     verifier: Arc<WebPkiServerVerifier>,
+    provider: Arc<CryptoProvider>,
 }
 
 impl fmt::Debug for TlsClient {
@@ -114,26 +126,40 @@ impl TlsClient {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
             .with_no_client_auth();
-        Ok(TlsClient { connector: TlsConnector::from(Arc::new(config)), verifier })
+        Ok(TlsClient { connector: TlsConnector::from(Arc::new(config)), verifier, provider })
     }
 
     /// Runs the handshake on `stream`; says how well the peer was verified, and the
-    /// version and cipher (`TLSv1.3/TLS13_AES_256_GCM_SHA384`).
+    /// version and cipher (`TLSv1.3/TLS13_AES_256_GCM_SHA384`). With `dane`, the
+    /// certificate must match its TLSA records instead (RFC 7672 §3): a mismatch is an
+    /// error, its kind noted in `dane`.
     pub async fn handshake(
         &self,
         stream: Box<dyn Stream>,
         host: &str,
+        dane: Option<&DaneCheck>,
     ) -> Result<(Box<dyn Stream>, TlsLevel, String), ConnError> {
         let name =
             ServerName::try_from(host.to_string()).map_err(|e| ConnError(format!("bad TLS name {host}: {e}")))?;
         let metrics = crate::metrics::get();
         let tls = self.connector.connect(name.clone(), stream).await.map_err(|e| {
             metrics.tls_handshake(crate::metrics::Direction::Outbound, crate::metrics::TlsOutcome::Failed);
+            if let Some(check) = dane {
+                check.fail(DaneFailure::ValidationFailure);
+            }
             ConnError(format!("TLS handshake failed: {e}"))
         })?;
         metrics.tls_version(crate::metrics::Direction::Outbound, tls.get_ref().1.protocol_version());
+        let cipher = negotiated(tls.get_ref().1);
+        if let Some(check) = dane {
+            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+            check
+                .verify(chain, &self.provider)
+                .map_err(|kind| ConnError(format!("DANE: the certificate does not match the TLSA records ({kind})")))?;
+            return Ok((Box::new(tls), TlsLevel::Dane, cipher));
+        }
         let level = match tls.get_ref().1.peer_certificates() {
             Some([end_entity, intermediates @ ..]) => {
                 match self.verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()) {
@@ -143,7 +169,6 @@ impl TlsClient {
             }
             _ => TlsLevel::Encrypted,
         };
-        let cipher = negotiated(tls.get_ref().1);
         Ok((Box::new(tls), level, cipher))
     }
 }

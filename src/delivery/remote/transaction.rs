@@ -7,6 +7,7 @@ use super::tls::TlsLevel;
 use super::{Job, Outcome, RemoteConfig, TlsPolicy};
 use crate::delivery::{Delivered, Detail, Failure, ServerReply};
 use crate::spool::{Content, PIECE};
+use crate::tls_policy::dane::{DaneCheck, DaneFailure};
 use std::io;
 use std::net::IpAddr;
 
@@ -75,6 +76,9 @@ pub struct Session<'a> {
     pub cipher: Option<String>,
     /// Speak LMTP (RFC 2033) rather than SMTP.
     pub lmtp: bool,
+    /// The host's DANE records, with policy `Dane` or `Encrypt`: where their failures
+    /// are noted.
+    pub dane: Option<&'a DaneCheck>,
 }
 
 async fn hello(config: &RemoteConfig, client: &mut Client, lmtp: bool) -> Result<Capabilities, ConnError> {
@@ -139,20 +143,40 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
     let mut caps = hello(config, &mut client, lmtp).await?;
     let (mut level, mut cipher) = (session.level, session.cipher);
     // An LMTP server is local: no TLS or AUTH.
-    if !lmtp && level == TlsLevel::None && caps.starttls && session.policy != TlsPolicy::Off {
+    let policy = session.policy;
+    // The TLSA records are checked in the handshake only when they are to be matched.
+    let verify = session.dane.filter(|_| policy == TlsPolicy::Dane);
+    let no_starttls = |why: String| {
+        if let Some(check) = session.dane {
+            check.fail(DaneFailure::StarttlsNotSupported);
+            return ConnError(format!("DANE: {why}; TLS is mandatory for this host (RFC 7672 §2.2)"));
+        }
+        ConnError(why)
+    };
+    if !lmtp && level == TlsLevel::None && caps.starttls && policy != TlsPolicy::Off {
         let reply = client.command("STARTTLS").await?;
         if reply.code == 220 {
-            let (l, c) = client.start_tls(&config.tls, session.host).await?;
+            let (l, c) = client.start_tls(&config.tls, session.host, verify).await?;
             (level, cipher) = (l, Some(c));
             // RFC 3207 §4.2: everything learned before TLS is forgotten.
             caps = hello(config, &mut client, false).await?;
-        } else if session.policy == TlsPolicy::Required {
-            return Err(ConnError(format!("STARTTLS refused: {}", reply.text())));
+        } else if policy.is_mandatory() {
+            return Err(no_starttls(format!("STARTTLS refused: {}", reply.text())));
         }
     }
-    if !lmtp && session.policy == TlsPolicy::Required && level != TlsLevel::Verified {
+    if !lmtp && policy.is_mandatory() && level == TlsLevel::None {
         let _ = client.command("QUIT").await;
-        return Err(ConnError(format!("TLS with a verified certificate is required, got: {level}")));
+        return Err(no_starttls("STARTTLS not offered".to_string()));
+    }
+    let wanted = match policy {
+        TlsPolicy::Required => TlsLevel::Verified,
+        TlsPolicy::Dane => TlsLevel::Dane,
+        _ => TlsLevel::None,
+    };
+    if !lmtp && wanted != TlsLevel::None && level != wanted {
+        let _ = client.command("QUIT").await;
+        let what = if wanted == TlsLevel::Dane { "matching the TLSA records" } else { "verified" };
+        return Err(ConnError(format!("TLS with a {what} certificate is required, got: {level}")));
     }
     if let Some((user, password)) = config.auth.as_ref().filter(|_| !lmtp) {
         authenticate(&mut client, &caps, user, password).await?;

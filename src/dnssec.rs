@@ -1,0 +1,331 @@
+//! DNSSEC-aware lookups for DANE (RFC 7672 §2.1), configured by `[dns] dnssec`:
+//! `validate` checks signatures here (hickory's validator, from the root's trust
+//! anchor or `[dns] trust_anchor`); `trust-resolver` asks the configured nameserver,
+//! a validating resolver on loopback, with the DO and AD bits and believes its AD bit
+//! (as Postfix's `smtp_dns_support_level = dane` does).
+//!
+//! Every answer says whether it is secure. Bogus and indeterminate answers are errors
+//! the caller must not downgrade past. Answers, denials included, are cached for
+//! their TTL, so a destination costs no lookups while cached.
+
+use crate::config::{self, Dnssec};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::op::{Edns, Message, Query, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::{Resolver, TokioResolver};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::timeout;
+
+/// The longest an answer is kept, whatever its TTL.
+const MAX_TTL: u32 = 86_400;
+/// The TTL of a denial that carries no SOA.
+const DEFAULT_NEGATIVE_TTL: u32 = 300;
+/// Most answers kept; the cache is emptied of expired ones, then cleared, past it.
+const MAX_ENTRIES: usize = 10_000;
+
+/// An answer and whether DNSSEC vouches for it. No records means the name or the
+/// type does not exist (NXDOMAIN or NODATA); `secure` then says the denial is proven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub records: Vec<RData>,
+    pub secure: bool,
+}
+
+/// A lookup DNSSEC could not settle: RFC 7672 §2.1.1 forbids treating it as insecure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecureError {
+    /// Signatures failed validation.
+    Bogus(String),
+    /// No usable answer: timeout, SERVFAIL (a validating resolver's answer to bogus
+    /// data too), network trouble.
+    Indeterminate(String),
+}
+
+impl std::fmt::Display for SecureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecureError::Bogus(e) => write!(f, "DNSSEC validation failed: {e}"),
+            SecureError::Indeterminate(e) => write!(f, "no answer: {e}"),
+        }
+    }
+}
+
+enum Backend {
+    /// hickory validates.
+    Validate(TokioResolver),
+    /// A validating resolver on loopback: its AD bit is believed.
+    TrustResolver { servers: Vec<SocketAddr>, timeout: Duration },
+}
+
+/// DNSSEC-aware lookups, with their cache.
+pub struct SecureDns {
+    backend: Backend,
+    cache: Mutex<HashMap<(String, RecordType), (Answer, Instant)>>,
+}
+
+impl std::fmt::Debug for SecureDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecureDns")
+    }
+}
+
+/// The DNSKEY records of a trust anchor file (zone-file format).
+fn anchors(path: &std::path::Path) -> Result<TrustAnchors, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("[dns] trust_anchor {}: {e}", path.display()))?;
+    let anchors: TrustAnchors = text.parse().map_err(|e| {
+        format!("[dns] trust_anchor {}: {e} (expected DNSKEY records in zone-file format)", path.display())
+    })?;
+    if !text.lines().any(|l| l.contains("DNSKEY")) {
+        return Err(format!("[dns] trust_anchor {}: no DNSKEY record found", path.display()));
+    }
+    Ok(anchors)
+}
+
+impl SecureDns {
+    /// The lookups `[dns] dnssec` asks for; `None` when it is off.
+    pub fn new(config: &config::Dns) -> Result<Option<Arc<SecureDns>>, String> {
+        let backend = match config.dnssec {
+            Dnssec::Off => return Ok(None),
+            Dnssec::TrustResolver => {
+                Backend::TrustResolver { servers: config.nameservers.clone(), timeout: config.timeout }
+            }
+            Dnssec::Validate => Backend::Validate(validating(config)?),
+        };
+        Ok(Some(Arc::new(SecureDns { backend, cache: Mutex::new(HashMap::new()) })))
+    }
+
+    /// The records of one type at `name` (CNAMEs followed), and whether they are
+    /// secure; cached for their TTL.
+    pub async fn lookup(&self, name: &str, kind: RecordType) -> Result<Answer, SecureError> {
+        let fqdn =
+            if name.ends_with('.') { name.to_ascii_lowercase() } else { format!("{}.", name.to_ascii_lowercase()) };
+        let key = (fqdn.clone(), kind);
+        let now = Instant::now();
+        if let Some((answer, _)) = self.cache.lock().unwrap().get(&key).filter(|(_, until)| *until > now) {
+            return Ok(answer.clone());
+        }
+        let name = Name::from_ascii(&fqdn).map_err(|e| SecureError::Indeterminate(format!("bad name {fqdn}: {e}")))?;
+        let (answer, ttl) = match &self.backend {
+            Backend::Validate(resolver) => validated(resolver, name, kind).await?,
+            Backend::TrustResolver { servers, timeout } => trusted(servers, *timeout, name, kind).await?,
+        };
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= MAX_ENTRIES {
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (answer.clone(), now + Duration::from_secs(ttl.min(MAX_TTL).into())));
+        Ok(answer)
+    }
+}
+
+/// A resolver validating from the root's keys or `[dns] trust_anchor`.
+fn validating(config: &config::Dns) -> Result<TokioResolver, String> {
+    let mut options = ResolverOpts::default();
+    options.timeout = config.timeout;
+    options.attempts = 2;
+    options.validate = true;
+    let provider = TokioRuntimeProvider::default();
+    let builder = if config.nameservers.is_empty() {
+        Resolver::builder(provider).map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?
+    } else {
+        let servers = config
+            .nameservers
+            .iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+    };
+    let anchors = match &config.trust_anchor {
+        Some(path) => anchors(path)?,
+        None => TrustAnchors::default(),
+    };
+    builder
+        .with_options(options)
+        .with_trust_anchor(Arc::new(anchors))
+        .build()
+        .map_err(|e| format!("cannot start the validating resolver: {e}"))
+}
+
+/// A lookup through hickory's validator, and the TTL to keep it.
+async fn validated(resolver: &TokioResolver, name: Name, kind: RecordType) -> Result<(Answer, u32), SecureError> {
+    match resolver.lookup(name, kind).await {
+        Ok(lookup) => {
+            let wanted: Vec<&Record> = lookup.answers().iter().filter(|r| r.record_type() == kind).collect();
+            if wanted.iter().any(|r| r.proof == Proof::Bogus) {
+                return Err(SecureError::Bogus(format!("bogus {kind} records")));
+            }
+            // The CNAMEs on the way count too (RFC 7672 §2.2.1).
+            let secure = !wanted.is_empty() && lookup.answers().iter().all(|r| r.proof == Proof::Secure);
+            let ttl = wanted.iter().map(|r| r.ttl).min().unwrap_or(DEFAULT_NEGATIVE_TTL);
+            Ok((Answer { records: wanted.into_iter().map(|r| r.data.clone()).collect(), secure }, ttl))
+        }
+        Err(NetError::Dns(DnsError::NoRecordsFound(no))) => Ok((denial(&no), negative_ttl(&no))),
+        Err(NetError::Dns(DnsError::Nsec { proof, .. })) if proof == Proof::Bogus => {
+            Err(SecureError::Bogus("the denial of existence does not validate".into()))
+        }
+        // An unproven denial in a zone without a chain of trust: insecure.
+        Err(NetError::Dns(DnsError::Nsec { .. })) => Ok((Answer { records: Vec::new(), secure: false }, 60)),
+        Err(NetError::Dns(DnsError::DnssecBogus)) => Err(SecureError::Bogus("bogus answer".into())),
+        Err(e) => Err(SecureError::Indeterminate(e.to_string())),
+    }
+}
+
+/// A validated NXDOMAIN or NODATA: secure when its NSEC or NSEC3 records (or the
+/// SOA) validated.
+fn denial(no: &NoRecords) -> Answer {
+    let secure = no.authorities.as_ref().is_some_and(|records| {
+        records.iter().any(|r| {
+            r.proof == Proof::Secure
+                && matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3 | RecordType::SOA)
+        })
+    });
+    Answer { records: Vec::new(), secure }
+}
+
+/// RFC 2308 §5: the lesser of the SOA's TTL and its minimum field.
+fn negative_ttl(no: &NoRecords) -> u32 {
+    no.negative_ttl.or_else(|| no.soa.as_ref().map(|soa| soa.ttl.min(soa.data.minimum))).unwrap_or(DEFAULT_NEGATIVE_TTL)
+}
+
+/// A lookup through a validating resolver on loopback, believing its AD bit.
+async fn trusted(
+    servers: &[SocketAddr],
+    wait: Duration,
+    name: Name,
+    kind: RecordType,
+) -> Result<(Answer, u32), SecureError> {
+    let mut last = String::from("no nameserver configured");
+    for server in servers {
+        for _ in 0..2 {
+            match ask(*server, &name, kind, wait).await {
+                Ok(reply) => return read_reply(reply, kind),
+                Err(e) => last = format!("{server}: {e}"),
+            }
+        }
+    }
+    Err(SecureError::Indeterminate(last))
+}
+
+/// What a validating resolver's reply says: SERVFAIL is how it answers bogus data.
+fn read_reply(reply: Message, kind: RecordType) -> Result<(Answer, u32), SecureError> {
+    let secure = reply.metadata.authentic_data;
+    match reply.metadata.response_code {
+        ResponseCode::NoError | ResponseCode::NXDomain => {}
+        ResponseCode::ServFail => {
+            return Err(SecureError::Indeterminate("SERVFAIL (validation failure or no answer)".into()));
+        }
+        other => return Err(SecureError::Indeterminate(format!("answer {other}"))),
+    }
+    let wanted: Vec<&Record> = reply.answers.iter().filter(|r| r.record_type() == kind).collect();
+    let ttl = match wanted.iter().map(|r| r.ttl).min() {
+        Some(ttl) => ttl,
+        None => reply
+            .authorities
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+                _ => None,
+            })
+            .unwrap_or(DEFAULT_NEGATIVE_TTL),
+    };
+    Ok((Answer { records: wanted.into_iter().map(|r| r.data.clone()).collect(), secure }, ttl))
+}
+
+/// One question with DO and AD set (RFC 6840 §5.7, RFC 4035 §3.2.1), over UDP, and
+/// over TCP when the answer was truncated.
+async fn ask(server: SocketAddr, name: &Name, kind: RecordType, wait: Duration) -> Result<Message, String> {
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.metadata.authentic_data = true;
+    query.add_query(Query::query(name.clone(), kind));
+    let mut edns = Edns::new();
+    edns.set_dnssec_ok(true);
+    edns.set_max_payload(1232);
+    query.set_edns(edns);
+    let bytes = query.to_vec().map_err(|e| e.to_string())?;
+    let id = query.metadata.id;
+    let local: SocketAddr = if server.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { ([0u16; 8], 0).into() };
+    let socket = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
+    socket.connect(server).await.map_err(|e| e.to_string())?;
+    socket.send(&bytes).await.map_err(|e| e.to_string())?;
+    let reply = timeout(wait, async {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = socket.recv(&mut buf).await.map_err(|e| e.to_string())?;
+            // Anything but the answer to this question is ignored.
+            if let Ok(reply) = Message::from_vec(&buf[..n])
+                && reply.metadata.id == id
+                && reply.queries.first().is_some_and(|q| q.name() == name && q.query_type() == kind)
+            {
+                return Ok::<Message, String>(reply);
+            }
+        }
+    })
+    .await
+    .map_err(|_| "timed out".to_string())??;
+    if !reply.metadata.truncation {
+        return Ok(reply);
+    }
+    timeout(wait, async {
+        let mut tcp = TcpStream::connect(server).await.map_err(|e| e.to_string())?;
+        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        tcp.write_all(&framed).await.map_err(|e| e.to_string())?;
+        let len = tcp.read_u16().await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; len.into()];
+        tcp.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        let reply = Message::from_vec(&buf).map_err(|e| e.to_string())?;
+        if reply.metadata.id != id {
+            return Err("answer to another question".to_string());
+        }
+        Ok(reply)
+    })
+    .await
+    .map_err(|_| "timed out over TCP".to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trust_anchor_file_must_hold_dnskey_records() {
+        let dir = std::env::temp_dir().join(format!("tern-anchor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.key");
+        std::fs::write(&bad, "example. 3600 IN A 192.0.2.1\n").unwrap();
+        assert!(anchors(&bad).is_err());
+        assert!(anchors(&dir.join("missing.key")).unwrap_err().contains("missing.key"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_ad_bit_decides_and_servfail_is_indeterminate() {
+        let mut reply = Message::query();
+        reply.metadata.response_code = ResponseCode::ServFail;
+        assert!(matches!(read_reply(reply.clone(), RecordType::TLSA), Err(SecureError::Indeterminate(_))));
+        reply.metadata.response_code = ResponseCode::NXDomain;
+        reply.metadata.authentic_data = true;
+        let (answer, ttl) = read_reply(reply.clone(), RecordType::TLSA).unwrap();
+        assert_eq!((answer, ttl), (Answer { records: Vec::new(), secure: true }, DEFAULT_NEGATIVE_TTL));
+        reply.metadata.authentic_data = false;
+        assert!(!read_reply(reply, RecordType::TLSA).unwrap().0.secure);
+    }
+}
