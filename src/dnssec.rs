@@ -312,7 +312,7 @@ mod tests {
         let bad = dir.join("bad.key");
         std::fs::write(&bad, "example. 3600 IN A 192.0.2.1\n").unwrap();
         assert!(anchors(&bad).is_err());
-        assert!(anchors(&dir.join("missing.key")).unwrap_err().contains("missing.key"));
+        assert!(anchors(&dir.join("missing.key")).err().unwrap().contains("missing.key"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
