@@ -60,7 +60,7 @@ impl std::fmt::Display for SecureError {
 
 enum Backend {
     /// hickory validates.
-    Validate(TokioResolver),
+    Validate(Box<TokioResolver>),
     /// A validating resolver on loopback: its AD bit is believed.
     TrustResolver { servers: Vec<SocketAddr>, timeout: Duration },
 }
@@ -97,7 +97,7 @@ impl SecureDns {
             Dnssec::TrustResolver => {
                 Backend::TrustResolver { servers: config.nameservers.clone(), timeout: config.timeout }
             }
-            Dnssec::Validate => Backend::Validate(validating(config)?),
+            Dnssec::Validate => Backend::Validate(Box::new(validating(config)?)),
         };
         Ok(Some(Arc::new(SecureDns { backend, cache: Mutex::new(HashMap::new()) })))
     }
@@ -177,7 +177,7 @@ async fn validated(resolver: &TokioResolver, name: Name, kind: RecordType) -> Re
             Ok((Answer { records: wanted.into_iter().map(|r| r.data.clone()).collect(), secure }, ttl))
         }
         Err(NetError::Dns(DnsError::NoRecordsFound(no))) => Ok((denial(&no), negative_ttl(&no))),
-        Err(NetError::Dns(DnsError::Nsec { proof, .. })) if proof == Proof::Bogus => {
+        Err(NetError::Dns(DnsError::Nsec { proof: Proof::Bogus, .. })) => {
             Err(SecureError::Bogus("the denial of existence does not validate".into()))
         }
         // An unproven denial in a zone without a chain of trust: insecure.

@@ -62,8 +62,12 @@ impl Ca {
     /// same file (the chain the server sends): (chain, key).
     fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
         let d = self.dir.path();
-        let (key, csr, cert, ext) =
-            (d.join(format!("{name}.key")), d.join(format!("{name}.csr")), d.join(format!("{name}.pem")), d.join("ext"));
+        let (key, csr, cert, ext) = (
+            d.join(format!("{name}.key")),
+            d.join(format!("{name}.csr")),
+            d.join(format!("{name}.pem")),
+            d.join("ext"),
+        );
         fs::write(&ext, format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"))
             .expect("write ext");
         let mut cmd = Command::new("openssl");
@@ -239,7 +243,11 @@ impl SignedDns {
                 ),
             )
             .expect("write unbound.conf");
-            daemons.push(spawn(d, "unbound", Command::new(sbin("unbound")).arg("-d").arg("-c").arg(d.join("unbound.conf"))));
+            daemons.push(spawn(
+                d,
+                "unbound",
+                Command::new(sbin("unbound")).arg("-d").arg("-c").arg(d.join("unbound.conf")),
+            ));
             wait_dns(port, "unbound", &d.join("unbound.log"));
             unbound_port = Some(port);
         }

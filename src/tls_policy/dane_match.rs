@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// The bytes a record's selector picks from a certificate (RFC 6698 §2.1.2): the
 /// whole certificate (0) or its SubjectPublicKeyInfo (1). `None` when the
 /// certificate cannot be parsed or the selector is unknown.
-fn selected<'a>(selector: u8, cert: &'a [u8]) -> Option<&'a [u8]> {
+fn selected(selector: u8, cert: &[u8]) -> Option<&[u8]> {
     match selector {
         0 => Some(cert),
         1 => x509_parser::parse_x509_certificate(cert).ok().map(|(_, c)| c.tbs_certificate.subject_pki.raw),
