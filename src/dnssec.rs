@@ -328,4 +328,44 @@ mod tests {
         reply.metadata.authentic_data = false;
         assert!(!read_reply(reply, RecordType::TLSA).unwrap().0.secure);
     }
+
+    /// A validating resolver on loopback that answers every question with one TLSA
+    /// record (AD set, TTL 3600), counting the questions.
+    async fn fake_resolver() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use hickory_resolver::proto::op::OpCode;
+        use hickory_resolver::proto::rr::rdata::TLSA;
+        use hickory_resolver::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let query = Message::from_vec(&buf[..n]).unwrap();
+                let question = query.queries[0].clone();
+                let mut reply = Message::response(query.metadata.id, OpCode::Query);
+                reply.metadata.authentic_data = true;
+                let tlsa = TLSA::new(CertUsage::DaneEe, Selector::Spki, Matching::Sha256, vec![7; 32]);
+                reply.add_answer(Record::from_rdata(question.name().clone(), 3600, RData::TLSA(tlsa)));
+                reply.add_query(question);
+                socket.send_to(&reply.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        (addr, asked)
+    }
+
+    #[tokio::test]
+    async fn a_trusted_answer_is_read_once_and_then_cached() {
+        let (addr, asked) = fake_resolver().await;
+        let backend = Backend::TrustResolver { servers: vec![addr], timeout: Duration::from_secs(5) };
+        let dns = SecureDns { backend, cache: Mutex::new(HashMap::new()) };
+        let first = dns.lookup("_25._tcp.mx.example", RecordType::TLSA).await.unwrap();
+        assert!(first.secure);
+        assert!(matches!(&first.records[..], [RData::TLSA(t)] if t.cert_data == vec![7; 32]));
+        let again = dns.lookup("_25._tcp.MX.example.", RecordType::TLSA).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1, "the second lookup asked again");
+    }
 }
