@@ -83,8 +83,16 @@ async fn connect(config: &RemoteConfig, target: &Target) -> Result<super::remote
         }
     };
     let name = target.name();
-    let session =
-        Session { peer: name, host: name, ip, policy: TlsPolicy::Off, level: TlsLevel::None, cipher: None, lmtp: true };
+    let session = Session {
+        peer: name,
+        host: name,
+        ip,
+        policy: TlsPolicy::Off,
+        level: TlsLevel::None,
+        cipher: None,
+        lmtp: true,
+        probe: None,
+    };
     greet(config, stream, session).await
 }
 

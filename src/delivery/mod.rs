@@ -26,6 +26,8 @@ pub struct Via {
     pub tls: String,
     /// The server's certificate was verified for its name.
     pub tls_verified: bool,
+    /// Why it was not, as TLS-RPT names it (RFC 8460 §4.3.2).
+    pub tls_problem: Option<crate::reports::tls::ResultType>,
 }
 
 impl Via {
@@ -38,6 +40,7 @@ impl Via {
             transmission: Duration::ZERO,
             tls: "none".into(),
             tls_verified: false,
+            tls_problem: None,
         }
     }
 }

@@ -18,6 +18,9 @@ use std::sync::LazyLock;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The kinds of aggregate reports.
+const REPORT_KINDS: [&str; 2] = ["tls", "dmarc"];
+
 /// The process's metrics.
 pub fn get() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -259,6 +262,7 @@ pub struct Metrics {
     dns: Vec<Vec<Counter>>,
     spam: Vec<Counter>,
     milter_results: Family<Labels, Counter>,
+    reports_sent: Vec<Counter>,
 }
 
 /// Series of a family with one label, one per value.
@@ -395,6 +399,9 @@ impl Metrics {
             spam_family.clone(),
         );
         let spam = series(&spam_family, "action", &SPAM_RESULTS);
+        let reports_family = Family::<Labels, Counter>::default();
+        registry.register("tern_reports_sent", "Aggregate reports queued, by kind", reports_family.clone());
+        let reports_sent = series(&reports_family, "kind", &REPORT_KINDS);
         Metrics {
             registry,
             connections_active,
@@ -413,6 +420,7 @@ impl Metrics {
             dns,
             spam,
             milter_results,
+            reports_sent,
         }
     }
 
@@ -437,6 +445,13 @@ impl Metrics {
     /// under a lock, next to a network round trip to the milter).
     pub fn milter(&self, milter: &str, result: &'static str) {
         self.milter_results.get_or_create(&vec![("milter", milter.to_string()), ("result", result.to_string())]).inc();
+    }
+
+    /// A TLS-RPT (`tls`) or DMARC (`dmarc`) report queued.
+    pub fn report_sent(&self, kind: &str) {
+        if let Some(i) = REPORT_KINDS.iter().position(|k| *k == kind) {
+            self.reports_sent[i].inc();
+        }
     }
 
     pub fn refused(&self, reason: Refusal) {

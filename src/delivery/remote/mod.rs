@@ -6,6 +6,7 @@ mod fold;
 mod pool;
 pub mod route;
 mod tls;
+mod tls_report;
 pub(crate) mod transaction;
 
 pub use client::{RemoteReply, dot_stuff, parse_reply_line};
@@ -126,7 +127,12 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         for addr in addrs {
             via.relay = format!("{}[{}]:{}", hop.host, addr.ip(), addr.port());
             (via.tls, via.transmission) = ("none".into(), Duration::ZERO);
-            match attempt(config, hop, addr, job, via, enforce).await {
+            let probe = transaction::TlsProbe::default();
+            let result = attempt(config, hop, addr, job, via, enforce, &probe).await;
+            if reports_tls(config, domain) {
+                tls_report::record(domain, sts.as_ref(), hop, addr, via, &probe, result.as_ref().map(|_| ()));
+            }
+            match result {
                 Ok(outcome) => {
                     if let Some(policy) = sts.as_ref().filter(|p| p.mode == Mode::Testing) {
                         report_testing(domain, policy, hop, via);
@@ -145,6 +151,12 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         last = Failure::temporary((4, 7, 5), format!("MTA-STS policy of {domain}: {}", last.detail));
     }
     all(job, Err(last))
+}
+
+/// Whether sessions to `domain` count for its TLS reports: only for mail routed by
+/// its MX records, with STARTTLS on (RFC 8460 §4.1).
+fn reports_tls(config: &RemoteConfig, domain: &str) -> bool {
+    config.starttls && config.smarthost.is_none() && !config.routes.contains_key(domain) && !domain.starts_with('[')
 }
 
 /// The MTA-STS policy that applies to `domain`: only for mail routed by MX records,
@@ -180,10 +192,11 @@ async fn attempt(
     job: &Job<'_>,
     via: &mut Via,
     sts_enforce: bool,
+    probe: &transaction::TlsProbe,
 ) -> Result<Outcome, Failure> {
     // A connection opened under MTA-STS is verified; it is pooled apart from the others.
     let key = if sts_enforce { format!("{}|{addr}|sts", hop.host) } else { format!("{}|{addr}", hop.host) };
-    pooled(config, &key, job, via, connect(config, hop, addr, sts_enforce))
+    pooled(config, &key, job, via, connect(config, hop, addr, sts_enforce, probe))
         .await
         .map_err(|e| Failure::temporary((4, 4, 1), format!("{} [{}]: {}", hop.host, addr.ip(), e.what())))
 }
@@ -231,6 +244,7 @@ pub(crate) async fn pooled(
     crate::admin::trace::note_tls(conn.tls_level());
     via.tls = conn.tls().to_string();
     via.tls_verified = conn.tls_level() == TlsLevel::Verified;
+    via.tls_problem = conn.tls_problem();
     let sending = Instant::now();
     via.setup = sending - via.started;
     let sent = transaction::send(config, &mut conn, job).await;
@@ -269,12 +283,14 @@ async fn connect(
     hop: &Hop,
     addr: SocketAddr,
     sts_enforce: bool,
+    probe: &transaction::TlsProbe,
 ) -> Result<transaction::Connection, String> {
     let tcp = timeout(config.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| "connection timed out".to_string())?
         .map_err(|e| format!("cannot connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
+    *probe.local_ip.lock().unwrap() = tcp.local_addr().ok().map(|a| a.ip());
     let mut stream: Box<dyn Stream> = Box::new(tcp);
     let smarthost = config.smarthost.as_ref() == Some(hop);
     // Credentials only ever travel over a verified TLS connection to the smarthost,
@@ -296,7 +312,15 @@ async fn connect(
         (level, cipher) = (l, Some(c));
     }
     let peer = format!("{} [{}]", hop.host, addr.ip());
-    let session =
-        transaction::Session { peer: &peer, host: &hop.host, ip: addr.ip(), policy, level, cipher, lmtp: false };
+    let session = transaction::Session {
+        peer: &peer,
+        host: &hop.host,
+        ip: addr.ip(),
+        policy,
+        level,
+        cipher,
+        lmtp: false,
+        probe: Some(probe),
+    };
     greet(config, stream, session).await
 }

@@ -3,6 +3,7 @@
 //! is then classified by checking the certificate against the trust roots.
 
 use super::client::{ConnError, Stream};
+use crate::reports::tls::ResultType;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -126,6 +127,16 @@ impl TlsClient {
         stream: Box<dyn Stream>,
         host: &str,
     ) -> Result<(Box<dyn Stream>, TlsLevel, String), ConnError> {
+        self.handshake_checked(stream, host).await.map(|(s, level, cipher, _)| (s, level, cipher))
+    }
+
+    /// [`handshake`](Self::handshake), and why the certificate did not verify, as
+    /// TLS-RPT names it (RFC 8460 §4.3.2), when it did not.
+    pub async fn handshake_checked(
+        &self,
+        stream: Box<dyn Stream>,
+        host: &str,
+    ) -> Result<(Box<dyn Stream>, TlsLevel, String, Option<ResultType>), ConnError> {
         let name =
             ServerName::try_from(host.to_string()).map_err(|e| ConnError(format!("bad TLS name {host}: {e}")))?;
         let metrics = crate::metrics::get();
@@ -134,17 +145,17 @@ impl TlsClient {
             ConnError(format!("TLS handshake failed: {e}"))
         })?;
         metrics.tls_version(crate::metrics::Direction::Outbound, tls.get_ref().1.protocol_version());
-        let level = match tls.get_ref().1.peer_certificates() {
+        let (level, problem) = match tls.get_ref().1.peer_certificates() {
             Some([end_entity, intermediates @ ..]) => {
                 match self.verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()) {
-                    Ok(_) => TlsLevel::Verified,
-                    Err(_) => TlsLevel::Encrypted,
+                    Ok(_) => (TlsLevel::Verified, None),
+                    Err(e) => (TlsLevel::Encrypted, Some(ResultType::of_certificate_error(&e))),
                 }
             }
-            _ => TlsLevel::Encrypted,
+            _ => (TlsLevel::Encrypted, Some(ResultType::ValidationFailure)),
         };
         let cipher = negotiated(tls.get_ref().1);
-        Ok((Box::new(tls), level, cipher))
+        Ok((Box::new(tls), level, cipher, problem))
     }
 }
 
