@@ -5,6 +5,7 @@ use mail_builder::MessageBuilder;
 use mail_builder::headers::HeaderType;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::content_type::ContentType;
+use mail_builder::headers::raw::Raw;
 use mail_builder::mime::{BodyPart, MimePart};
 use std::io::Write;
 
@@ -25,6 +26,13 @@ pub struct Envelope<'a> {
 
 fn to_list<'a>(to: &'a [String]) -> HeaderType<'a> {
     HeaderType::Address(Address::List(to.iter().map(|a| Address::from(a.as_str())).collect()))
+}
+
+/// `Report Domain: <domain> Submitter: <host> Report-ID: <<id>>` (RFC 8460 §5.3, RFC
+/// 7489 §7.2.1.1), folded but never encoded, so that it reads the same everywhere.
+fn subject<'a>(domain: &str, e: &Envelope<'_>) -> HeaderType<'a> {
+    let text = format!("Report Domain: {domain} Submitter: {} Report-ID: <{}>", e.submitter, e.report_id);
+    HeaderType::Raw(Raw::new(text))
 }
 
 fn write(builder: MessageBuilder<'_>) -> Vec<u8> {
@@ -51,7 +59,8 @@ pub fn tls(e: &Envelope<'_>, domain: &str, begin: i64, end: i64, uniq: &str, gz:
         MessageBuilder::new()
             .from(e.from)
             .header("To", to_list(e.to))
-            .subject(format!("Report Domain: {domain} Submitter: {} Report-ID: <{}>", e.submitter, e.report_id))
+            .header("Subject", subject(domain, e))
+            .message_id(format!("{}@{}", uniq, e.submitter))
             .header("TLS-Report-Domain", HeaderType::Text(domain.into()))
             .header("TLS-Report-Submitter", HeaderType::Text(e.submitter.into()))
             .header("Auto-Submitted", HeaderType::Text("auto-generated".into()))
@@ -71,7 +80,8 @@ pub fn dmarc(e: &Envelope<'_>, domain: &str, begin: u64, end: u64, gz: &[u8]) ->
         MessageBuilder::new()
             .from(e.from)
             .header("To", to_list(e.to))
-            .subject(format!("Report Domain: {domain} Submitter: {} Report-ID: <{}>", e.submitter, e.report_id))
+            .header("Subject", subject(domain, e))
+            .message_id(format!("{begin}.{end}.{}@{}", fastrand::u64(..), e.submitter))
             .header("Auto-Submitted", HeaderType::Text("auto-generated".into()))
             .text_body(text)
             .attachment("application/gzip", name, gz.to_vec()),
@@ -86,11 +96,19 @@ mod tests {
     #[test]
     fn a_tls_report_message_carries_its_headers_and_attachment() {
         let to = vec!["tls@r.test".to_string()];
-        let e = Envelope { from: "tls-reports@mx.example", to: &to, submitter: "mx.example", report_id: "id1" };
+        let e = Envelope {
+            from: "tls-reports@mx.example",
+            to: &to,
+            submitter: "mx.example",
+            report_id: "2026-12-07T00:00:00Z.0123456789abcdef@mx.example",
+        };
         let json = br#"{"report-id":"id1"}"#;
         let msg = tls(&e, "a.test", 10, 20, "u1", &gzip(json));
         let parsed = mail_parser::MessageParser::default().parse(&msg).unwrap();
-        assert_eq!(parsed.subject(), Some("Report Domain: a.test Submitter: mx.example Report-ID: <id1>"));
+        let subject =
+            "Report Domain: a.test Submitter: mx.example Report-ID: <2026-12-07T00:00:00Z.0123456789abcdef@mx.example>";
+        assert_eq!(parsed.subject(), Some(subject));
+        assert!(!String::from_utf8_lossy(&msg).contains("=?"), "an encoded word");
         assert_eq!(parsed.header("TLS-Report-Domain").and_then(|h| h.as_text()), Some("a.test"));
         let ct = parsed.content_type().unwrap();
         assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
