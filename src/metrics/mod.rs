@@ -522,6 +522,7 @@ mod tests {
         m.listener("127.0.0.1:25").connection(ConnectionResult::Accepted);
         m.delivery(Transport::Remote, DeliveryResult::Bounced);
         m.auth_result(AuthMethod::Spf, "softfail");
+        m.report_sent("dmarc");
         m.spam_result(SpamResult::RewriteSubject);
         let text = m.encode();
         for line in [
@@ -530,6 +531,8 @@ mod tests {
             "tern_deliveries_total{transport=\"remote\",result=\"bounced\"} 1",
             "tern_deliveries_total{transport=\"lmtp\",result=\"delivered\"} 0",
             "tern_auth_results_total{method=\"spf\",result=\"softfail\"} 1",
+            "tern_reports_sent_total{kind=\"dmarc\"} 1",
+            "tern_reports_sent_total{kind=\"tls\"} 0",
             "tern_messages_refused_total{reason=\"relay_denied\"} 0",
             "tern_spam_results_total{action=\"rewrite_subject\"} 1",
             "tern_spam_results_total{action=\"error\"} 0",

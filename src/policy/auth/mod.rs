@@ -150,10 +150,10 @@ impl Checker {
             .collect::<Vec<_>>()
             .join("; ");
         let action = self.decide(spf, &dmarc, trusted_sealer.is_some());
-        if let Some(published) = dmarc.published.as_deref().filter(|_| crate::reports::dmarc_enabled()) {
-            if let Some(row) = report::row(spf, &dkim, &dmarc.domain, published, &action) {
-                crate::reports::record_dmarc(&dmarc.domain, &published.record, row);
-            }
+        if let Some(published) = dmarc.published.as_deref().filter(|_| crate::reports::dmarc_enabled())
+            && let Some(row) = report::row(spf, &dkim, &dmarc.domain, published, &action)
+        {
+            crate::reports::record_dmarc(&dmarc.domain, &published.record, row);
         }
         Verdict { headers, action, summary }
     }
