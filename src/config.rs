@@ -12,6 +12,7 @@ mod locate;
 mod mail_auth;
 mod milter;
 mod on_error;
+mod reports;
 mod rspamd;
 mod sendmail;
 mod server;
@@ -24,6 +25,7 @@ pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
 pub use mail_auth::{AuthChecks, DkimAlgorithm, DkimKey, FailAction, TempErrorAction};
 pub use milter::{Milter, MilterAddress, Stage};
 pub use on_error::OnError;
+pub use reports::Reports;
 pub use rspamd::{Endpoint as RspamdEndpoint, Origin, Rspamd};
 pub use sendmail::{SUBMIT_SOCKET, Sendmail};
 pub use server::Server;
@@ -86,6 +88,9 @@ pub struct Config {
     pub milter: Vec<Milter>,
     /// Messages scanned by rspamd; none without the section.
     pub rspamd: Option<Rspamd>,
+    /// Aggregate reports: TLS-RPT and DMARC.
+    #[serde(default)]
+    pub reports: Reports,
     /// The file this was read from (none for the embedded default), and when.
     #[serde(skip)]
     pub source: Option<(PathBuf, std::time::SystemTime)>,
@@ -539,6 +544,7 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err("tls: cert and key go together".into());
         }
+        self.reports.validate()?;
         if self.listen.is_empty() {
             return Err("listen: at least one [[listen]] entry is needed".into());
         }

@@ -16,6 +16,7 @@ pub mod net;
 pub mod passwd;
 pub mod policy;
 pub mod queue;
+pub mod reports;
 pub mod server;
 pub mod smtp;
 pub mod spool;

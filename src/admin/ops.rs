@@ -43,6 +43,10 @@ pub enum Request {
     },
     /// The console's live counters and per-domain health.
     Activity,
+    /// Sends the aggregate reports counted so far; answers the reports queued.
+    ReportsSend,
+    /// What the aggregate reports hold now.
+    ReportsShow,
 }
 
 /// `{"id": …, "events": […]}`
@@ -178,6 +182,11 @@ pub async fn execute(state: &State, request: Request) -> Result<serde_json::Valu
             Ok(json(&Trace { id: id.to_ascii_uppercase(), events }))
         }
         Request::Activity => Ok(json(&super::activity::get().snapshot())),
+        Request::ReportsSend => {
+            let ctx = state.live.context();
+            Ok(json(&crate::reports::send_now(&ctx).await))
+        }
+        Request::ReportsShow => Ok(json(&crate::reports::show())),
         Request::Status => {
             let (since, started_at) = state.started;
             let config_source = state.live.context().config.source.clone();

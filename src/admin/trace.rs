@@ -78,6 +78,8 @@ pub enum Event {
     Notice { notice: String, to: String },
     /// A milter's verdict, edits or failure at a stage of the message's transaction.
     Milter { milter: String, stage: String, result: String },
+    /// An aggregate report (`tls` or `dmarc`) about `domain`, made by Tern.
+    ReportSent { kind: String, domain: String, recipients: Vec<String>, size: u64 },
     /// Nothing more will happen: `delivered`, `bounced`, `partly bounced` or `deleted`.
     Finished { state: String, delivered: usize, bounced: usize },
 }
@@ -130,6 +132,9 @@ impl std::fmt::Display for Event {
                 write!(f, "created: {reason}, to {}, {size} bytes", recipients.join(", "))
             }
             Event::Stored => f.write_str("stored in the spool"),
+            Event::ReportSent { kind, domain, recipients, size } => {
+                write!(f, "report sent: {kind} report about {domain} to {}, {size} bytes", recipients.join(", "))
+            }
             Event::Attempt { destination, tls, results } => {
                 write!(f, "attempt: {destination}")?;
                 if let Some(tls) = tls {

@@ -9,6 +9,7 @@ mod mailq;
 mod queue;
 mod quickstart;
 mod reload;
+mod reports;
 mod sendmail;
 mod spf;
 mod status;
@@ -48,6 +49,11 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// Aggregate reports (TLS-RPT and DMARC) of the running server.
+    Reports {
+        #[command(subcommand)]
+        command: ReportsCommand,
     },
     /// Manage the users who may authenticate (the users file).
     User {
@@ -172,6 +178,18 @@ enum UserCommand {
 }
 
 #[derive(Subcommand)]
+enum ReportsCommand {
+    /// Send the reports of everything counted so far now.
+    Send,
+    /// Print what is counted, per kind, day and domain.
+    Show {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate the configuration file and report the first error.
     Check,
@@ -284,6 +302,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { log_format } => serve(config, log_format, &source),
         Command::Reload => reload::reload(&config),
+        Command::Reports { command: ReportsCommand::Send } => reports::send(&config),
+        Command::Reports { command: ReportsCommand::Show { json } } => reports::show(&config, json),
         Command::Config { command: ConfigCommand::Check } => check::check(&config, &source),
         Command::User { command } => match command {
             UserCommand::Add { address, password_stdin } => user::set(&config, &address, password_stdin, false),

@@ -92,6 +92,7 @@ async fn connect(config: &RemoteConfig, target: &Target) -> Result<super::remote
         cipher: None,
         lmtp: true,
         dane: None,
+        probe: None,
     };
     greet(config, stream, session).await
 }

@@ -28,6 +28,8 @@ pub struct Via {
     pub tls_verified: bool,
     /// The server's certificate matched its DANE TLSA records (RFC 7672).
     pub dane: bool,
+    /// Why it was not, as TLS-RPT names it (RFC 8460 §4.3.2).
+    pub tls_problem: Option<crate::reports::tls::ResultType>,
 }
 
 impl Via {
@@ -41,6 +43,7 @@ impl Via {
             tls: "none".into(),
             tls_verified: false,
             dane: false,
+            tls_problem: None,
         }
     }
 }

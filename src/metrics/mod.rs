@@ -18,6 +18,9 @@ use std::sync::LazyLock;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The kinds of aggregate reports.
+const REPORT_KINDS: [&str; 2] = ["tls", "dmarc"];
+
 /// The process's metrics.
 pub fn get() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -260,6 +263,7 @@ pub struct Metrics {
     spam: Vec<Counter>,
     milter_results: Family<Labels, Counter>,
     dane: Vec<(&'static str, Counter)>,
+    reports_sent: Vec<Counter>,
 }
 
 /// Series of a family with one label, one per value.
@@ -403,6 +407,9 @@ impl Metrics {
             dane_family.clone(),
         );
         let dane = DANE_RESULTS.iter().copied().zip(series(&dane_family, "result", &DANE_RESULTS)).collect();
+        let reports_family = Family::<Labels, Counter>::default();
+        registry.register("tern_reports_sent", "Aggregate reports queued, by kind", reports_family.clone());
+        let reports_sent = series(&reports_family, "kind", &REPORT_KINDS);
         Metrics {
             registry,
             connections_active,
@@ -422,6 +429,7 @@ impl Metrics {
             spam,
             milter_results,
             dane,
+            reports_sent,
         }
     }
 
@@ -446,6 +454,13 @@ impl Metrics {
     /// under a lock, next to a network round trip to the milter).
     pub fn milter(&self, milter: &str, result: &'static str) {
         self.milter_results.get_or_create(&vec![("milter", milter.to_string()), ("result", result.to_string())]).inc();
+    }
+
+    /// A TLS-RPT (`tls`) or DMARC (`dmarc`) report queued.
+    pub fn report_sent(&self, kind: &str) {
+        if let Some(i) = REPORT_KINDS.iter().position(|k| *k == kind) {
+            self.reports_sent[i].inc();
+        }
     }
 
     pub fn refused(&self, reason: Refusal) {
@@ -537,6 +552,7 @@ mod tests {
         m.listener("127.0.0.1:25").connection(ConnectionResult::Accepted);
         m.delivery(Transport::Remote, DeliveryResult::Bounced);
         m.auth_result(AuthMethod::Spf, "softfail");
+        m.report_sent("dmarc");
         m.spam_result(SpamResult::RewriteSubject);
         let text = m.encode();
         for line in [
@@ -545,6 +561,8 @@ mod tests {
             "tern_deliveries_total{transport=\"remote\",result=\"bounced\"} 1",
             "tern_deliveries_total{transport=\"lmtp\",result=\"delivered\"} 0",
             "tern_auth_results_total{method=\"spf\",result=\"softfail\"} 1",
+            "tern_reports_sent_total{kind=\"dmarc\"} 1",
+            "tern_reports_sent_total{kind=\"tls\"} 0",
             "tern_messages_refused_total{reason=\"relay_denied\"} 0",
             "tern_spam_results_total{action=\"rewrite_subject\"} 1",
             "tern_spam_results_total{action=\"error\"} 0",

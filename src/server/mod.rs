@@ -14,7 +14,7 @@ mod notify;
 pub mod privileges;
 mod received;
 mod reload;
-mod routing;
+pub(crate) mod routing;
 mod spam;
 mod spill;
 pub mod tls;
@@ -152,6 +152,8 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     };
     let (ctx, settings) = context::build(config, prepared.keys, &lasting, None, own_addrs)?;
     queue.reconfigure(settings);
+    crate::reports::configure(&ctx.config.reports);
+    crate::reports::load(&ctx.config.data_dir);
     let data_dir = ctx.config.data_dir.clone();
     let current = Arc::new(ArcSwap::from_pointee(ctx));
 
@@ -179,6 +181,7 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
         .map_err(|e| format!("cannot open the local submission socket {}: {e}", submit_path.display()))?;
     let admin = admin::start(&ctx.config, ops.clone()).await?;
     tokio::spawn(local_submit::serve(live.current(), submit, stop_rx, alive));
+    let reports = tokio::spawn(crate::reports::run(live.current()));
     // Said before the first greeting, so that whoever is greeted can read it.
     let addrs = listeners::describe(&prepared.listeners);
     let admin_addr = admin.as_ref().map(|(addr, _)| *addr);
@@ -222,6 +225,8 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     }
     let _ = std::fs::remove_file(data_dir.join(control::SOCKET_NAME));
     let _ = std::fs::remove_file(&submit_path);
+    reports.abort();
+    crate::reports::flush();
     crate::admin::trace::flush();
     tracing::info!("stopped");
     Ok(())

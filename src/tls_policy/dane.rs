@@ -215,6 +215,11 @@ impl DaneCheck {
         *self.failure.lock().unwrap() = Some(failure);
     }
 
+    /// The failure noted, if any, left in place.
+    pub fn failure(&self) -> Option<DaneFailure> {
+        *self.failure.lock().unwrap()
+    }
+
     /// The failure noted since the last call, if any.
     pub fn take_failure(&self) -> Option<DaneFailure> {
         self.failure.lock().unwrap().take()

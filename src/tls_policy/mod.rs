@@ -10,6 +10,7 @@ pub mod mta_sts;
 
 use crate::delivery::remote::TlsClient;
 use crate::dns::{Dns, DnsError};
+use crate::reports::tls::ResultType;
 use cache::{Decision, Entry, Txt};
 use mta_sts::Policy;
 use std::collections::HashMap;
@@ -68,11 +69,13 @@ impl MtaSts {
                         }
                         None => {
                             tracing::info!(domain, "MTA-STS policy invalid; using the cached one if any");
+                            report_failure(domain, ResultType::StsPolicyInvalid, "policy file invalid");
                             live
                         }
                     },
                     Err(e) => {
                         tracing::info!(domain, reason = %e, "MTA-STS policy fetch failed; using the cached one if any");
+                        report_failure(domain, ResultType::StsPolicyFetchError, &e.to_string());
                         live
                     }
                 }
@@ -90,6 +93,15 @@ impl MtaSts {
         memory.insert(domain.to_string(), entry.clone());
         Some(entry)
     }
+}
+
+/// A policy that could not be had, for the domain's TLS reports (RFC 8460 §4.3.2.2).
+fn report_failure(domain: &str, result: ResultType, detail: &str) {
+    use crate::reports::tls::{Failure, Outcome, PolicyRecord, record};
+    let mut failure = Failure::new(result);
+    failure.additional_information = Some(detail.chars().take(200).collect());
+    let policy = PolicyRecord::Sts { policy_string: Vec::new(), mx_host: Vec::new() };
+    record(domain, policy, Outcome::Failure(failure));
 }
 
 fn now() -> u64 {

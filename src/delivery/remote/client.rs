@@ -3,6 +3,7 @@
 
 use super::tls::{TlsClient, TlsLevel};
 pub use crate::net::Stream;
+use crate::reports::tls::ResultType;
 use crate::tls_policy::dane::DaneCheck;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -72,19 +73,20 @@ impl Client {
     /// Runs a TLS handshake on the connection (after STARTTLS was accepted). Bytes the
     /// server sent before the handshake would otherwise be read as if they came over
     /// TLS, so their presence aborts the connection.
+    /// Also says why the certificate did not verify, when it did not.
     pub async fn start_tls(
         &mut self,
         tls: &TlsClient,
         host: &str,
         dane: Option<&DaneCheck>,
-    ) -> Result<(TlsLevel, String), ConnError> {
+    ) -> Result<(TlsLevel, String, Option<ResultType>), ConnError> {
         if !self.io.buffer().is_empty() {
             return Err(ConnError("server sent data before the TLS handshake".into()));
         }
         let plain = std::mem::replace(&mut self.io, BufReader::new(crate::net::closed())).into_inner();
-        let (encrypted, level, cipher) = tls.handshake(plain, host, dane).await?;
+        let (encrypted, level, cipher, problem) = tls.handshake_checked(plain, host, dane).await?;
         self.io = BufReader::new(encrypted);
-        Ok((level, cipher))
+        Ok((level, cipher, problem))
     }
 
     /// Reads one (possibly multi-line) reply within `limit`.

@@ -7,6 +7,7 @@ mod fold;
 mod pool;
 pub mod route;
 mod tls;
+mod tls_report;
 pub(crate) mod transaction;
 
 pub use client::{RemoteReply, dot_stuff, parse_reply_line};
@@ -149,6 +150,9 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         if let HostPolicy::Unusable(why) = host_policy {
             // RFC 7672 §2.2.2: a host whose TLSA records cannot be trusted is skipped.
             let f = Failure::temporary((4, 7, 5), format!("DANE: {}: {why}", hop.host));
+            if reports_tls(config, domain) {
+                tls_report::record_unusable(domain, hop);
+            }
             dane_failure.get_or_insert(f.clone());
             last = f;
             continue;
@@ -164,7 +168,12 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         for addr in addrs {
             via.relay = format!("{}[{}]:{}", hop.host, addr.ip(), addr.port());
             (via.tls, via.transmission) = ("none".into(), Duration::ZERO);
-            match attempt(config, hop, addr, job, via, enforce, host_policy).await {
+            let host_tls = HostTls { sts_enforce: enforce, dane: host_policy, probe: transaction::TlsProbe::default() };
+            let result = attempt(config, hop, addr, job, via, &host_tls).await;
+            if reports_tls(config, domain) {
+                tls_report::record(domain, sts.as_ref(), hop, addr, via, &host_tls, result.as_ref().map(|_| ()));
+            }
+            match result {
                 Ok(outcome) => {
                     if let HostPolicy::Verify(check) = host_policy {
                         DaneResult::Verified.count();
@@ -214,6 +223,12 @@ async fn dane_plan(
     dane::plan(secure, domain, config.port, hops).await
 }
 
+/// Whether sessions to `domain` count for its TLS reports: only for mail routed by
+/// its MX records, with STARTTLS on (RFC 8460 §4.1).
+fn reports_tls(config: &RemoteConfig, domain: &str) -> bool {
+    config.starttls && config.smarthost.is_none() && !config.routes.contains_key(domain) && !domain.starts_with('[')
+}
+
 /// The MTA-STS policy that applies to `domain`: only for mail routed by MX records,
 /// never for the smarthost, `[relay.routes]` or address literals. Mode `none` is no
 /// policy.
@@ -238,6 +253,15 @@ fn report_testing(domain: &str, policy: &Policy, hop: &Hop, via: &Via) {
     tracing::warn!(domain, host = %hop.host, problem, "MTA-STS policy (testing) would have failed this delivery");
 }
 
+/// What the TLS of one attempt at an MX host is held to, and where its failures are
+/// noted for TLS reports.
+pub struct HostTls<'a> {
+    /// The domain's MTA-STS policy is enforced.
+    pub sts_enforce: bool,
+    pub dane: &'a HostPolicy,
+    pub probe: transaction::TlsProbe,
+}
+
 /// One server. `Err` means "try the next server" (connection failure, or a 4xx/5xx
 /// greeting); `Ok` carries the recipients' results.
 async fn attempt(
@@ -246,18 +270,17 @@ async fn attempt(
     addr: SocketAddr,
     job: &Job<'_>,
     via: &mut Via,
-    sts_enforce: bool,
-    dane: &HostPolicy,
+    host_tls: &HostTls<'_>,
 ) -> Result<Outcome, Failure> {
     // A connection opened under MTA-STS or DANE is checked as they demand; it is
     // pooled apart from the others.
-    let key = match dane {
+    let key = match host_tls.dane {
         HostPolicy::Verify(_) => format!("{}|{addr}|dane", hop.host),
         HostPolicy::Encrypt(_) => format!("{}|{addr}|encrypt", hop.host),
-        _ if sts_enforce => format!("{}|{addr}|sts", hop.host),
+        _ if host_tls.sts_enforce => format!("{}|{addr}|sts", hop.host),
         _ => format!("{}|{addr}", hop.host),
     };
-    pooled(config, &key, job, via, connect(config, hop, addr, sts_enforce, dane))
+    pooled(config, &key, job, via, connect(config, hop, addr, host_tls))
         .await
         .map_err(|e| Failure::temporary((4, 4, 1), format!("{} [{}]: {}", hop.host, addr.ip(), e.what())))
 }
@@ -307,6 +330,7 @@ pub(crate) async fn pooled(
     // The delivery log says `tls=dane/TLSv1.3/…` for a certificate DANE vouched for.
     via.tls = if via.dane { format!("dane/{}", conn.tls()) } else { conn.tls().to_string() };
     via.tls_verified = conn.tls_level().is_authenticated();
+    via.tls_problem = conn.tls_problem();
     let sending = Instant::now();
     via.setup = sending - via.started;
     let sent = transaction::send(config, &mut conn, job).await;
@@ -344,14 +368,15 @@ async fn connect(
     config: &RemoteConfig,
     hop: &Hop,
     addr: SocketAddr,
-    sts_enforce: bool,
-    dane: &HostPolicy,
+    host_tls: &HostTls<'_>,
 ) -> Result<transaction::Connection, String> {
+    let HostTls { sts_enforce, dane, probe } = host_tls;
     let tcp = timeout(config.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| "connection timed out".to_string())?
         .map_err(|e| format!("cannot connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
+    *probe.local_ip.lock().unwrap() = tcp.local_addr().ok().map(|a| a.ip());
     let mut stream: Box<dyn Stream> = Box::new(tcp);
     let smarthost = config.smarthost.as_ref() == Some(hop);
     // Credentials only ever travel over a verified TLS connection to the smarthost,
@@ -361,7 +386,7 @@ async fn connect(
         (true, _) => TlsPolicy::Required,
         (false, _) if matches!(dane, HostPolicy::Verify(_)) => TlsPolicy::Dane,
         (false, _) if matches!(dane, HostPolicy::Encrypt(_)) => TlsPolicy::Encrypt,
-        (false, _) if sts_enforce => TlsPolicy::Required,
+        (false, _) if *sts_enforce => TlsPolicy::Required,
         (false, _) if config.starttls => TlsPolicy::Opportunistic,
         (false, _) => TlsPolicy::Off,
     };
@@ -375,8 +400,16 @@ async fn connect(
         (level, cipher) = (l, Some(c));
     }
     let peer = format!("{} [{}]", hop.host, addr.ip());
-    let dane = dane.check().map(|c| &**c);
-    let session =
-        transaction::Session { peer: &peer, host: &hop.host, ip: addr.ip(), policy, level, cipher, lmtp: false, dane };
+    let session = transaction::Session {
+        peer: &peer,
+        host: &hop.host,
+        ip: addr.ip(),
+        policy,
+        level,
+        cipher,
+        lmtp: false,
+        dane: dane.check().map(|c| &**c),
+        probe: Some(probe),
+    };
     greet(config, stream, session).await
 }

@@ -3,6 +3,7 @@
 //! is then classified by checking the certificate against the trust roots.
 
 use super::client::{ConnError, Stream};
+use crate::reports::tls::ResultType;
 use crate::tls_policy::dane::{DaneCheck, DaneFailure};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
@@ -141,6 +142,17 @@ impl TlsClient {
         host: &str,
         dane: Option<&DaneCheck>,
     ) -> Result<(Box<dyn Stream>, TlsLevel, String), ConnError> {
+        self.handshake_checked(stream, host, dane).await.map(|(s, level, cipher, _)| (s, level, cipher))
+    }
+
+    /// [`handshake`](Self::handshake), and why the certificate did not verify, as
+    /// TLS-RPT names it (RFC 8460 §4.3.2), when it did not.
+    pub async fn handshake_checked(
+        &self,
+        stream: Box<dyn Stream>,
+        host: &str,
+        dane: Option<&DaneCheck>,
+    ) -> Result<(Box<dyn Stream>, TlsLevel, String, Option<ResultType>), ConnError> {
         let name =
             ServerName::try_from(host.to_string()).map_err(|e| ConnError(format!("bad TLS name {host}: {e}")))?;
         let metrics = crate::metrics::get();
@@ -158,18 +170,18 @@ impl TlsClient {
             check
                 .verify(chain, &self.provider)
                 .map_err(|kind| ConnError(format!("DANE: the certificate does not match the TLSA records ({kind})")))?;
-            return Ok((Box::new(tls), TlsLevel::Dane, cipher));
+            return Ok((Box::new(tls), TlsLevel::Dane, cipher, None));
         }
-        let level = match tls.get_ref().1.peer_certificates() {
+        let (level, problem) = match tls.get_ref().1.peer_certificates() {
             Some([end_entity, intermediates @ ..]) => {
                 match self.verifier.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()) {
-                    Ok(_) => TlsLevel::Verified,
-                    Err(_) => TlsLevel::Encrypted,
+                    Ok(_) => (TlsLevel::Verified, None),
+                    Err(e) => (TlsLevel::Encrypted, Some(ResultType::of_certificate_error(&e))),
                 }
             }
-            _ => TlsLevel::Encrypted,
+            _ => (TlsLevel::Encrypted, Some(ResultType::ValidationFailure)),
         };
-        Ok((Box::new(tls), level, cipher))
+        Ok((Box::new(tls), level, cipher, problem))
     }
 }
 

@@ -6,6 +6,7 @@ use super::fold::{Count, Folder};
 use super::tls::TlsLevel;
 use super::{Job, Outcome, RemoteConfig, TlsPolicy};
 use crate::delivery::{Delivered, Detail, Failure, ServerReply};
+use crate::reports::tls::ResultType;
 use crate::spool::{Content, PIECE};
 use crate::tls_policy::dane::{DaneCheck, DaneFailure};
 use std::io;
@@ -79,6 +80,24 @@ pub struct Session<'a> {
     /// The host's DANE records, with policy `Dane` or `Encrypt`: where their failures
     /// are noted.
     pub dane: Option<&'a DaneCheck>,
+    /// Where a TLS failure that stops the connection is noted, for TLS-RPT.
+    pub probe: Option<&'a TlsProbe>,
+}
+
+/// What opening a connection learned for TLS reports (RFC 8460): the local address,
+/// and the TLS failure that stopped it, if one did.
+#[derive(Debug, Default)]
+pub struct TlsProbe {
+    pub failure: std::sync::Mutex<Option<ResultType>>,
+    pub local_ip: std::sync::Mutex<Option<IpAddr>>,
+}
+
+impl TlsProbe {
+    fn fail(probe: Option<&TlsProbe>, result: ResultType) {
+        if let Some(p) = probe {
+            *p.failure.lock().unwrap() = Some(result);
+        }
+    }
 }
 
 async fn hello(config: &RemoteConfig, client: &mut Client, lmtp: bool) -> Result<Capabilities, ConnError> {
@@ -106,6 +125,8 @@ pub struct Connection {
     pub client: Client,
     caps: Capabilities,
     level: TlsLevel,
+    /// Why the certificate did not verify, when encrypted but not verified.
+    tls_problem: Option<ResultType>,
     /// Version and cipher, like `TLSv1.3/TLS13_AES_256_GCM_SHA384`, once encrypted.
     cipher: Option<String>,
     /// `host [ip]`, for messages.
@@ -131,6 +152,11 @@ impl Connection {
         self.ready
     }
 
+    /// Why the certificate did not verify (RFC 8460 §4.3.2), when it did not.
+    pub fn tls_problem(&self) -> Option<ResultType> {
+        self.tls_problem
+    }
+
     /// The TLS version and cipher, or `none`.
     pub fn tls(&self) -> &str {
         self.cipher.as_deref().unwrap_or("none")
@@ -141,12 +167,14 @@ impl Connection {
 pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_>) -> Result<Connection, ConnError> {
     let lmtp = session.lmtp;
     let mut caps = hello(config, &mut client, lmtp).await?;
-    let (mut level, mut cipher) = (session.level, session.cipher);
+    let (mut level, mut cipher, mut tls_problem) = (session.level, session.cipher, None);
+    let probe = session.probe;
     // An LMTP server is local: no TLS or AUTH.
     let policy = session.policy;
     // The TLSA records are checked in the handshake only when they are to be matched.
     let verify = session.dane.filter(|_| policy == TlsPolicy::Dane);
     let no_starttls = |why: String| {
+        TlsProbe::fail(probe, ResultType::StarttlsNotSupported);
         if let Some(check) = session.dane {
             check.fail(DaneFailure::StarttlsNotSupported);
             return ConnError(format!("DANE: {why}; TLS is mandatory for this host (RFC 7672 §2.2)"));
@@ -156,8 +184,11 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
     if !lmtp && level == TlsLevel::None && caps.starttls && policy != TlsPolicy::Off {
         let reply = client.command("STARTTLS").await?;
         if reply.code == 220 {
-            let (l, c) = client.start_tls(&config.tls, session.host, verify).await?;
-            (level, cipher) = (l, Some(c));
+            let (l, c, p) = client.start_tls(&config.tls, session.host, verify).await.inspect_err(|_| {
+                // RFC 8460 §4.3.2: a handshake that fails is a validation failure.
+                TlsProbe::fail(probe, ResultType::ValidationFailure);
+            })?;
+            (level, cipher, tls_problem) = (l, Some(c), p);
             // RFC 3207 §4.2: everything learned before TLS is forgotten.
             caps = hello(config, &mut client, false).await?;
         } else if policy.is_mandatory() {
@@ -174,6 +205,7 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
         _ => TlsLevel::None,
     };
     if !lmtp && wanted != TlsLevel::None && level != wanted {
+        TlsProbe::fail(probe, tls_problem.unwrap_or(ResultType::ValidationFailure));
         let _ = client.command("QUIT").await;
         let what = if wanted == TlsLevel::Dane { "matching the TLSA records" } else { "verified" };
         return Err(ConnError(format!("TLS with a {what} certificate is required, got: {level}")));
@@ -185,6 +217,7 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
         client,
         caps,
         level,
+        tls_problem,
         cipher,
         peer: session.peer.to_string(),
         host: session.host.to_string(),

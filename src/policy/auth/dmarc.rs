@@ -25,6 +25,18 @@ pub struct Verdict {
     pub domain: String,
     /// The policy that applies, when a record was found.
     pub policy: Option<Policy>,
+    /// The record and what aligned, for aggregate reports; when a record was found.
+    pub published: Option<Box<Published>>,
+}
+
+/// A domain's DMARC record and the results of the aligned identifiers under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub record: Dmarc,
+    /// SPF passed for a domain aligned with the From domain.
+    pub spf_pass: bool,
+    /// A DKIM signature of a domain aligned with the From domain passed.
+    pub dkim_pass: bool,
 }
 
 impl Verdict {
@@ -178,11 +190,11 @@ pub async fn evaluate(dns: &Dns, from_domains: &[String], ids: &Identifiers<'_>,
             worst = Some(verdict);
         }
     }
-    worst.unwrap_or(Verdict { outcome: Outcome::None, domain: String::new(), policy: None })
+    worst.unwrap_or(Verdict { outcome: Outcome::None, domain: String::new(), policy: None, published: None })
 }
 
 async fn evaluate_one(dns: &Dns, domain: &str, ids: &Identifiers<'_>, draw: u8) -> Verdict {
-    let verdict = |outcome, policy| Verdict { outcome, domain: domain.to_string(), policy };
+    let verdict = |outcome, policy| Verdict { outcome, domain: domain.to_string(), policy, published: None };
     // §6.6.3: the author domain's record, else the organizational domain's.
     let org = organizational_domain(domain);
     let mut found = lookup(dns, domain).await;
@@ -213,18 +225,20 @@ async fn evaluate_one(dns: &Dns, domain: &str, ids: &Identifiers<'_>, draw: u8) 
     let (spf_result, spf_domain) = ids.spf;
     let spf_aligned = aligned(spf_domain, domain, record.aspf);
     let dkim_aligned = || ids.dkim.iter().filter(|(_, d)| aligned(d, domain, record.adkim));
-    let outcome =
-        if (spf_aligned && spf_result == SpfResult::Pass) || dkim_aligned().any(|(r, _)| **r == DkimResult::Pass) {
-            Outcome::Pass
-        } else if (spf_aligned && spf_result == SpfResult::TempError)
-            || dkim_aligned().any(|(r, _)| matches!(r, DkimResult::TempError(_)))
-        {
-            // A lookup that might still have passed: ask again later (§6.6.2).
-            Outcome::TempError
-        } else {
-            Outcome::Fail
-        };
-    verdict(outcome, Some(policy))
+    let spf_pass = spf_aligned && spf_result == SpfResult::Pass;
+    let dkim_pass = dkim_aligned().any(|(r, _)| **r == DkimResult::Pass);
+    let outcome = if spf_pass || dkim_pass {
+        Outcome::Pass
+    } else if (spf_aligned && spf_result == SpfResult::TempError)
+        || dkim_aligned().any(|(r, _)| matches!(r, DkimResult::TempError(_)))
+    {
+        // A lookup that might still have passed: ask again later (§6.6.2).
+        Outcome::TempError
+    } else {
+        Outcome::Fail
+    };
+    let published = Published { record, spf_pass, dkim_pass };
+    Verdict { published: Some(Box::new(published)), ..verdict(outcome, Some(policy)) }
 }
 
 #[cfg(test)]
@@ -250,7 +264,7 @@ mod tests {
 
     #[test]
     fn the_worst_of_several_from_domains_counts() {
-        let v = |outcome, policy| Verdict { outcome, domain: String::new(), policy };
+        let v = |outcome, policy| Verdict { outcome, domain: String::new(), policy, published: None };
         assert!(v(Outcome::Fail, Some(Policy::Reject)).severity() > v(Outcome::Pass, Some(Policy::Reject)).severity());
         assert!(v(Outcome::TempError, None).severity() > v(Outcome::Fail, Some(Policy::None)).severity());
     }

@@ -6,6 +6,7 @@ pub mod body;
 pub mod cache;
 pub mod dkim;
 pub mod dmarc;
+pub mod report;
 pub mod results;
 pub mod spf;
 
@@ -124,6 +125,7 @@ impl Checker {
                     outcome: Outcome::TempError,
                     domain: from_domains.first().cloned().unwrap_or_default(),
                     policy: None,
+                    published: None,
                 }
             });
         count(spf.result, &dkim, &arc, dmarc.outcome);
@@ -147,7 +149,13 @@ impl Checker {
             .map(|l| l.trim().trim_end_matches(';'))
             .collect::<Vec<_>>()
             .join("; ");
-        Verdict { headers, action: self.decide(spf, &dmarc, trusted_sealer.is_some()), summary }
+        let action = self.decide(spf, &dmarc, trusted_sealer.is_some());
+        if let Some(published) = dmarc.published.as_deref().filter(|_| crate::reports::dmarc_enabled())
+            && let Some(row) = report::row(spf, &dkim, &dmarc.domain, published, &action)
+        {
+            crate::reports::record_dmarc(&dmarc.domain, &published.record, row);
+        }
+        Verdict { headers, action, summary }
     }
 
     /// The action for the verdicts; `trusted_arc`: a trusted forwarder sealed a passing
@@ -231,7 +239,7 @@ mod tests {
     }
 
     fn dmarc(outcome: Outcome, policy: Option<Policy>) -> dmarc::Verdict {
-        dmarc::Verdict { outcome, domain: "a.test".into(), policy }
+        dmarc::Verdict { outcome, domain: "a.test".into(), policy, published: None }
     }
 
     impl Checker {

@@ -1,0 +1,109 @@
+//! What each delivery attempt to a recipient domain's MX hosts tells TLS-RPT
+//! (RFC 8460): one session per attempt that reached TLS negotiation, under the
+//! MX host's DANE records, the domain's MTA-STS policy, or none.
+
+use super::Hop;
+use super::HostTls;
+use crate::delivery::{Failure, Via};
+use crate::reports::tls::{self, Outcome, PolicyRecord, ResultType};
+use crate::tls_policy::dane::{DaneFailure, HostPolicy};
+use crate::tls_policy::mta_sts::{Mode, Policy};
+use std::net::SocketAddr;
+
+/// The policy as a report names it: the lines of an MTA-STS policy file and its
+/// `mx` patterns (RFC 8460 §4.4), or none.
+pub fn policy_record(sts: Option<&Policy>) -> PolicyRecord {
+    match sts {
+        Some(p) => {
+            let mx: Vec<String> = p.mx.iter().map(ToString::to_string).collect();
+            let mut lines = vec!["version: STSv1".to_string(), format!("mode: {}", p.mode)];
+            lines.extend(mx.iter().map(|m| format!("mx: {m}")));
+            lines.push(format!("max_age: {}", p.max_age));
+            PolicyRecord::Sts { policy_string: lines, mx_host: mx }
+        }
+        None => PolicyRecord::NoPolicyFound,
+    }
+}
+
+/// DANE's policy for one MX host: its TLSA records (RFC 8460 §4.4).
+fn tlsa_record(records: Vec<String>, hop: &Hop) -> PolicyRecord {
+    PolicyRecord::Tlsa { policy_string: records, mx_host: vec![hop.host.trim_end_matches('.').to_ascii_lowercase()] }
+}
+
+/// An MX host left out because its TLSA lookup was bogus or indeterminate.
+pub fn record_unusable(domain: &str, hop: &Hop) {
+    let mut failure = tls::Failure::new(DaneFailure::DnssecInvalid.into());
+    failure.receiving_mx_hostname = Some(hop.host.trim_end_matches('.').to_ascii_lowercase());
+    tls::record(domain, tlsa_record(Vec::new(), hop), Outcome::Failure(failure));
+}
+
+/// Records the session of one attempt at `hop` (`addr`): `connected` is whether the
+/// attempt got as far as a transaction. An attempt that failed before TLS (no
+/// connection, a refused greeting) is no TLS session and is not counted. Where DANE
+/// applies to the host, its records are the policy and its failures the results.
+pub fn record(
+    domain: &str,
+    sts: Option<&Policy>,
+    hop: &Hop,
+    addr: SocketAddr,
+    via: &Via,
+    host_tls: &HostTls<'_>,
+    connected: Result<(), &Failure>,
+) {
+    let HostTls { dane, probe, .. } = host_tls;
+    let check = dane.check();
+    let result = match connected {
+        Err(_) => match check.and_then(|c| c.failure()).map(ResultType::from).or(*probe.failure.lock().unwrap()) {
+            Some(result) => Some(result),
+            None => return,
+        },
+        Ok(()) if via.tls == "none" => Some(ResultType::StarttlsNotSupported),
+        // RFC 7672 §2.2: records exist but none is usable; the session was encrypted
+        // without authentication.
+        Ok(()) if matches!(dane, HostPolicy::Encrypt(_)) => Some(ResultType::TlsaInvalid),
+        Ok(()) if via.tls_verified => None,
+        // Opportunistic TLS (RFC 7435) takes any certificate; a policy in testing mode
+        // reports what enforcing it would have failed on.
+        Ok(()) if sts.is_some_and(|p| p.mode == Mode::Testing) => {
+            Some(via.tls_problem.unwrap_or(ResultType::ValidationFailure))
+        }
+        Ok(()) => None,
+    };
+    let outcome = match result {
+        None => Outcome::Success,
+        Some(result) => {
+            let mut failure = tls::Failure::new(result);
+            failure.sending_mta_ip = *probe.local_ip.lock().unwrap();
+            failure.receiving_mx_hostname = Some(hop.host.trim_end_matches('.').to_ascii_lowercase());
+            failure.receiving_ip = Some(addr.ip());
+            Outcome::Failure(failure)
+        }
+    };
+    let policy = match check {
+        Some(c) => tlsa_record(c.records.iter().map(ToString::to_string).collect(), hop),
+        None => policy_record(sts),
+    };
+    tls::record(domain, policy, outcome);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls_policy::mta_sts::MxPattern;
+
+    #[test]
+    fn an_sts_policy_is_reported_as_its_lines() {
+        let p = Policy {
+            mode: Mode::Enforce,
+            mx: vec![MxPattern::Exact("mx.a.test".into()), MxPattern::Wildcard("a.test".into())],
+            max_age: 86400,
+        };
+        let PolicyRecord::Sts { policy_string, mx_host } = policy_record(Some(&p)) else { panic!() };
+        assert_eq!(
+            policy_string,
+            ["version: STSv1", "mode: enforce", "mx: mx.a.test", "mx: *.a.test", "max_age: 86400"]
+        );
+        assert_eq!(mx_host, ["mx.a.test", "*.a.test"]);
+        assert_eq!(policy_record(None), PolicyRecord::NoPolicyFound);
+    }
+}
