@@ -7,168 +7,15 @@
 mod common;
 
 use common::outbound::*;
+use common::sts::*;
 use common::*;
-use serde_json::json;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 const BOB: &str = "bob@remote.test";
 const DELIVERY: Duration = Duration::from_secs(30);
 const MX_HOST: &str = "mx1.remote.test";
-
-/// A test CA and certificates it signs, in a temp dir.
-struct Ca {
-    dir: tempfile::TempDir,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let dir = tempfile::Builder::new().prefix("tern-sts-ca-").tempdir().expect("tempdir");
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(dir.path()).args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Tern MTA-STS test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        run(cmd, Duration::from_secs(60)).assert_success("openssl req (CA)");
-        Ca { dir }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A certificate for `name` signed by the CA: (cert, key).
-    fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
-        let d = self.dir.path();
-        let (key, csr, cert, ext) = (
-            d.join(format!("{name}.key")),
-            d.join(format!("{name}.csr")),
-            d.join(format!("{name}.pem")),
-            d.join(format!("{name}.ext")),
-        );
-        fs::write(&ext, format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"))
-            .expect("write ext");
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(d).args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj"]);
-        cmd.arg(format!("/CN={name}")).arg("-keyout").arg(&key).arg("-out").arg(&csr);
-        run(cmd, Duration::from_secs(60)).assert_success("openssl req (leaf)");
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(d).args(["x509", "-req", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]);
-        cmd.arg("-in").arg(&csr).arg("-out").arg(&cert).arg("-extfile").arg(&ext);
-        run(cmd, Duration::from_secs(60)).assert_success("openssl x509 -req");
-        (cert, key)
-    }
-}
-
-const HTTPS_SERVER: &str = r#"
-import http.server, ssl, sys
-ip, cert, key, body = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path != "/.well-known/mta-sts.txt":
-            self.send_error(404)
-            return
-        data = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-    def log_message(self, *a):
-        sys.stderr.write("GET\n")
-try:
-    server = http.server.HTTPServer((ip, 443), H)
-except OSError as e:
-    print("bind failed: %s" % e, flush=True)
-    sys.exit(0)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
-print("ready", flush=True)
-server.serve_forever()
-"#;
-
-/// The policy server on `ip:443`; `None` when port 443 cannot be bound (not root).
-struct PolicyServer(Child);
-
-impl PolicyServer {
-    fn start(ca: &Ca, ip: &str, policy: &str) -> Option<PolicyServer> {
-        let (cert, key) = ca.issue("mta-sts.remote.test");
-        let script = ca.dir.path().join("https.py");
-        fs::write(&script, HTTPS_SERVER).expect("write script");
-        let mut child = Command::new("python3")
-            .arg(&script)
-            .args([ip])
-            .arg(&cert)
-            .arg(&key)
-            .arg(policy)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run python3");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("read line");
-        if line.trim() != "ready" {
-            eprintln!("SKIPPED: cannot serve HTTPS on {ip}:443: {}", line.trim());
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        Some(PolicyServer(child))
-    }
-}
-
-impl Drop for PolicyServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn policy(mode: &str, mx: &str) -> String {
-    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
-}
-
-/// `remote.test` MX mx1.remote.test at `mx_ip`, the TXT record with `id`, and the
-/// policy host at `sts_ip`.
-fn zone(mx_ip: &str, sts_ip: &str, id: &str) -> serde_json::Value {
-    let mut zone = mx_zone(&[(10, mx_ip)]);
-    let map = zone.as_object_mut().expect("zone object");
-    map.insert("_mta-sts.remote.test.".into(), json!([["TXT", format!("v=STSv1; id={id};")]]));
-    map.insert("mta-sts.remote.test.".into(), json!([["A", sts_ip]]));
-    zone
-}
-
-/// The MX host: a Tern with a certificate from the CA for `cert_name`.
-fn start_mx(ca: &Ca, ip: &str, port: u16, cert_name: &str) -> Tern {
-    let (cert, key) = ca.issue(cert_name);
-    start_receiver(ip, port, &format!("\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()))
-}
-
-fn outbound(ca: &Ca) -> String {
-    format!("mta_sts = true\nca_file = \"{}\"\n", ca.ca_file().display())
-}
 
 fn sender(dns: &DnsServer, port: u16, outbound: &str, base: &str) -> Tern {
     start_sender(&SenderSetup { extra: base, dns: Some(dns), peer_port: port, outbound })
@@ -194,7 +41,7 @@ fn enforce_with_a_matching_mx_and_a_valid_certificate_delivers() {
     let dns = DnsServer::start(&zone("127.0.0.52", "127.0.0.51", "one"));
     let mx = start_mx(&ca, "127.0.0.52", port, MX_HOST);
     let base = sender_base("");
-    let a = sender(&dns, port, &outbound(&ca), &base);
+    let a = sender(&dns, port, &sts_outbound(&ca), &base);
     let msg = test_message("sts enforce", BOB);
     send_message(&a, SENDER, &[BOB], &msg, &[]);
     let stored = mx.wait_mail_within(REMOTE_DOMAIN, "bob", 1, DELIVERY);
@@ -214,7 +61,7 @@ fn enforce_with_a_certificate_of_another_name_defers_with_4_7_5() {
     let dns = DnsServer::start(&zone("127.0.0.54", "127.0.0.53", "one"));
     let mx = start_mx(&ca, "127.0.0.54", port, "other.remote.test");
     let base = sender_base("");
-    let a = sender(&dns, port, &outbound(&ca), &base);
+    let a = sender(&dns, port, &sts_outbound(&ca), &base);
     send_message(&a, SENDER, &[BOB], &test_message("sts wrong name", BOB), &[]);
     wait_sts_deferral(&a);
     assert_eq!(mx.settled_count(REMOTE_DOMAIN, "bob"), 0, "delivered despite the policy");
@@ -228,7 +75,7 @@ fn enforce_with_an_mx_outside_the_policy_defers() {
     let dns = DnsServer::start(&zone("127.0.0.56", "127.0.0.55", "one"));
     let mx = start_mx(&ca, "127.0.0.56", port, MX_HOST);
     let base = sender_base("");
-    let a = sender(&dns, port, &outbound(&ca), &base);
+    let a = sender(&dns, port, &sts_outbound(&ca), &base);
     send_message(&a, SENDER, &[BOB], &test_message("sts mx outside", BOB), &[]);
     let q = wait_sts_deferral(&a);
     assert!(q.contains("no MX host matches"), "{q}");
@@ -243,7 +90,7 @@ fn testing_mode_delivers_and_logs_what_would_have_failed() {
     let dns = DnsServer::start(&zone("127.0.0.58", "127.0.0.57", "one"));
     let mx = start_mx(&ca, "127.0.0.58", port, "other.remote.test");
     let base = sender_base("");
-    let a = sender(&dns, port, &outbound(&ca), &base);
+    let a = sender(&dns, port, &sts_outbound(&ca), &base);
     send_message(&a, SENDER, &[BOB], &test_message("sts testing", BOB), &[]);
     assert_eq!(mx.wait_mail_within(REMOTE_DOMAIN, "bob", 1, DELIVERY).len(), 1);
     wait_queue_empty(&a, DELIVERY);
@@ -262,7 +109,7 @@ fn a_cached_policy_is_enforced_while_the_policy_host_is_down() {
     let dns = DnsServer::start(&zone("127.0.0.60", "127.0.0.59", "two"));
     let mx = start_mx(&ca, "127.0.0.60", port, "other.remote.test");
     let base = sender_base("");
-    let out = outbound(&ca);
+    let out = sts_outbound(&ca);
     let mut a = sender_stopped(&SenderSetup { extra: &base, dns: Some(&dns), peer_port: port, outbound: &out });
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     write_cache(&a.data_dir, &policy("enforce", MX_HOST), now);
@@ -271,11 +118,4 @@ fn a_cached_policy_is_enforced_while_the_policy_host_is_down() {
     wait_sts_deferral(&a);
     assert_eq!(mx.settled_count(REMOTE_DOMAIN, "bob"), 0, "delivered despite the cached policy");
     assert!(a.logs().contains("MTA-STS policy fetch failed"), "{}", a.logs());
-}
-
-fn write_cache(data_dir: &Path, text: &str, now: u64) {
-    let dir = data_dir.join("mta-sts");
-    fs::create_dir_all(&dir).expect("mkdir");
-    let entry = json!({"id": "one", "policy": text, "fetched_at": now, "expires": now + 86400});
-    fs::write(dir.join("remote.test.json"), entry.to_string()).expect("write cache");
 }

@@ -12,6 +12,7 @@ pub mod outbound;
 pub mod security;
 pub mod service;
 pub mod spf;
+pub mod sts;
 
 use std::fs;
 use std::io::{Read, Write};

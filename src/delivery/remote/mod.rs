@@ -17,7 +17,9 @@ use super::{Delivered, Failure, Via};
 use crate::config::SmarthostTls;
 use crate::dns::Dns;
 use crate::spool::{Content, Recipient, Ret};
+use crate::tls_policy::Lookup;
 use crate::tls_policy::mta_sts::{Mode, Policy};
+use crate::tls_policy::requiretls;
 use client::Client;
 pub(crate) use client::Stream;
 use std::collections::HashMap;
@@ -59,6 +61,8 @@ pub struct RemoteConfig {
 
 /// A message and the recipients to deliver it to at one destination.
 pub struct Job<'a> {
+    /// The queue id, for the message's trace.
+    pub id: &'a str,
     pub sender: &'a str,
     pub recipients: Vec<(usize, &'a Recipient)>,
     pub content: &'a Content,
@@ -66,6 +70,11 @@ pub struct Job<'a> {
     pub eight_bit: bool,
     pub ret: Option<Ret>,
     pub envid: Option<&'a str>,
+    /// Sent with REQUIRETLS (RFC 8689): only over authenticated TLS to a server that
+    /// offers REQUIRETLS, and with it.
+    pub requiretls: bool,
+    /// `TLS-Required: No` (RFC 8689 §4.2.2): the domain's TLS policy is set aside.
+    pub tls_optional: bool,
 }
 
 pub type Outcome = Vec<(usize, Result<Delivered, Failure>)>;
@@ -80,8 +89,27 @@ pub enum TlsPolicy {
     Off,
     /// STARTTLS when offered; plaintext otherwise (RFC 7435).
     Opportunistic,
-    /// TLS with a verified certificate, or no delivery.
+    /// TLS with a certificate verified for the configured host name (the smarthost),
+    /// or no delivery.
     Required,
+    /// TLS with a certificate verified for an MX host that the domain's MTA-STS policy
+    /// names (RFC 8461 §4), or no delivery.
+    MtaSts,
+}
+
+impl TlsPolicy {
+    /// Anything but a verified certificate ends the connection.
+    pub fn needs_verified(self) -> bool {
+        matches!(self, TlsPolicy::Required | TlsPolicy::MtaSts)
+    }
+
+    /// A connection made under this policy, once its certificate is verified, reaches
+    /// the server the recipient domain (or the administrator) named over a channel an
+    /// attacker cannot downgrade: what REQUIRETLS asks for (RFC 8689 §4.2.1). DANE
+    /// joins here.
+    pub fn is_authenticated(self) -> bool {
+        matches!(self, TlsPolicy::Required | TlsPolicy::MtaSts)
+    }
 }
 
 /// Delivers `job` to `domain` (canonical form): tries each hop and address in turn
@@ -90,6 +118,9 @@ pub enum TlsPolicy {
 pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>) -> (Outcome, Via) {
     let mut via = Via::starting("none");
     let outcome = try_hops(config, dns, domain, job, &mut via).await;
+    if job.requiretls {
+        requiretls_results(job, domain, &outcome);
+    }
     // Nothing was sent: all the time went into trying to connect.
     if via.transmission.is_zero() {
         via.setup = via.started.elapsed();
@@ -102,8 +133,31 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         Ok(h) => h,
         Err(f) => return all(job, Err(f)),
     };
-    let sts = sts_policy(config, dns, domain).await;
-    let enforce = sts.as_ref().is_some_and(|p| p.mode == Mode::Enforce);
+    let smarthost = config.smarthost.is_some();
+    let mut lookup = sts_policy(config, dns, domain).await;
+    if let Some(failure) = &lookup.failure {
+        note(job, domain, failure.clone());
+    }
+    // RFC 8689 §4.1: REQUIRETLS wins over `TLS-Required: No`.
+    if job.tls_optional && !job.requiretls && lookup.policy.is_some() {
+        tracing::info!(id = job.id, domain, "TLS-Required: No; the MTA-STS policy is set aside");
+        note(job, domain, "TLS-Required: No: the MTA-STS policy is set aside, TLS is opportunistic".into());
+        crate::metrics::get().requiretls(crate::metrics::RequireTls::PolicyIgnored);
+        lookup.policy = None;
+    }
+    let sts = lookup.policy;
+    if job.requiretls && !smarthost && sts.is_none() {
+        // RFC 8689 §4.2.1: without a policy (or DANE) the MX hosts cannot be
+        // authenticated. A policy that could not be fetched may be back later.
+        let f = match lookup.failure {
+            Some(failure) => requiretls::unsure(format!("{domain}: {failure}")),
+            None => requiretls::refused(format!("{domain} has no MTA-STS policy to authenticate its MX hosts")),
+        };
+        note(job, domain, f.detail.text.clone());
+        return all(job, Err(f));
+    }
+    // A REQUIRETLS message follows a policy in testing mode as if it were enforced.
+    let enforce = sts.as_ref().is_some_and(|p| p.mode == Mode::Enforce || job.requiretls);
     if enforce {
         // RFC 8461 §4.1: only MX hosts the policy names may be used.
         let policy = sts.as_ref().expect("enforce means a policy");
@@ -129,7 +183,7 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
             match attempt(config, hop, addr, job, via, enforce).await {
                 Ok(outcome) => {
                     if let Some(policy) = sts.as_ref().filter(|p| p.mode == Mode::Testing) {
-                        report_testing(domain, policy, hop, via);
+                        report_testing(job, domain, policy, hop, via);
                     }
                     return outcome;
                 }
@@ -150,17 +204,28 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
 /// The MTA-STS policy that applies to `domain`: only for mail routed by MX records,
 /// never for the smarthost, `[relay.routes]` or address literals. Mode `none` is no
 /// policy.
-async fn sts_policy(config: &RemoteConfig, dns: &Dns, domain: &str) -> Option<Policy> {
-    let sts = config.mta_sts.as_ref()?;
+async fn sts_policy(config: &RemoteConfig, dns: &Dns, domain: &str) -> Lookup {
+    let none = Lookup { policy: None, failure: None };
+    let Some(sts) = config.mta_sts.as_ref() else {
+        return none;
+    };
     if config.routes.contains_key(domain) || config.smarthost.is_some() || domain.starts_with('[') {
-        return None;
+        return none;
     }
-    sts.policy(dns, &config.tls, config.allow_loopback, domain).await.filter(|p| p.mode != Mode::None)
+    let mut lookup = sts.lookup(dns, &config.tls, config.allow_loopback, domain).await;
+    sts.refresh_if_due(dns, &config.tls, config.allow_loopback, domain);
+    lookup.policy = lookup.policy.filter(|p| p.mode != Mode::None);
+    lookup
+}
+
+/// Puts a line about the domain's TLS policy in the message's trace.
+fn note(job: &Job<'_>, domain: &str, detail: String) {
+    crate::admin::trace::emit(job.id, crate::admin::trace::Event::TlsPolicy { domain: domain.to_string(), detail });
 }
 
 /// Mode `testing`: the mail went as usual; one line says whether enforcing the policy
 /// would have stopped it (RFC 8461 §5).
-fn report_testing(domain: &str, policy: &Policy, hop: &Hop, via: &Via) {
+fn report_testing(job: &Job<'_>, domain: &str, policy: &Policy, hop: &Hop, via: &Via) {
     let problem = if !policy.allows_mx(&hop.host) {
         "MX host not in the policy"
     } else if !via.tls_verified {
@@ -169,6 +234,22 @@ fn report_testing(domain: &str, policy: &Policy, hop: &Hop, via: &Via) {
         return;
     };
     tracing::warn!(domain, host = %hop.host, problem, "MTA-STS policy (testing) would have failed this delivery");
+    note(job, domain, format!("MTA-STS policy (testing) would have failed this delivery: {problem} ({})", hop.host));
+}
+
+/// Logs and counts what became of a REQUIRETLS message's recipients.
+fn requiretls_results(job: &Job<'_>, domain: &str, outcome: &Outcome) {
+    use crate::metrics::RequireTls;
+    let metrics = crate::metrics::get();
+    for (_, result) in outcome {
+        let (kind, word, detail) = match result {
+            Ok(d) => (RequireTls::Relayed, "relayed", &d.detail),
+            Err(f) if f.temporary => (RequireTls::Deferred, "deferred", &f.detail),
+            Err(f) => (RequireTls::Bounced, "bounced", &f.detail),
+        };
+        metrics.requiretls(kind);
+        tracing::info!(id = job.id, domain, result = word, status = %detail.status, detail = %detail.text, "REQUIRETLS");
+    }
 }
 
 /// One server. `Err` means "try the next server" (connection failure, or a 4xx/5xx
@@ -282,7 +363,7 @@ async fn connect(
     let policy = match (smarthost, config.smarthost_tls) {
         (true, SmarthostTls::None) => TlsPolicy::Off,
         (true, _) => TlsPolicy::Required,
-        (false, _) if sts_enforce => TlsPolicy::Required,
+        (false, _) if sts_enforce => TlsPolicy::MtaSts,
         (false, _) if config.starttls => TlsPolicy::Opportunistic,
         (false, _) => TlsPolicy::Off,
     };

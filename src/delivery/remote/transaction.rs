@@ -20,6 +20,8 @@ struct Capabilities {
     chunking: bool,
     dsn: bool,
     starttls: bool,
+    /// RFC 8689 §3.
+    requiretls: bool,
     auth: Vec<String>,
 }
 
@@ -36,6 +38,7 @@ fn capabilities(ehlo: &RemoteReply) -> Capabilities {
             "CHUNKING" => caps.chunking = true,
             "DSN" => caps.dsn = true,
             "STARTTLS" => caps.starttls = true,
+            "REQUIRETLS" => caps.requiretls = true,
             "AUTH" => caps.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
             _ => {}
         }
@@ -102,6 +105,8 @@ pub struct Connection {
     pub client: Client,
     caps: Capabilities,
     level: TlsLevel,
+    /// Verified TLS to a server the policy named: REQUIRETLS mail may go.
+    authenticated: bool,
     /// Version and cipher, like `TLSv1.3/TLS13_AES_256_GCM_SHA384`, once encrypted.
     cipher: Option<String>,
     /// `host [ip]`, for messages.
@@ -146,11 +151,11 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
             (level, cipher) = (l, Some(c));
             // RFC 3207 §4.2: everything learned before TLS is forgotten.
             caps = hello(config, &mut client, false).await?;
-        } else if session.policy == TlsPolicy::Required {
+        } else if session.policy.needs_verified() {
             return Err(ConnError(format!("STARTTLS refused: {}", reply.text())));
         }
     }
-    if !lmtp && session.policy == TlsPolicy::Required && level != TlsLevel::Verified {
+    if !lmtp && session.policy.needs_verified() && level != TlsLevel::Verified {
         let _ = client.command("QUIT").await;
         return Err(ConnError(format!("TLS with a verified certificate is required, got: {level}")));
     }
@@ -161,6 +166,7 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
         client,
         caps,
         level,
+        authenticated: !lmtp && session.policy.is_authenticated() && level == TlsLevel::Verified,
         cipher,
         peer: session.peer.to_string(),
         host: session.host.to_string(),
@@ -202,6 +208,20 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         return Ok(everyone(job, Err(f)));
     }
 
+    // RFC 8689 §4.2.1: a REQUIRETLS message goes only over authenticated TLS, to a
+    // server that offers REQUIRETLS. An LMTP server delivers locally: no condition.
+    if job.requiretls && !lmtp {
+        let missing = if !conn.authenticated {
+            Some(format!("TLS to {peer} is not authenticated (TLS: {level})"))
+        } else if !caps.requiretls {
+            Some(format!("{peer} does not offer REQUIRETLS"))
+        } else {
+            None
+        };
+        if let Some(missing) = missing {
+            return Ok(everyone(job, Err(crate::tls_policy::requiretls::refused(missing))));
+        }
+    }
     let mut mail = format!("MAIL FROM:<{}>", job.sender);
     if caps.size.is_some() {
         mail.push_str(&format!(" SIZE={size}"));
@@ -211,6 +231,9 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     }
     if smtputf8 {
         mail.push_str(" SMTPUTF8");
+    }
+    if job.requiretls && !lmtp {
+        mail.push_str(" REQUIRETLS");
     }
     if dsn {
         if let Some(ret) = job.ret {
