@@ -204,7 +204,9 @@ fn dns_check_passes_when_every_record_is_published() {
     }));
     let out = t.tern_cmd(&["dns", "check", DOMAIN]);
     assert_eq!(out.code(), Some(0), "{}", out.all());
-    let lines: Vec<&str> = out.stdout.lines().collect();
+    let kinds = ["MX", "SPF", "DKIM", "DMARC", "A", "PTR"];
+    let lines: Vec<&str> =
+        out.stdout.lines().filter(|l| l.split_whitespace().next().is_some_and(|k| kinds.contains(&k))).collect();
     assert_eq!(lines.len(), 7, "one line per record:\n{}", out.stdout);
     assert!(named(&out.stdout, "SPF", "tern.test.")[0].contains(" ok "), "{}", out.stdout);
     for kind in ["MX", "SPF", "DKIM", "DMARC", "A", "PTR"] {
@@ -358,4 +360,88 @@ fn dns_check_evaluates_spf_and_checks_the_server_itself() {
     assert!(spf[0].contains("wrong") && spf[0].contains("does not authorize 198.51.100.7"), "{s}");
     assert!(named(s, "SPF", "tern.test.")[0].contains(" ok "), "{s}");
     assert!(named(s, "PTR", "7.100.51.198.in-addr.arpa.")[0].contains("missing"), "{s}");
+}
+
+/// `remote.test` served by a stopped Tern named tern.test that trusts the test CA.
+fn tern_for_remote(dns: &DnsServer, ca: &common::sts::Ca) -> Tern {
+    let served = "\n[local]\ndomains = [\"remote.test\"]\naccept_unknown = true\n";
+    let outbound = format!("ca_file = \"{}\"\n", ca.ca_file().display());
+    sender_stopped(&SenderSetup { extra: served, dns: Some(dns), peer_port: free_port(), outbound: &outbound })
+}
+
+/// The line of the bulk sender block that starts with `text`, and its verdict.
+#[track_caller]
+fn bulk<'a>(stdout: &'a str, text: &str) -> (&'a str, &'a str) {
+    let at = stdout.find("Bulk sender requirements (Gmail, Yahoo, Microsoft)\n").expect("a bulk sender block");
+    stdout[at..]
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.trim_start().split_once(' '))
+        .map(|(verdict, rest)| (verdict, rest.trim_start()))
+        .find(|(_, rest)| rest.starts_with(text))
+        .unwrap_or_else(|| panic!("no bulk line {text:?}:\n{stdout}"))
+}
+
+#[test]
+fn dns_check_reports_mta_sts_tls_rpt_tlsa_and_bulk_sender_requirements() {
+    let ca = common::sts::Ca::new();
+    let policy = "version: STSv1\r\nmode: enforce\r\nmx: tern.test\r\nmax_age: 86400\r\n";
+    let Some(_sts) = common::sts::PolicyServer::start(&ca, "127.0.1.41", policy) else { return };
+    let dns = DnsServer::start(&json!({}));
+    let t = tern_for_remote(&dns, &ca);
+    let (published, stderr) = keygen(&t, &["remote.test", "--selector", "s1"]);
+    add_snippet(&t, &stderr);
+    let spki = "8cb0fc6c527506a053f4f14c8464bebbd6dede2738d11468dd953d7d6a3021f1";
+    dns.set_zone(&json!({
+        "remote.test.": [["MX", 10, "tern.test."], ["TXT", "v=spf1 mx -all"]],
+        "s1._domainkey.remote.test.": [["TXT", published.record()]],
+        "_dmarc.remote.test.": [["TXT", "v=DMARC1; p=none"]],
+        "_mta-sts.remote.test.": [["TXT", "v=STSv1; id=20261207;"]],
+        "mta-sts.remote.test.": [["A", "127.0.1.41"]],
+        "_smtp._tls.remote.test.": [["TXT", "v=TLSRPTv1; rua=mailto:tls@remote.test"]],
+        "_25._tcp.tern.test.": [["TLSA", 3, 1, 1, spki]],
+        "tern.test.": [["A", "198.51.100.7"], ["TXT", "v=spf1 a -all"]],
+        "7.100.51.198.in-addr.arpa.": [["PTR", "tern.test."]],
+    }));
+    let out = t.tern_cmd(&["dns", "check", "remote.test"]);
+    let s = &out.stdout;
+    assert_eq!(out.code(), Some(0), "{}", out.all());
+    let sts = named(s, "MTA-STS", "_mta-sts.remote.test.");
+    assert!(sts[0].contains(" ok ") && sts[0].contains("mode=enforce"), "{s}");
+    assert!(named(s, "TLS-RPT", "_smtp._tls.remote.test.")[0].contains(" ok "), "{s}");
+    let tlsa = named(s, "TLSA", "_25._tcp.tern.test.");
+    assert!(tlsa[0].contains("3 1 1 (DANE-EE, SPKI, SHA-256)"), "{s}");
+    assert!(tlsa.iter().any(|l| l.contains("DNSSEC is not validated")), "{s}");
+    for requirement in ["SPF passes", "DKIM key published", "DMARC record", "PTR and forward-confirmed"] {
+        assert_eq!(bulk(s, requirement).0, "pass", "{requirement}:\n{s}");
+    }
+    assert_eq!(bulk(s, "TLS offered with a self-signed").0, "warn", "{s}");
+    assert_eq!(bulk(s, "one-click unsubscribe").0, "note", "{s}");
+}
+
+#[test]
+fn dns_check_fails_bad_tls_records_and_unconfirmed_reverse_dns() {
+    let ca = common::sts::Ca::new();
+    let dns = DnsServer::start(&json!({}));
+    let t = tern_for_remote(&dns, &ca);
+    dns.set_zone(&json!({
+        "remote.test.": [["MX", 10, "tern.test."], ["TXT", "v=spf1 mx -all"]],
+        "_mta-sts.remote.test.": [["TXT", "v=STSv1; id=not valid!;"]],
+        "_smtp._tls.remote.test.": [["TXT", "v=TLSRPTv1"]],
+        "tern.test.": [["A", "198.51.100.7"], ["TXT", "v=spf1 a -all"]],
+        "9.100.51.198.in-addr.arpa.": [["PTR", "tern.test."]],
+    }));
+    // An outbound address whose PTR names the host, which does not resolve back to it.
+    let out = t.tern_cmd(&["dns", "check", "remote.test", "--address", "198.51.100.9"]);
+    let s = &out.stdout;
+    assert_eq!(out.code(), Some(1), "{}", out.all());
+    assert!(named(s, "MTA-STS", "_mta-sts.remote.test.")[0].contains("wrong"), "{s}");
+    assert!(named(s, "TLS-RPT", "_smtp._tls.remote.test.")[0].contains("wrong"), "{s}");
+    let tlsa = named(s, "TLSA", "_25._tcp.tern.test.");
+    assert!(tlsa[0].contains("warn") && tlsa[0].contains("none"), "{s}");
+    let ptr = named(s, "PTR", "9.100.51.198.in-addr.arpa.");
+    assert!(ptr[0].contains("wrong") && ptr[0].contains("not forward-confirmed"), "{s}");
+    assert_eq!(bulk(s, "PTR and forward-confirmed").0, "fail", "{s}");
+    assert_eq!(bulk(s, "DKIM key published").0, "fail", "{s}");
+    assert_eq!(bulk(s, "SPF passes").0, "fail", "SPF must authorize 198.51.100.9:\n{s}");
 }

@@ -9,38 +9,13 @@ mod common;
 use common::outbound::*;
 use common::sts::*;
 use common::*;
-use serde_json::json;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 const BOB: &str = "bob@remote.test";
 const DELIVERY: Duration = Duration::from_secs(30);
 const MX_HOST: &str = "mx1.remote.test";
-
-fn policy(mode: &str, mx: &str) -> String {
-    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
-}
-
-/// `remote.test` MX mx1.remote.test at `mx_ip`, the TXT record with `id`, and the
-/// policy host at `sts_ip`.
-fn zone(mx_ip: &str, sts_ip: &str, id: &str) -> serde_json::Value {
-    let mut zone = mx_zone(&[(10, mx_ip)]);
-    let map = zone.as_object_mut().expect("zone object");
-    map.insert("_mta-sts.remote.test.".into(), json!([["TXT", format!("v=STSv1; id={id};")]]));
-    map.insert("mta-sts.remote.test.".into(), json!([["A", sts_ip]]));
-    zone
-}
-
-/// The MX host: a Tern with a certificate from the CA for `cert_name`.
-fn start_mx(ca: &Ca, ip: &str, port: u16, cert_name: &str) -> Tern {
-    let (cert, key) = ca.issue(cert_name);
-    start_receiver(ip, port, &format!("\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()))
-}
-
-fn outbound(ca: &Ca) -> String {
-    format!("mta_sts = true\nca_file = \"{}\"\n", ca.ca_file().display())
-}
 
 fn sender(dns: &DnsServer, port: u16, outbound: &str, base: &str) -> Tern {
     start_sender(&SenderSetup { extra: base, dns: Some(dns), peer_port: port, outbound })
@@ -66,7 +41,7 @@ fn enforce_with_a_matching_mx_and_a_valid_certificate_delivers() {
     let dns = DnsServer::start(&zone("127.0.0.52", "127.0.0.51", "one"));
     let mx = start_mx(&ca, "127.0.0.52", port, MX_HOST);
     let base = sender_base("");
-    let a = sender(&dns, port, &outbound(&ca), &base);
+    let a = sender(&dns, port, &sts_outbound(&ca), &base);
     let msg = test_message("sts enforce", BOB);
     send_message(&a, SENDER, &[BOB], &msg, &[]);
     let stored = mx.wait_mail_within(REMOTE_DOMAIN, "bob", 1, DELIVERY);
@@ -86,7 +61,7 @@ fn enforce_with_a_certificate_of_another_name_defers_with_4_7_5() {
     let dns = DnsServer::start(&zone("127.0.0.54", "127.0.0.53", "one"));
     let mx = start_mx(&ca, "127.0.0.54", port, "other.remote.test");
     let base = sender_base("");
-    let a = sender(&dns, port, &outbound(&ca), &base);
+    let a = sender(&dns, port, &sts_outbound(&ca), &base);
     send_message(&a, SENDER, &[BOB], &test_message("sts wrong name", BOB), &[]);
     wait_sts_deferral(&a);
     assert_eq!(mx.settled_count(REMOTE_DOMAIN, "bob"), 0, "delivered despite the policy");
@@ -100,7 +75,7 @@ fn enforce_with_an_mx_outside_the_policy_defers() {
     let dns = DnsServer::start(&zone("127.0.0.56", "127.0.0.55", "one"));
     let mx = start_mx(&ca, "127.0.0.56", port, MX_HOST);
     let base = sender_base("");
-    let a = sender(&dns, port, &outbound(&ca), &base);
+    let a = sender(&dns, port, &sts_outbound(&ca), &base);
     send_message(&a, SENDER, &[BOB], &test_message("sts mx outside", BOB), &[]);
     let q = wait_sts_deferral(&a);
     assert!(q.contains("no MX host matches"), "{q}");
@@ -115,7 +90,7 @@ fn testing_mode_delivers_and_logs_what_would_have_failed() {
     let dns = DnsServer::start(&zone("127.0.0.58", "127.0.0.57", "one"));
     let mx = start_mx(&ca, "127.0.0.58", port, "other.remote.test");
     let base = sender_base("");
-    let a = sender(&dns, port, &outbound(&ca), &base);
+    let a = sender(&dns, port, &sts_outbound(&ca), &base);
     send_message(&a, SENDER, &[BOB], &test_message("sts testing", BOB), &[]);
     assert_eq!(mx.wait_mail_within(REMOTE_DOMAIN, "bob", 1, DELIVERY).len(), 1);
     wait_queue_empty(&a, DELIVERY);
@@ -134,7 +109,7 @@ fn a_cached_policy_is_enforced_while_the_policy_host_is_down() {
     let dns = DnsServer::start(&zone("127.0.0.60", "127.0.0.59", "two"));
     let mx = start_mx(&ca, "127.0.0.60", port, "other.remote.test");
     let base = sender_base("");
-    let out = outbound(&ca);
+    let out = sts_outbound(&ca);
     let mut a = sender_stopped(&SenderSetup { extra: &base, dns: Some(&dns), peer_port: port, outbound: &out });
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     write_cache(&a.data_dir, &policy("enforce", MX_HOST), now);
@@ -143,11 +118,4 @@ fn a_cached_policy_is_enforced_while_the_policy_host_is_down() {
     wait_sts_deferral(&a);
     assert_eq!(mx.settled_count(REMOTE_DOMAIN, "bob"), 0, "delivered despite the cached policy");
     assert!(a.logs().contains("MTA-STS policy fetch failed"), "{}", a.logs());
-}
-
-fn write_cache(data_dir: &Path, text: &str, now: u64) {
-    let dir = data_dir.join("mta-sts");
-    fs::create_dir_all(&dir).expect("mkdir");
-    let entry = json!({"id": "one", "policy": text, "fetched_at": now, "expires": now + 86400});
-    fs::write(dir.join("remote.test.json"), entry.to_string()).expect("write cache");
 }

@@ -66,10 +66,13 @@ mail_root = "$run/mail"
 
 [limits]
 max_message_size = 52428800
-
-[relay.routes]
-"remote.test" = "127.0.0.1:$DOWNSTREAM_PORT"
 EOF
+        # By MX through a private DNS server (sts.sh), or straight to the smtp-sink.
+        if [[ -n ${TERN_MX_CONFIG:-} ]]; then
+            printf '\n%s\n' "$TERN_MX_CONFIG" >>"$run/tern.toml"
+        else
+            printf '\n[relay.routes]\n"remote.test" = "127.0.0.1:%s"\n' "$DOWNSTREAM_PORT" >>"$run/tern.toml"
+        fi
         ;;
     C)
         cat >"$run/tern.toml" <<EOF
@@ -105,7 +108,7 @@ EOF
         TERN_ADMIN_PORT=$FREE_PORT
         printf '\n[admin]\nlisten = "127.0.0.1:%s"\n' "$TERN_ADMIN_PORT" >>"$run/tern.toml"
     fi
-    if [[ $scenario != A && -n ${BENCH_TERN_OUTBOUND_CONNS:-} ]]; then
+    if [[ $scenario != A && -n ${BENCH_TERN_OUTBOUND_CONNS:-} && -z ${TERN_MX_CONFIG:-} ]]; then
         printf '\n[outbound]\nmax_connections_per_host = %s\n' "$BENCH_TERN_OUTBOUND_CONNS" >>"$run/tern.toml"
     fi
 }

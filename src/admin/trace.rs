@@ -80,6 +80,9 @@ pub enum Event {
     Milter { milter: String, stage: String, result: String },
     /// An aggregate report (`tls` or `dmarc`) about `domain`, made by Tern.
     ReportSent { kind: String, domain: String, recipients: Vec<String>, size: u64 },
+    /// What the recipient domain's TLS policy (MTA-STS) or the sender's REQUIRETLS or
+    /// `TLS-Required: No` made of a delivery.
+    TlsPolicy { domain: String, detail: String },
     /// Nothing more will happen: `delivered`, `bounced`, `partly bounced` or `deleted`.
     Finished { state: String, delivered: usize, bounced: usize },
 }
@@ -148,6 +151,7 @@ impl std::fmt::Display for Event {
             Event::Admin { action } => write!(f, "{action} by the mail administrator"),
             Event::Notice { notice, to } => write!(f, "delivery status notification {notice} sent to {}", sender(to)),
             Event::Milter { milter, stage, result } => write!(f, "milter {milter} at {stage}: {result}"),
+            Event::TlsPolicy { domain, detail } => write!(f, "TLS policy of {domain}: {detail}"),
             Event::Finished { state, delivered, bounced } => {
                 write!(f, "finished: {state} ({delivered} delivered, {bounced} bounced)")
             }

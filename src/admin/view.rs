@@ -159,6 +159,8 @@ mod tests {
             envid: None,
             quarantine: false,
             held,
+            requiretls: false,
+            tls_optional: false,
             recipients: vec![Recipient {
                 address: "c@d.test".into(),
                 local: false,

@@ -1,5 +1,7 @@
 //! `tern dns check DOMAIN`: the MX, SPF, DKIM and DMARC records a domain Tern serves
-//! should publish, next to what DNS returns now (asked through `[dns]`).
+//! should publish, its MTA-STS, TLS-RPT and TLSA records, the reverse DNS of the
+//! server's addresses, next to what DNS returns now (asked through `[dns]`); then
+//! what the big mailbox providers ask of bulk senders.
 
 use super::dkim::{dkim_zone_line, txt_value};
 use crate::config::{Config, DkimKey};
@@ -22,11 +24,13 @@ use std::process::ExitCode;
 const SHOWN_MAX: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+pub(super) enum Status {
     Ok,
     Missing,
     Wrong,
     Error,
+    /// Worth publishing, but optional: does not fail the check.
+    Warn,
 }
 
 impl Status {
@@ -36,15 +40,16 @@ impl Status {
             Status::Missing => "missing",
             Status::Wrong => "wrong",
             Status::Error => "error",
+            Status::Warn => "warn",
         }
     }
 }
 
 /// One record: what DNS holds now and, when that is not right, what to publish.
-struct Row {
-    kind: &'static str,
-    name: String,
-    status: Status,
+pub(super) struct Row {
+    pub(super) kind: &'static str,
+    pub(super) name: String,
+    pub(super) status: Status,
     /// The record as DNS returns it now (shortened).
     found: Option<String>,
     /// Why the status is not ok.
@@ -54,21 +59,21 @@ struct Row {
 }
 
 impl Row {
-    fn new(kind: &'static str, name: String, status: Status) -> Row {
+    pub(super) fn new(kind: &'static str, name: String, status: Status) -> Row {
         Row { kind, name, status, found: None, reason: None, notes: Vec::new() }
     }
 
-    fn found(mut self, text: &str) -> Row {
+    pub(super) fn found(mut self, text: &str) -> Row {
         self.found = Some(shorten(text));
         self
     }
 
-    fn reason(mut self, text: impl Into<String>) -> Row {
+    pub(super) fn reason(mut self, text: impl Into<String>) -> Row {
         self.reason = Some(text.into());
         self
     }
 
-    fn note(mut self, label: &'static str, text: impl Into<String>) -> Row {
+    pub(super) fn note(mut self, label: &'static str, text: impl Into<String>) -> Row {
         self.notes.push((label, text.into()));
         self
     }
@@ -80,7 +85,9 @@ impl Row {
     }
 }
 
-pub fn check(config: &Config, domain: &str) -> ExitCode {
+/// `addresses`: the server's outbound addresses to check (PTR, forward-confirmed
+/// reverse DNS, SPF); when empty, those of its host name.
+pub fn check(config: &Config, domain: &str, addresses: &[IpAddr]) -> ExitCode {
     let Some(domain) = canonical_domain(domain) else {
         eprintln!("tern: {domain:?} is not a domain name");
         return ExitCode::from(2);
@@ -102,7 +109,13 @@ pub fn check(config: &Config, domain: &str) -> ExitCode {
         let dns = Dns::new(&config.dns)?;
         let hostname = canonical_domain(&config.hostname)
             .unwrap_or_else(|| config.hostname.trim_end_matches('.').to_ascii_lowercase());
-        let (outbound, a_row) = outbound_addresses(&dns, &hostname).await;
+        let (mut outbound, mut a_row) = outbound_addresses(&dns, &hostname).await;
+        if addresses.is_empty() {
+            a_row = a_row.note("note:", "outbound addresses taken to be these; check others with --address IP");
+        } else {
+            outbound = addresses.to_vec();
+        }
+        let mx_hosts = super::dns_tls::mx_hosts(&dns, &domain).await;
         let (mx, spf, dkim, dmarc, helo_spf) = tokio::join!(
             mx_row(&dns, &domain, &hostname),
             spf_row(&dns, Identity::MailFrom(&domain), &hostname, &outbound),
@@ -126,6 +139,9 @@ pub fn check(config: &Config, domain: &str) -> ExitCode {
         }
         rows.extend(dkim);
         rows.push(dmarc);
+        rows.push(super::dns_tls::mta_sts_row(config, &dns, &domain, &mx_hosts).await);
+        rows.push(super::dns_tls::tlsrpt_row(&dns, &domain).await);
+        rows.extend(super::dns_tls::tlsa_rows(&dns, &mx_hosts).await);
         // What receivers check of the server itself: its name, the SPF record of the
         // HELO name (bounces are sent from <>), and reverse DNS.
         rows.push(a_row);
@@ -142,14 +158,17 @@ pub fn check(config: &Config, domain: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let bulk = super::dns_bulk::lines(config, &domain, &rows);
     print!("{}", table(&rows));
-    if rows.iter().all(|r| r.status == Status::Ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    print!("\n{}", super::dns_bulk::render(&bulk));
+    let rows_ok = rows.iter().all(|r| matches!(r.status, Status::Ok | Status::Warn));
+    if rows_ok && super::dns_bulk::passed(&bulk) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// The rows as an aligned table, one block per record.
 fn table(rows: &[Row]) -> String {
-    const KIND: usize = 7;
     const STATUS: usize = 9;
+    let kind_width = rows.iter().map(|r| r.kind.len()).max().unwrap_or(0).max(5) + 2;
     let name_width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0) + 2;
     let mut out = String::new();
     for row in rows {
@@ -158,10 +177,10 @@ fn table(rows: &[Row]) -> String {
             .flatten()
             .collect::<Vec<_>>()
             .join(" ");
-        let line = format!("{:KIND$}{:name_width$}{:STATUS$}{detail}", row.kind, row.name, row.status.label());
+        let line = format!("{:kind_width$}{:name_width$}{:STATUS$}{detail}", row.kind, row.name, row.status.label());
         let _ = writeln!(out, "{}", line.trim_end());
         for (label, text) in &row.notes {
-            let _ = writeln!(out, "{:KIND$}{label:10}{text}", "");
+            let _ = writeln!(out, "{:kind_width$}{label:10}{text}", "");
         }
     }
     out
@@ -324,9 +343,15 @@ async fn ptr_row(dns: &Dns, ip: IpAddr, hostname: &str) -> Row {
     let name = reverse_name(ip);
     let ask = format!("{name} IN PTR {hostname}.");
     match dns.ptr(ip).await {
-        Ok(names) if names.iter().any(|n| n == hostname) => {
-            Row::new("PTR", name, Status::Ok).found(&format!("{hostname}."))
-        }
+        // Forward-confirmed: the name the PTR gives resolves back to the address.
+        Ok(names) if names.iter().any(|n| n == hostname) => match dns.addresses(hostname).await {
+            Ok(ips) if ips.contains(&ip) => Row::new("PTR", name, Status::Ok).found(&format!("{hostname}.")),
+            Err(DnsError::Temporary(e)) => Row::new("PTR", name, Status::Error).reason(format!("no answer: {e}")),
+            _ => Row::new("PTR", name, Status::Wrong)
+                .found(&format!("{hostname}."))
+                .reason(format!("not forward-confirmed: {hostname} does not resolve to {ip}"))
+                .note("publish:", format!("{hostname}. IN {} {ip}", if ip.is_ipv4() { "A" } else { "AAAA" })),
+        },
         Ok(names) if !names.is_empty() => Row::new("PTR", name, Status::Wrong)
             .found(&names.iter().map(|n| format!("{n}.")).collect::<Vec<_>>().join(", "))
             .reason(format!("does not name {hostname}"))

@@ -5,6 +5,8 @@ mod control;
 mod dane;
 mod dkim;
 mod dns;
+mod dns_bulk;
+mod dns_tls;
 mod mailq;
 mod queue;
 mod quickstart;
@@ -136,8 +138,14 @@ enum DkimCommand {
 
 #[derive(Subcommand)]
 enum DnsCommand {
-    /// Compare the MX, SPF, DKIM and DMARC records of a served domain with what DNS returns.
-    Check { domain: String },
+    /// Compare the MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, TLSA and PTR records of a
+    /// served domain with what DNS returns, and list what bulk senders are asked for.
+    Check {
+        domain: String,
+        /// An address the server sends from (repeatable); default: those of `hostname`.
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<std::net::IpAddr>,
+    },
     /// Evaluate SPF (RFC 7208) for a client as the server does at MAIL FROM: the
     /// result, and the explanation of a fail.
     Spf {
@@ -336,7 +344,7 @@ pub fn main() -> ExitCode {
             let selector = if full_certificate { dane::Selector::Cert } else { dane::Selector::Spki };
             dane::tlsa(&config, port, selector)
         }
-        Command::Dns { command: DnsCommand::Check { domain } } => dns::check(&config, &domain),
+        Command::Dns { command: DnsCommand::Check { domain, addresses } } => dns::check(&config, &domain, &addresses),
         Command::Dns { command: DnsCommand::Spf { ip, mail_from, helo, stdin: _ } } => {
             spf::spf(&config, ip.map(|ip| (ip, mail_from, helo)))
         }

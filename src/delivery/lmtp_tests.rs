@@ -155,6 +155,7 @@ async fn send_utf8(
     let rcpts = recipients(names);
     let content = Content::from(Arc::new(b"Subject: t\r\n\r\n.dot\r\nbody\r\n".to_vec()));
     let job = Job {
+        id: "T1",
         sender: "s@b.test",
         recipients: rcpts.iter().enumerate().collect(),
         content: &content,
@@ -162,6 +163,8 @@ async fn send_utf8(
         eight_bit: false,
         ret: None,
         envid: None,
+        requiretls: false,
+        tls_optional: false,
     };
     let (mut outcome, via) = deliver(config, target, &job).await;
     assert_eq!(via.relay, format!("lmtp:{}", target.name()));

@@ -67,12 +67,14 @@ pub enum Refusal {
     Spam,
     /// A milter refused it, or failed with `on_error` refusing.
     Milter,
+    /// MAIL with REQUIRETLS on a session without TLS (RFC 8689).
+    RequireTls,
     /// None of the above.
     Other,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 19] = [
+    const ALL: [Refusal; 20] = [
         Refusal::RelayDenied,
         Refusal::UnknownRecipient,
         Refusal::SenderNotOwned,
@@ -91,6 +93,7 @@ impl Refusal {
         Refusal::Protocol,
         Refusal::Spam,
         Refusal::Milter,
+        Refusal::RequireTls,
         Refusal::Other,
     ];
 
@@ -114,6 +117,7 @@ impl Refusal {
             Refusal::Protocol => "protocol",
             Refusal::Spam => "spam",
             Refusal::Milter => "milter",
+            Refusal::RequireTls => "requiretls",
             Refusal::Other => "other",
         }
     }
@@ -264,7 +268,49 @@ pub struct Metrics {
     milter_results: Family<Labels, Counter>,
     dane: Vec<(&'static str, Counter)>,
     reports_sent: Vec<Counter>,
+    requiretls: Vec<Counter>,
+    mta_sts_fetch: Vec<Counter>,
 }
+
+/// What became of a REQUIRETLS message (RFC 8689), or of a `TLS-Required: No` one.
+#[derive(Debug, Clone, Copy)]
+pub enum RequireTls {
+    /// Received with REQUIRETLS over TLS and stored.
+    Accepted,
+    /// MAIL with REQUIRETLS on a session without TLS.
+    Refused,
+    /// Relayed with REQUIRETLS over authenticated TLS.
+    Relayed,
+    /// A recipient bounced with 5.7.30.
+    Bounced,
+    /// Delivery waits: the policy could not be fetched, or no MX could be reached.
+    Deferred,
+    /// `TLS-Required: No`: relayed with the domain's MTA-STS policy set aside.
+    PolicyIgnored,
+}
+
+const REQUIRETLS_RESULTS: [&str; 6] = ["accepted", "refused", "relayed", "bounced", "deferred", "policy_ignored"];
+
+/// How fetching an MTA-STS policy went (RFC 8461 §3.3).
+#[derive(Debug, Clone, Copy)]
+pub enum StsFetch {
+    /// Fetched and valid.
+    Ok,
+    /// Anything but 200 (a redirect among them: never followed).
+    HttpStatus,
+    /// Not `text/plain`.
+    ContentType,
+    /// Over 64 KiB.
+    TooBig,
+    /// The fetch did not finish within its time.
+    Timeout,
+    /// Fetched, but not a valid policy.
+    Invalid,
+    /// No address, no connection, a certificate that did not verify, a broken exchange.
+    Error,
+}
+
+const STS_FETCH_RESULTS: [&str; 7] = ["ok", "http_status", "content_type", "too_big", "timeout", "invalid", "error"];
 
 /// Series of a family with one label, one per value.
 fn series<M: Clone>(family: &Family<Labels, M>, label: &'static str, values: &[&str]) -> Vec<M> {
@@ -410,6 +456,16 @@ impl Metrics {
         let reports_family = Family::<Labels, Counter>::default();
         registry.register("tern_reports_sent", "Aggregate reports queued, by kind", reports_family.clone());
         let reports_sent = series(&reports_family, "kind", &REPORT_KINDS);
+        let requiretls_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_requiretls",
+            "REQUIRETLS messages (RFC 8689) and TLS-Required: No ones, by what became of them",
+            requiretls_family.clone(),
+        );
+        let requiretls = series(&requiretls_family, "result", &REQUIRETLS_RESULTS);
+        let sts_family = Family::<Labels, Counter>::default();
+        registry.register("tern_mta_sts_fetch", "MTA-STS policy fetches, by result", sts_family.clone());
+        let mta_sts_fetch = series(&sts_family, "result", &STS_FETCH_RESULTS);
         Metrics {
             registry,
             connections_active,
@@ -430,6 +486,8 @@ impl Metrics {
             milter_results,
             dane,
             reports_sent,
+            requiretls,
+            mta_sts_fetch,
         }
     }
 
@@ -465,6 +523,9 @@ impl Metrics {
 
     pub fn refused(&self, reason: Refusal) {
         self.refused[reason as usize].inc();
+        if reason == Refusal::RequireTls {
+            self.requiretls(RequireTls::Refused);
+        }
         crate::admin::activity::get().refused(reason.name());
     }
 
@@ -508,6 +569,14 @@ impl Metrics {
         if let Some((_, counter)) = self.dane.iter().find(|(name, _)| *name == result) {
             counter.inc();
         }
+    }
+
+    pub fn requiretls(&self, result: RequireTls) {
+        self.requiretls[result as usize].inc();
+    }
+
+    pub fn mta_sts_fetch(&self, result: StsFetch) {
+        self.mta_sts_fetch[result as usize].inc();
     }
 
     pub fn spam_result(&self, result: SpamResult) {
@@ -566,6 +635,8 @@ mod tests {
             "tern_messages_refused_total{reason=\"relay_denied\"} 0",
             "tern_spam_results_total{action=\"rewrite_subject\"} 1",
             "tern_spam_results_total{action=\"error\"} 0",
+            "tern_requiretls_total{result=\"bounced\"} 0",
+            "tern_mta_sts_fetch_total{result=\"too_big\"} 0",
             "tern_messages_refused_total{reason=\"protocol\"} 0",
             "tern_build_info{version=",
         ] {

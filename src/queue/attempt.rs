@@ -328,6 +328,7 @@ async fn deliver(
         settle(shared, settings, stored, results, outcome, last(), None).await;
     }
     let job = |recipients| Job {
+        id: &envelope.id,
         sender: &envelope.sender,
         recipients,
         content,
@@ -335,6 +336,8 @@ async fn deliver(
         eight_bit: envelope.eight_bit,
         ret: envelope.ret,
         envid: envelope.envid.as_deref(),
+        requiretls: envelope.requiretls,
+        tls_optional: envelope.tls_optional,
     };
     for (server, recipients) in by_lmtp {
         let target = lmtp::Target::parse(&server);
@@ -428,6 +431,8 @@ fn notice(
         envid: None,
         quarantine: false,
         held: false,
+        requiretls: false,
+        tls_optional: false,
         recipients: destinations
             .into_iter()
             .map(|(address, local)| Recipient {

@@ -106,7 +106,14 @@ pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, quoted: &Quoted,
     m.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"));
     m.push_str(&format!("This is the mail system at host {hostname}.\r\n\r\n"));
     if failed {
-        m.push_str("I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n");
+        m.push_str(
+            "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients.",
+        );
+        m.push_str(if original.requiretls {
+            " It was sent with REQUIRETLS,\r\nso it is not returned here.\r\n\r\n"
+        } else {
+            " It's attached below.\r\n\r\n"
+        });
     } else if delayed {
         m.push_str("Your message could not be delivered yet to one or more recipients.\r\nIt will be retried until it is too old; you do not need to send it again.\r\n\r\n");
     } else {
@@ -150,6 +157,20 @@ pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, quoted: &Quoted,
 
     // RFC 3461 §4.3: RET=HDRS returns headers only; without RET a bounce returns the
     // whole message (if not huge) and other reports only the headers.
+    // RFC 8689 §5: a notice about a REQUIRETLS message may itself travel in the clear,
+    // so it returns none of the message: only its Date and Message-ID, to identify it.
+    if original.requiretls {
+        let mut out = m.into_bytes();
+        out.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Description: Message Headers (REQUIRETLS: content withheld)\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(&identifying(headers(&quoted.bytes)));
+        out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        return out;
+    }
     let full = match original.ret {
         Some(Ret::Headers) => false,
         Some(Ret::Full) => true,
@@ -175,6 +196,22 @@ pub fn build(hostname: &str, dsn_id: &str, original: &Envelope, quoted: &Quoted,
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// The `Date:` and `Message-ID:` fields of a header block, unfolded lines included.
+fn identifying(header: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut keep = false;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        if !line.starts_with(b" ") && !line.starts_with(b"\t") {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            keep = name.eq_ignore_ascii_case(b"date") || name.eq_ignore_ascii_case(b"message-id");
+        }
+        if keep {
+            out.extend_from_slice(line);
+        }
+    }
     out
 }
 
@@ -221,6 +258,8 @@ mod tests {
             envid: Some("E1".into()),
             quarantine: false,
             held: false,
+            requiretls: false,
+            tls_optional: false,
             recipients: vec![r.clone()],
         };
         let server = crate::spool::ServerReply {
@@ -253,6 +292,40 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_requiretls_message_is_not_returned() {
+        let r = rcpt(None);
+        let env = Envelope {
+            id: "ABC".into(),
+            arrival: 0,
+            sender: "alice@local.test".into(),
+            size: 20,
+            smtputf8: false,
+            eight_bit: false,
+            ret: Some(Ret::Full),
+            envid: None,
+            quarantine: false,
+            held: false,
+            requiretls: true,
+            tls_optional: false,
+            recipients: vec![r.clone()],
+        };
+        let detail = Detail::new((5, 7, 30), "REQUIRETLS support required");
+        let original = b"Subject: secret plans\r\nMessage-ID: <m1@local.test>\r\nDate: Mon, 7 Dec 2026 00:00:00 +0000\r\n\r\nthe secret body\r\n";
+        let quoted = Quoted::of(&Content::from(original.to_vec())).unwrap();
+        let dsn = build(
+            "mx.local.test",
+            "DSN1",
+            &env,
+            &quoted,
+            &[Report { recipient: &r, action: Action::Failed, detail: &detail }],
+        );
+        let text = String::from_utf8(dsn).unwrap();
+        assert!(text.contains("Status: 5.7.30") && text.contains("Message-ID: <m1@local.test>"), "{text}");
+        assert!(!text.contains("secret"), "content leaked:\n{text}");
+        assert!(!text.contains("message/rfc822"), "{text}");
     }
 
     #[test]

@@ -165,6 +165,8 @@ mod tests {
             envid: None,
             quarantine: false,
             held,
+            requiretls: false,
+            tls_optional: false,
             recipients: rcpts
                 .iter()
                 .map(|(a, state)| Recipient {

@@ -197,6 +197,8 @@ async fn enqueue(
         envid: None,
         quarantine: false,
         held: false,
+        requiretls: false,
+        tls_optional: false,
         recipients,
     };
     let stored = ctx

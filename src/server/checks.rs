@@ -229,6 +229,8 @@ pub async fn message(
         tracing::info!(id, client = %peer, "removed forged Authentication-Results");
     }
     let header = cleaned.as_deref().unwrap_or(received.header());
+    // RFC 8689 §4.1: REQUIRETLS wins over `TLS-Required: No`.
+    let tls_optional = !message.params.requiretls && crate::tls_policy::requiretls::tls_optional(header);
     let mut prefix = received_header(&message, peer, hostname, &id, local).into_bytes();
     let mut quarantine = false;
     let mut auth_summary = None;
@@ -358,6 +360,8 @@ pub async fn message(
         envid: message.params.envid.clone(),
         quarantine,
         held: false,
+        requiretls: message.params.requiretls,
+        tls_optional,
         recipients,
     };
     let notes = milters.map(Milters::take_notes).unwrap_or_default();
@@ -369,9 +373,14 @@ pub async fn message(
                 rcpts = envelope.recipients.len(),
                 size = envelope.size,
                 client = %peer,
+                requiretls = envelope.requiretls,
+                tls_optional = envelope.tls_optional,
                 "queued"
             );
             trace_received(&message, &envelope, peer, local, auth_summary, scanned, notes);
+            if envelope.requiretls {
+                crate::metrics::get().requiretls(crate::metrics::RequireTls::Accepted);
+            }
             ctx.queue.enqueue(stored, content);
             Ok(id)
         }

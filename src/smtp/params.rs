@@ -30,6 +30,8 @@ pub struct MailParams {
     pub envid: Option<String>,
     /// AUTH= (RFC 4954 §5), kept as given.
     pub auth: Option<String>,
+    /// REQUIRETLS (RFC 8689 §3): the message may travel only over authenticated TLS.
+    pub requiretls: bool,
 }
 
 /// NOTIFY= (RFC 3461 §4.1). Stored as on the wire.
@@ -185,12 +187,13 @@ impl MailParams {
                     }
                 }
                 ("SMTPUTF8", None) => p.smtputf8 = true,
+                ("REQUIRETLS", None) => p.requiretls = true,
                 ("RET", Some(v)) => {
                     p.ret = Some(v.parse().map_err(|_| bad_value("RET"))?);
                 }
                 ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => p.envid = Some(v.to_string()),
                 ("AUTH", Some(v)) => p.auth = Some(v.to_string()),
-                ("SIZE" | "BODY" | "RET" | "ENVID" | "AUTH" | "SMTPUTF8", _) => {
+                ("SIZE" | "BODY" | "RET" | "ENVID" | "AUTH" | "SMTPUTF8" | "REQUIRETLS", _) => {
                     return Err(bad_value(&key));
                 }
                 _ => return Err(unsupported(&key)),
@@ -255,6 +258,8 @@ mod tests {
         assert_eq!(MailParams::parse(" BODY=BINARYMIME").unwrap_err().code, 555);
         assert_eq!(MailParams::parse("SIZE=1").unwrap_err().code, 501);
         assert_eq!(MailParams::parse(" ENVID=a+zz").unwrap_err().code, 501);
+        assert!(MailParams::parse(" REQUIRETLS").unwrap().requiretls);
+        assert_eq!(MailParams::parse(" REQUIRETLS=YES").unwrap_err().code, 501);
     }
 
     #[test]

@@ -56,6 +56,14 @@ pub struct Envelope {
     /// Put on hold by the mail administrator: not attempted until released.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// Received with REQUIRETLS (RFC 8689 §4.1): relayed only over authenticated TLS
+    /// to servers that offer REQUIRETLS, else returned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
+    /// Carries `TLS-Required: No` without REQUIRETLS (RFC 8689 §4.1): the recipient
+    /// domain's MTA-STS (or DANE) policy is set aside, TLS stays opportunistic.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_optional: bool,
     pub recipients: Vec<Recipient>,
 }
 

@@ -17,6 +17,8 @@ pub(super) fn envelope_with_id(id: String, rcpts: usize) -> Envelope {
         envid: None,
         quarantine: false,
         held: false,
+        requiretls: false,
+        tls_optional: false,
         recipients: (0..rcpts)
             .map(|i| Recipient {
                 address: format!("u{i}@localhost"),

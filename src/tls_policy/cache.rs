@@ -22,16 +22,16 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// A fresh entry for a policy just fetched; `None` if `text` is not a valid policy.
-    pub fn new(id: &str, text: &str, now: u64) -> Option<(Entry, Policy)> {
-        let policy = mta_sts::parse_policy(text).ok()?;
+    /// A fresh entry for a policy just fetched, or why `text` is not a valid policy.
+    pub fn new(id: &str, text: &str, now: u64) -> Result<(Entry, Policy), mta_sts::ParseError> {
+        let policy = mta_sts::parse_policy(text)?;
         let entry = Entry {
             id: id.to_string(),
             policy: text.to_string(),
             fetched_at: now,
             expires: now + u64::from(policy.max_age),
         };
-        Some((entry, policy))
+        Ok((entry, policy))
     }
 
     /// The parsed policy; `None` if the stored text is (no longer) valid.
@@ -74,6 +74,17 @@ pub fn decide(cached: Option<&Entry>, txt: Txt<'_>, now: u64) -> Decision {
         (Some(_), Txt::Absent | Txt::Failed) => Decision::UseCached,
         (None, Txt::Absent | Txt::Failed) => Decision::NoPolicy,
     }
+}
+
+/// A cached policy is fetched again after this long, ahead of its expiry.
+pub const REFRESH_EVERY: u64 = 24 * 3600;
+
+/// RFC 8461 §5.1 ("senders SHOULD proactively refresh"): an unexpired policy is
+/// refreshed once a day, and as soon as half its lifetime is gone.
+pub fn needs_refresh(entry: &Entry, now: u64) -> bool {
+    let age = now.saturating_sub(entry.fetched_at);
+    let lifetime = entry.expires.saturating_sub(entry.fetched_at);
+    entry.expires > now && (age >= REFRESH_EVERY || age.saturating_mul(2) >= lifetime)
 }
 
 /// The cache directory under the data dir.
@@ -132,7 +143,7 @@ mod tests {
 
     #[test]
     fn invalid_policy_makes_no_entry() {
-        assert!(Entry::new("id1", "version: STSv2\n", 0).is_none());
+        assert!(Entry::new("id1", "version: STSv2\n", 0).is_err());
     }
 
     #[test]
@@ -152,5 +163,15 @@ mod tests {
         assert_eq!(load(&dir, "remote.test").unwrap().id, "id2");
         assert!(store(&dir, "../evil", &entry).is_err());
         assert_eq!(load(&dir, "../evil"), None);
+    }
+
+    #[test]
+    fn policies_are_refreshed_ahead_of_expiry() {
+        let (entry, _) = Entry::new("id1", POLICY, 1000).unwrap();
+        let lifetime = entry.expires - entry.fetched_at;
+        assert!(!needs_refresh(&entry, 1000));
+        assert!(!needs_refresh(&entry, 1000 + lifetime.min(REFRESH_EVERY) / 2 - 1));
+        assert!(needs_refresh(&entry, 1000 + lifetime.min(REFRESH_EVERY * 2) / 2));
+        assert!(!needs_refresh(&entry, entry.expires), "an expired policy is fetched, not refreshed");
     }
 }

@@ -309,9 +309,11 @@ impl Drop for SmtpSink {
 ///   message content arrived;
 /// - `refuse_rcpt`: addresses whose RCPT is refused with 550 5.1.1;
 /// - `data_without_rcpt`: answer DATA with 354 even when no recipient was
-///   accepted (a broken server; the content is then read and logged as ever).
+///   accepted (a broken server; the content is then read and logged as ever);
+/// - `tls`: `[cert, key]` (PEM files): STARTTLS offered until TLS is on; the
+///   handshake is logged as `TLS n`.
 const FAKE_SMTP: &str = r#"
-import base64, json, os, socketserver, sys, threading, time
+import base64, json, os, socketserver, ssl, sys, threading, time
 
 HOST, PORT, DIR = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 CONF = json.loads(sys.argv[4])
@@ -383,6 +385,7 @@ class Handler(socketserver.StreamRequestHandler):
     def session(self, n):
         authed = not CONF.get("auth")
         rcpts = 0
+        tls = False
         self.act("GREETING", "220 peer.test ESMTP fake")
         while True:
             text = self.readline().decode("utf-8", "replace").rstrip("\r\n")
@@ -391,10 +394,21 @@ class Handler(socketserver.StreamRequestHandler):
             log("CMD %d %s" % (n, text))
             if verb == "EHLO":
                 caps = ["peer.test"] + CONF.get("ehlo", ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"])
+                if CONF.get("tls") and not tls:
+                    caps.append("STARTTLS")
                 if CONF.get("auth"):
                     caps.append("AUTH PLAIN LOGIN")
                 lines = ["250%s%s" % ("-" if i < len(caps) - 1 else " ", c) for i, c in enumerate(caps)]
                 self.act("EHLO", "\r\n".join(lines))
+            elif verb == "STARTTLS" and CONF.get("tls") and not tls:
+                self.send("220 2.0.0 Ready to start TLS\r\n")
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(*CONF["tls"])
+                self.request = ctx.wrap_socket(self.request, server_side=True)
+                self.rfile = self.request.makefile("rb")
+                self.wfile = self.request.makefile("wb")
+                tls = True
+                log("TLS %d" % n)
             elif verb == "HELO":
                 self.act("HELO", "250 peer.test")
             elif verb == "AUTH" and CONF.get("auth"):

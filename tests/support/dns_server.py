@@ -3,7 +3,8 @@
 
 Usage: dns_server.py PORT ZONEFILE
 The zone file is JSON: {"name.": [["MX", 10, "mx.name."], ["A", "127.0.0.2"],
-["AAAA", "::1"], ["PTR", "host.name."], ["TXT", "v=spf1 -all"], ["SERVFAIL"]], ...}. Names not in the
+["AAAA", "::1"], ["PTR", "host.name."], ["TXT", "v=spf1 -all"], ["TLSA", 3, 1, 1, "hex"],
+["SERVFAIL"]], ...}. Names not in the
 table answer NXDOMAIN; a name listed with no record of the asked type answers
 NOERROR with no records. A TXT value is a string (sent as 255-byte pieces of
 one record) or a list of strings (the pieces as given). ["TIMEOUT"] makes every
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 
-from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSLabel, DNSRecord
+from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RD, RR, TXT, A, DNSLabel, DNSRecord
 
 PORT = int(sys.argv[1])
 ZONE = sys.argv[2]
@@ -62,6 +63,8 @@ def rdata_for(rec, qtype):
         return AAAA(rec[1])
     if kind == "PTR":
         return PTR(rec[1])
+    if kind == "TLSA":
+        return RD(bytes([rec[1], rec[2], rec[3]]) + bytes.fromhex(rec[4]))
     if kind == "TXT":
         value = rec[1]
         if isinstance(value, str):

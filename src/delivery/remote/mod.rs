@@ -19,8 +19,10 @@ use super::{Delivered, Failure, Via};
 use crate::config::SmarthostTls;
 use crate::dns::Dns;
 use crate::spool::{Content, Recipient, Ret};
+use crate::tls_policy::Lookup;
 use crate::tls_policy::dane::{DaneResult, HostPolicy};
 use crate::tls_policy::mta_sts::{Mode, Policy};
+use crate::tls_policy::requiretls;
 use client::Client;
 pub(crate) use client::Stream;
 use std::collections::HashMap;
@@ -64,6 +66,8 @@ pub struct RemoteConfig {
 
 /// A message and the recipients to deliver it to at one destination.
 pub struct Job<'a> {
+    /// The queue id, for the message's trace.
+    pub id: &'a str,
     pub sender: &'a str,
     pub recipients: Vec<(usize, &'a Recipient)>,
     pub content: &'a Content,
@@ -71,6 +75,11 @@ pub struct Job<'a> {
     pub eight_bit: bool,
     pub ret: Option<Ret>,
     pub envid: Option<&'a str>,
+    /// Sent with REQUIRETLS (RFC 8689): only over authenticated TLS to a server that
+    /// offers REQUIRETLS, and with it.
+    pub requiretls: bool,
+    /// `TLS-Required: No` (RFC 8689 §4.2.2): the domain's TLS policy is set aside.
+    pub tls_optional: bool,
 }
 
 pub type Outcome = Vec<(usize, Result<Delivered, Failure>)>;
@@ -85,8 +94,12 @@ pub enum TlsPolicy {
     Off,
     /// STARTTLS when offered; plaintext otherwise (RFC 7435).
     Opportunistic,
-    /// TLS with a verified certificate, or no delivery.
+    /// TLS with a certificate verified for the configured host name (the smarthost),
+    /// or no delivery.
     Required,
+    /// TLS with a certificate verified for an MX host that the domain's MTA-STS policy
+    /// names (RFC 8461 §4), or no delivery.
+    MtaSts,
     /// DANE (RFC 7672): TLS, and the certificate must match the host's TLSA records.
     Dane,
     /// TLS without authentication, or no delivery: the host's TLSA records exist but
@@ -97,14 +110,20 @@ pub enum TlsPolicy {
 impl TlsPolicy {
     /// No delivery without TLS.
     pub fn is_mandatory(self) -> bool {
-        matches!(self, TlsPolicy::Required | TlsPolicy::Dane | TlsPolicy::Encrypt)
+        matches!(self, TlsPolicy::Required | TlsPolicy::MtaSts | TlsPolicy::Dane | TlsPolicy::Encrypt)
     }
 
-    /// No delivery unless the server proves who it is: by a verified certificate, or
-    /// by DANE. A connection opened under such a policy carries mail that needs
-    /// authenticated TLS (REQUIRETLS, RFC 8689).
+    /// Anything but a verified certificate ends the connection.
+    pub fn needs_verified(self) -> bool {
+        matches!(self, TlsPolicy::Required | TlsPolicy::MtaSts)
+    }
+
+    /// A connection made under this policy, once its certificate is verified (or
+    /// matched to the TLSA records), reaches the server the recipient domain (or the
+    /// administrator) named over a channel an attacker cannot downgrade: what
+    /// REQUIRETLS asks for (RFC 8689 §4.2.1).
     pub fn is_authenticated(self) -> bool {
-        matches!(self, TlsPolicy::Required | TlsPolicy::Dane)
+        matches!(self, TlsPolicy::Required | TlsPolicy::MtaSts | TlsPolicy::Dane)
     }
 }
 
@@ -114,6 +133,9 @@ impl TlsPolicy {
 pub async fn deliver(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>) -> (Outcome, Via) {
     let mut via = Via::starting("none");
     let outcome = try_hops(config, dns, domain, job, &mut via).await;
+    if job.requiretls {
+        requiretls_results(job, domain, &outcome);
+    }
     // Nothing was sent: all the time went into trying to connect.
     if via.transmission.is_zero() {
         via.setup = via.started.elapsed();
@@ -126,13 +148,39 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         Ok(h) => h,
         Err(f) => return all(job, Err(f)),
     };
-    let dane = match dane_plan(config, domain, &mut hops).await {
+    let smarthost = config.smarthost.is_some();
+    let mut dane = match dane_plan(config, domain, &mut hops).await {
         Ok(plan) => plan,
         Err(f) => return all(job, Err(f)),
     };
     // RFC 8461 §2: DANE takes precedence over MTA-STS.
-    let sts = if dane.is_some() { None } else { sts_policy(config, dns, domain).await };
-    let enforce = sts.as_ref().is_some_and(|p| p.mode == Mode::Enforce);
+    let mut lookup = if dane.is_some() { Lookup::default() } else { sts_policy(config, dns, domain).await };
+    if let Some(failure) = &lookup.failure {
+        note(job, domain, failure.clone());
+    }
+    // RFC 8689 §4.1: REQUIRETLS wins over `TLS-Required: No`.
+    if job.tls_optional && !job.requiretls && (lookup.policy.is_some() || dane.is_some()) {
+        tracing::info!(id = job.id, domain, "TLS-Required: No; the domain's TLS policy is set aside");
+        note(job, domain, "TLS-Required: No: the MTA-STS or DANE policy is set aside, TLS is opportunistic".into());
+        crate::metrics::get().requiretls(crate::metrics::RequireTls::PolicyIgnored);
+        lookup.policy = None;
+        dane = None;
+    }
+    let sts = lookup.policy;
+    if job.requiretls && !smarthost && sts.is_none() && dane.is_none() {
+        // RFC 8689 §4.2.1: without a policy or DANE the MX hosts cannot be
+        // authenticated. A policy that could not be fetched may be back later.
+        let f = match lookup.failure {
+            Some(failure) => requiretls::unsure(format!("{domain}: {failure}")),
+            None => requiretls::refused(format!(
+                "{domain} has neither an MTA-STS policy nor DANE records to authenticate its MX hosts"
+            )),
+        };
+        note(job, domain, f.detail.text.clone());
+        return all(job, Err(f));
+    }
+    // A REQUIRETLS message follows a policy in testing mode as if it were enforced.
+    let enforce = sts.as_ref().is_some_and(|p| p.mode == Mode::Enforce || job.requiretls);
     if enforce {
         // RFC 8461 §4.1: only MX hosts the policy names may be used.
         let policy = sts.as_ref().expect("enforce means a policy");
@@ -181,7 +229,7 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
                         tracing::info!(domain, host = %hop.host, %addr, records = %records.join(", "), "DANE verified");
                     }
                     if let Some(policy) = sts.as_ref().filter(|p| p.mode == Mode::Testing) {
-                        report_testing(domain, policy, hop, via);
+                        report_testing(job, domain, policy, hop, via);
                     }
                     return outcome;
                 }
@@ -232,17 +280,28 @@ fn reports_tls(config: &RemoteConfig, domain: &str) -> bool {
 /// The MTA-STS policy that applies to `domain`: only for mail routed by MX records,
 /// never for the smarthost, `[relay.routes]` or address literals. Mode `none` is no
 /// policy.
-async fn sts_policy(config: &RemoteConfig, dns: &Dns, domain: &str) -> Option<Policy> {
-    let sts = config.mta_sts.as_ref()?;
+async fn sts_policy(config: &RemoteConfig, dns: &Dns, domain: &str) -> Lookup {
+    let none = Lookup { policy: None, failure: None };
+    let Some(sts) = config.mta_sts.as_ref() else {
+        return none;
+    };
     if config.routes.contains_key(domain) || config.smarthost.is_some() || domain.starts_with('[') {
-        return None;
+        return none;
     }
-    sts.policy(dns, &config.tls, config.allow_loopback, domain).await.filter(|p| p.mode != Mode::None)
+    let mut lookup = sts.lookup(dns, &config.tls, config.allow_loopback, domain).await;
+    sts.refresh_if_due(dns, &config.tls, config.allow_loopback, domain);
+    lookup.policy = lookup.policy.filter(|p| p.mode != Mode::None);
+    lookup
+}
+
+/// Puts a line about the domain's TLS policy in the message's trace.
+fn note(job: &Job<'_>, domain: &str, detail: String) {
+    crate::admin::trace::emit(job.id, crate::admin::trace::Event::TlsPolicy { domain: domain.to_string(), detail });
 }
 
 /// Mode `testing`: the mail went as usual; one line says whether enforcing the policy
 /// would have stopped it (RFC 8461 §5).
-fn report_testing(domain: &str, policy: &Policy, hop: &Hop, via: &Via) {
+fn report_testing(job: &Job<'_>, domain: &str, policy: &Policy, hop: &Hop, via: &Via) {
     let problem = if !policy.allows_mx(&hop.host) {
         "MX host not in the policy"
     } else if !via.tls_verified {
@@ -251,6 +310,22 @@ fn report_testing(domain: &str, policy: &Policy, hop: &Hop, via: &Via) {
         return;
     };
     tracing::warn!(domain, host = %hop.host, problem, "MTA-STS policy (testing) would have failed this delivery");
+    note(job, domain, format!("MTA-STS policy (testing) would have failed this delivery: {problem} ({})", hop.host));
+}
+
+/// Logs and counts what became of a REQUIRETLS message's recipients.
+fn requiretls_results(job: &Job<'_>, domain: &str, outcome: &Outcome) {
+    use crate::metrics::RequireTls;
+    let metrics = crate::metrics::get();
+    for (_, result) in outcome {
+        let (kind, word, detail) = match result {
+            Ok(d) => (RequireTls::Relayed, "relayed", &d.detail),
+            Err(f) if f.temporary => (RequireTls::Deferred, "deferred", &f.detail),
+            Err(f) => (RequireTls::Bounced, "bounced", &f.detail),
+        };
+        metrics.requiretls(kind);
+        tracing::info!(id = job.id, domain, result = word, status = %detail.status, detail = %detail.text, "REQUIRETLS");
+    }
 }
 
 /// What the TLS of one attempt at an MX host is held to, and where its failures are
@@ -386,7 +461,7 @@ async fn connect(
         (true, _) => TlsPolicy::Required,
         (false, _) if matches!(dane, HostPolicy::Verify(_)) => TlsPolicy::Dane,
         (false, _) if matches!(dane, HostPolicy::Encrypt(_)) => TlsPolicy::Encrypt,
-        (false, _) if *sts_enforce => TlsPolicy::Required,
+        (false, _) if *sts_enforce => TlsPolicy::MtaSts,
         (false, _) if config.starttls => TlsPolicy::Opportunistic,
         (false, _) => TlsPolicy::Off,
     };

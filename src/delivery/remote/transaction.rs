@@ -22,6 +22,8 @@ struct Capabilities {
     chunking: bool,
     dsn: bool,
     starttls: bool,
+    /// RFC 8689 §3.
+    requiretls: bool,
     auth: Vec<String>,
 }
 
@@ -38,6 +40,7 @@ fn capabilities(ehlo: &RemoteReply) -> Capabilities {
             "CHUNKING" => caps.chunking = true,
             "DSN" => caps.dsn = true,
             "STARTTLS" => caps.starttls = true,
+            "REQUIRETLS" => caps.requiretls = true,
             "AUTH" => caps.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
             _ => {}
         }
@@ -127,6 +130,8 @@ pub struct Connection {
     level: TlsLevel,
     /// Why the certificate did not verify, when encrypted but not verified.
     tls_problem: Option<ResultType>,
+    /// Verified TLS to a server the policy named: REQUIRETLS mail may go.
+    authenticated: bool,
     /// Version and cipher, like `TLSv1.3/TLS13_AES_256_GCM_SHA384`, once encrypted.
     cipher: Option<String>,
     /// `host [ip]`, for messages.
@@ -200,7 +205,7 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
         return Err(no_starttls("STARTTLS not offered".to_string()));
     }
     let wanted = match policy {
-        TlsPolicy::Required => TlsLevel::Verified,
+        TlsPolicy::Required | TlsPolicy::MtaSts => TlsLevel::Verified,
         TlsPolicy::Dane => TlsLevel::Dane,
         _ => TlsLevel::None,
     };
@@ -218,6 +223,7 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
         caps,
         level,
         tls_problem,
+        authenticated: !lmtp && session.policy.is_authenticated() && level.is_authenticated(),
         cipher,
         peer: session.peer.to_string(),
         host: session.host.to_string(),
@@ -259,6 +265,20 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
         return Ok(everyone(job, Err(f)));
     }
 
+    // RFC 8689 §4.2.1: a REQUIRETLS message goes only over authenticated TLS, to a
+    // server that offers REQUIRETLS. An LMTP server delivers locally: no condition.
+    if job.requiretls && !lmtp {
+        let missing = if !conn.authenticated {
+            Some(format!("TLS to {peer} is not authenticated (TLS: {level})"))
+        } else if !caps.requiretls {
+            Some(format!("{peer} does not offer REQUIRETLS"))
+        } else {
+            None
+        };
+        if let Some(missing) = missing {
+            return Ok(everyone(job, Err(crate::tls_policy::requiretls::refused(missing))));
+        }
+    }
     let mut mail = format!("MAIL FROM:<{}>", job.sender);
     if caps.size.is_some() {
         mail.push_str(&format!(" SIZE={size}"));
@@ -268,6 +288,9 @@ pub async fn send(config: &RemoteConfig, conn: &mut Connection, job: &Job<'_>) -
     }
     if smtputf8 {
         mail.push_str(" SMTPUTF8");
+    }
+    if job.requiretls && !lmtp {
+        mail.push_str(" REQUIRETLS");
     }
     if dsn {
         if let Some(ret) = job.ret {

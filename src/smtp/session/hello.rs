@@ -24,6 +24,10 @@ impl Session {
             if self.config.starttls && self.tls.is_none() {
                 lines.push("STARTTLS".into());
             }
+            // RFC 8689 §3: REQUIRETLS is offered only on a session protected by TLS.
+            if self.tls.is_some() {
+                lines.push("REQUIRETLS".into());
+            }
             if self.auth_offered() && self.user.is_none() {
                 lines.push("AUTH PLAIN LOGIN".into());
             }

@@ -21,6 +21,14 @@ impl Session {
         if !hello.extended && params != MailParams::default() {
             return self.reject(Reply::new(555, (5, 5, 4), "Parameters need EHLO"));
         }
+        // RFC 8689 §3 offers REQUIRETLS only after TLS; the RFC names no reply for it
+        // on a plaintext session: 530 5.7.10 "encryption needed" (RFC 3207, RFC 5248).
+        if params.requiretls && self.tls.is_none() {
+            return self.reject(
+                Reply::new(530, (5, 7, 10), "REQUIRETLS needs a TLS session; send STARTTLS first")
+                    .because(Refusal::RequireTls),
+            );
+        }
         // RFC 1870 §6.1: a declared size above the limit is refused at once.
         if params.size.is_some_and(|s| s > self.config.max_message_size) {
             return self.reply(common::too_big());

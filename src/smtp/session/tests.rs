@@ -455,3 +455,19 @@ fn header_limit_holds_across_pieces() {
     }
     assert_eq!(d.contents[0], b"Subject: a\r\n\r\nbody\r\n");
 }
+
+#[test]
+fn requiretls_is_offered_and_accepted_only_over_tls() {
+    let mut d = Driver::with(SessionConfig { starttls: true, ..config() });
+    assert!(!ehlo(&mut d).contains(&"REQUIRETLS".to_string()), "not before STARTTLS");
+    // RFC 8689 §3: refused on a plaintext session, and the transaction does not start.
+    assert_eq!(d.send(b"MAIL FROM:<a@x.test> REQUIRETLS\r\n"), ["530 5.7.10"]);
+    assert_eq!(d.send(b"RCPT TO:<b@y.test>\r\n"), ["503 5.5.1"]);
+    assert_eq!(d.send(b"STARTTLS\r\n"), ["220 2.0.0"]);
+    assert!(ehlo(&mut d).contains(&"REQUIRETLS".to_string()), "offered after STARTTLS");
+    assert_eq!(d.send(b"MAIL FROM:<a@x.test> REQUIRETLS\r\n"), ["250 2.1.0"]);
+    assert_eq!(d.send(b"RCPT TO:<b@y.test>\r\n"), ["250 2.1.5"]);
+    assert_eq!(d.send(b"DATA\r\n"), ["354 2.0.0"]);
+    assert_eq!(d.send(b"Subject: s\r\n\r\nx\r\n.\r\n"), ["250 2.0.0"]);
+    assert!(d.messages[0].params.requiretls);
+}
