@@ -343,7 +343,7 @@ pub struct Dns {
     /// DNSSEC for outbound DANE (RFC 7672): off, validated here, or trusted from a
     /// validating resolver on loopback.
     pub dnssec: Dnssec,
-    /// DNSKEY records (zone-file format) to validate from instead of the root's keys,
+    /// DNSKEY or DS records (zone-file format) to validate from instead of the root's keys,
     /// with `dnssec = "validate"`.
     pub trust_anchor: Option<PathBuf>,
 }

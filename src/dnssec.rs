@@ -59,8 +59,9 @@ impl std::fmt::Display for SecureError {
 }
 
 enum Backend {
-    /// hickory validates.
-    Validate(Box<TokioResolver>),
+    /// hickory validates; the resolver is made at first use, once the keys of DS trust
+    /// anchors are known.
+    Validate(Box<Validator>),
     /// A validating resolver on loopback: its AD bit is believed.
     TrustResolver { servers: Vec<SocketAddr>, timeout: Duration },
 }
@@ -77,16 +78,108 @@ impl std::fmt::Debug for SecureDns {
     }
 }
 
-/// The DNSKEY records of a trust anchor file (zone-file format).
-fn anchors(path: &std::path::Path) -> Result<TrustAnchors, String> {
+/// A DS record of a trust anchor file: the key it names is trusted once fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DsAnchor {
+    name: Name,
+    key_tag: u16,
+    algorithm: u8,
+    digest_type: u8,
+    digest: Vec<u8>,
+}
+
+/// The DNSKEY and DS records of a trust anchor file (zone-file format, one record a
+/// line, `;` comments).
+fn anchors(path: &std::path::Path) -> Result<(TrustAnchors, Vec<DsAnchor>), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("[dns] trust_anchor {}: {e}", path.display()))?;
-    let anchors: TrustAnchors = text.parse().map_err(|e| {
-        format!("[dns] trust_anchor {}: {e} (expected DNSKEY records in zone-file format)", path.display())
-    })?;
-    if !text.lines().any(|l| l.contains("DNSKEY")) {
-        return Err(format!("[dns] trust_anchor {}: no DNSKEY record found", path.display()));
+    let bad = |what: String| format!("[dns] trust_anchor {}: {what}", path.display());
+    let (mut keys, mut ds) = (String::new(), Vec::new());
+    for line in text.lines() {
+        let record = line.split(';').next().unwrap_or_default();
+        let fields: Vec<&str> = record.split_whitespace().collect();
+        match fields.iter().position(|f| f.eq_ignore_ascii_case("DS")) {
+            Some(at) if at > 0 && fields.len() >= at + 5 => {
+                let name = Name::from_ascii(fields[0]).map_err(|e| bad(format!("{}: {e}", fields[0])))?;
+                let number =
+                    |i: usize| fields[at + i].parse::<u16>().map_err(|_| bad(format!("bad DS record: {line}")));
+                let hex: String = fields[at + 4..].concat();
+                let digest = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                    .collect::<Option<Vec<u8>>>()
+                    .filter(|d| !d.is_empty())
+                    .ok_or_else(|| bad(format!("bad DS digest: {line}")))?;
+                let (key_tag, algorithm, digest_type) = (number(1)?, number(2)?, number(3)?);
+                let (Ok(algorithm), Ok(digest_type)) = (u8::try_from(algorithm), u8::try_from(digest_type)) else {
+                    return Err(bad(format!("bad DS record: {line}")));
+                };
+                ds.push(DsAnchor { name, key_tag, algorithm, digest_type, digest });
+            }
+            Some(_) => return Err(bad(format!("bad DS record: {line}"))),
+            None => {
+                keys.push_str(line);
+                keys.push('\n');
+            }
+        }
     }
-    Ok(anchors)
+    let anchors: TrustAnchors =
+        keys.parse().map_err(|e| bad(format!("{e} (expected DNSKEY or DS records in zone-file format)")))?;
+    if ds.is_empty() && !keys.lines().any(|l| l.contains("DNSKEY")) {
+        return Err(bad("no DNSKEY or DS record found".into()));
+    }
+    Ok((anchors, ds))
+}
+
+/// hickory's validator, made at first use: a DS trust anchor needs its zone's keys
+/// fetched first (they are trusted when their digest matches, RFC 4034 §5.1.4).
+struct Validator {
+    config: config::Dns,
+    anchors: TrustAnchors,
+    ds: Vec<DsAnchor>,
+    resolver: tokio::sync::OnceCell<TokioResolver>,
+}
+
+impl Validator {
+    async fn resolver(&self) -> Result<&TokioResolver, SecureError> {
+        self.resolver
+            .get_or_try_init(|| async {
+                let mut anchors = self.anchors.clone();
+                if !self.ds.is_empty() {
+                    let plain = crate::dns::Dns::new(&self.config).map_err(SecureError::Indeterminate)?;
+                    for ds in &self.ds {
+                        trust_ds_keys(&plain, ds, &mut anchors).await?;
+                    }
+                }
+                validating(&self.config, anchors).map_err(SecureError::Indeterminate)
+            })
+            .await
+    }
+}
+
+/// Adds the DNSKEYs of `ds.name` whose digest `ds` gives to `anchors`.
+async fn trust_ds_keys(plain: &crate::dns::Dns, ds: &DsAnchor, anchors: &mut TrustAnchors) -> Result<(), SecureError> {
+    use hickory_resolver::proto::dnssec::{DigestType, Verifier, rdata::DNSSECRData};
+    let zone = ds.name.to_ascii();
+    let keys = plain
+        .records(&zone, RecordType::DNSKEY)
+        .await
+        .map_err(|e| SecureError::Indeterminate(format!("DNSKEY of the trust anchor {zone}: {e:?}")))?;
+    let mut found = false;
+    for key in keys.iter().filter_map(|r| match r {
+        RData::DNSSEC(DNSSECRData::DNSKEY(key)) => Some(key),
+        _ => None,
+    }) {
+        let matches = key.calculate_key_tag().is_ok_and(|t| t == ds.key_tag)
+            && u8::from(key.algorithm()) == ds.algorithm
+            && key
+                .to_digest(&ds.name, DigestType::from(ds.digest_type))
+                .is_ok_and(|d| d.as_ref() == ds.digest.as_slice());
+        if matches {
+            anchors.insert_with_name(key.public_key(), (&ds.name).into());
+            found = true;
+        }
+    }
+    if found { Ok(()) } else { Err(SecureError::Bogus(format!("no DNSKEY of {zone} matches the DS trust anchor"))) }
 }
 
 impl SecureDns {
@@ -97,7 +190,14 @@ impl SecureDns {
             Dnssec::TrustResolver => {
                 Backend::TrustResolver { servers: config.nameservers.clone(), timeout: config.timeout }
             }
-            Dnssec::Validate => Backend::Validate(Box::new(validating(config)?)),
+            Dnssec::Validate => {
+                let (anchors, ds) = match &config.trust_anchor {
+                    Some(path) => anchors(path)?,
+                    None => (TrustAnchors::default(), Vec::new()),
+                };
+                let resolver = tokio::sync::OnceCell::new();
+                Backend::Validate(Box::new(Validator { config: config.clone(), anchors, ds, resolver }))
+            }
         };
         Ok(Some(Arc::new(SecureDns { backend, cache: Mutex::new(HashMap::new()) })))
     }
@@ -114,7 +214,7 @@ impl SecureDns {
         }
         let name = Name::from_ascii(&fqdn).map_err(|e| SecureError::Indeterminate(format!("bad name {fqdn}: {e}")))?;
         let (answer, ttl) = match &self.backend {
-            Backend::Validate(resolver) => validated(resolver, name, kind).await?,
+            Backend::Validate(validator) => validated(validator.resolver().await?, name, kind).await?,
             Backend::TrustResolver { servers, timeout } => trusted(servers, *timeout, name, kind).await?,
         };
         let mut cache = self.cache.lock().unwrap();
@@ -129,8 +229,8 @@ impl SecureDns {
     }
 }
 
-/// A resolver validating from the root's keys or `[dns] trust_anchor`.
-fn validating(config: &config::Dns) -> Result<TokioResolver, String> {
+/// A resolver validating from `anchors`.
+fn validating(config: &config::Dns, anchors: TrustAnchors) -> Result<TokioResolver, String> {
     let mut options = ResolverOpts::default();
     options.timeout = config.timeout;
     options.attempts = 2;
@@ -151,10 +251,6 @@ fn validating(config: &config::Dns) -> Result<TokioResolver, String> {
             })
             .collect();
         Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-    };
-    let anchors = match &config.trust_anchor {
-        Some(path) => anchors(path)?,
-        None => TrustAnchors::default(),
     };
     builder
         .with_options(options)
@@ -306,12 +402,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_trust_anchor_file_must_hold_dnskey_records() {
+    fn a_trust_anchor_file_holds_dnskey_or_ds_records() {
         let dir = std::env::temp_dir().join(format!("tern-anchor-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let bad = dir.join("bad.key");
         std::fs::write(&bad, "example. 3600 IN A 192.0.2.1\n").unwrap();
         assert!(anchors(&bad).is_err());
+        let ds = dir.join("ds.key");
+        std::fs::write(&ds, "; the zone's key\nremote.test.\tIN\tDS\t27340 13 2 9064cc2d854e c4cdf43c\n").unwrap();
+        let (_, found) = anchors(&ds).unwrap();
+        let digest = vec![0x90, 0x64, 0xcc, 0x2d, 0x85, 0x4e, 0xc4, 0xcd, 0xf4, 0x3c];
+        let name = Name::from_ascii("remote.test.").unwrap();
+        assert_eq!(found, vec![DsAnchor { name, key_tag: 27340, algorithm: 13, digest_type: 2, digest }]);
+        std::fs::write(&ds, "remote.test. IN DS 27340 13 2 xyz\n").unwrap();
+        assert!(anchors(&ds).err().unwrap().contains("bad DS digest"));
         assert!(anchors(&dir.join("missing.key")).err().unwrap().contains("missing.key"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

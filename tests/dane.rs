@@ -162,6 +162,8 @@ struct SignedDns {
     dir: tempfile::TempDir,
     /// The file holding the zone's DNSKEY: the trust anchor.
     anchor: PathBuf,
+    /// The file holding the zone's DS record: the same anchor by digest.
+    ds_anchor: PathBuf,
     nsd_port: u16,
     unbound_port: Option<u16>,
     _daemons: Vec<Daemon>,
@@ -212,6 +214,8 @@ impl SignedDns {
         }
         let anchor = d.join("anchor.key");
         fs::copy(d.join(format!("{key}.key")), &anchor).expect("copy key");
+        let ds_anchor = d.join("anchor.ds");
+        fs::copy(d.join(format!("{key}.ds")), &ds_anchor).expect("copy DS");
         let nsd_port = dns_port();
         let p = d.display();
         fs::write(
@@ -251,7 +255,7 @@ impl SignedDns {
             wait_dns(port, "unbound", &d.join("unbound.log"));
             unbound_port = Some(port);
         }
-        SignedDns { dir, anchor, nsd_port, unbound_port, _daemons: daemons }
+        SignedDns { dir, anchor, ds_anchor, nsd_port, unbound_port, _daemons: daemons }
     }
 
     /// `[dns]` lines for the sending Tern.
@@ -264,7 +268,7 @@ impl SignedDns {
             _ => format!(
                 "nameservers = [\"127.0.0.1:{}\"]\ndnssec = \"validate\"\ntrust_anchor = \"{}\"\n",
                 self.nsd_port,
-                self.anchor.display()
+                if mode == "validate-ds" { &self.ds_anchor } else { &self.anchor }.display()
             ),
         }
     }
@@ -350,6 +354,12 @@ fn trust_resolver_with_a_matching_3_1_1_record_delivers() {
 #[test]
 fn validate_with_a_matching_3_1_1_record_delivers() {
     matching_tlsa_delivers("validate", "127.0.0.72");
+}
+
+/// The trust anchor given as the zone's DS record: its DNSKEY is fetched and trusted.
+#[test]
+fn validate_from_a_ds_trust_anchor_delivers() {
+    matching_tlsa_delivers("validate-ds", "127.0.0.85");
 }
 
 /// A TLSA record for another key: the certificate does not match; 4.7.5, nothing sent.
