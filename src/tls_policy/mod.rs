@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod fetch;
 pub mod mta_sts;
+pub mod publish;
 
 use crate::delivery::remote::TlsClient;
 use crate::dns::{Dns, DnsError};
