@@ -15,7 +15,11 @@ pub fn alpn_certificate(provider: &CryptoProvider, name: &str, digest: &[u8]) ->
     let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-    super::stored::certified(provider, cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+    // Not through `stored::certified`: its key check parses the certificate with
+    // webpki, which refuses the critical acmeIdentifier extension it does not know.
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+    let signing = provider.key_provider.load_private_key(der).map_err(|e| e.to_string())?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing))
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ pub fn policy(config: &Config) -> Option<(String, String)> {
 
 /// The local domain whose policy host is `host` (`mta-sts.<domain>`), if any.
 pub fn domain_of_policy_host<'a>(config: &'a Config, host: &str) -> Option<&'a str> {
-    let domain = host.trim_end_matches('.').strip_prefix("mta-sts.")?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let domain = host.strip_prefix("mta-sts.")?;
     config.local.domains.iter().map(String::as_str).find(|d| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
 }
 
