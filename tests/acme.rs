@@ -407,3 +407,35 @@ fn a_failing_acme_server_leaves_the_old_certificate_in_place() {
         let _ = fake.wait();
     }
 }
+
+/// testssl.sh against SMTP STARTTLS with a certificate from a test CA: the protocols,
+/// cipher categories, forward secrecy and known vulnerabilities; no finding may be
+/// rated MEDIUM, HIGH or CRITICAL.
+#[test]
+fn testssl_finds_no_weakness_in_starttls() {
+    if !have_program("testssl") || !have_program("openssl") {
+        eprintln!("SKIPPED: testssl (Debian testssl.sh) is not installed");
+        return;
+    }
+    let ca = TestCa::new("Tern testssl CA");
+    let (cert, key) = ca.issue(MX, &[&format!("DNS:{MX}")]);
+    let t = Tern::start(&format!("[tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()));
+    let json_path = t.path().join("testssl.json");
+    let mut cmd = Command::new("testssl");
+    cmd.args(["--quiet", "--warnings", "off", "--color", "0", "--nodns", "none", "--ip", "127.0.0.1"]);
+    cmd.args(["--connect-timeout", "5", "--openssl-timeout", "5", "--add-ca"]).arg(ca.ca_file());
+    cmd.args(["-p", "-s", "-f", "-U", "--jsonfile"]).arg(&json_path);
+    cmd.args(["--starttls", "smtp", &format!("{MX}:{}", t.port)]);
+    let started = Instant::now();
+    let out = run(cmd, Duration::from_secs(240));
+    eprintln!("testssl took {:?}", started.elapsed());
+    let text = fs::read_to_string(&json_path).unwrap_or_else(|e| panic!("no testssl JSON ({e}):\n{}", out.all()));
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&text).expect("testssl JSON");
+    assert!(findings.iter().any(|f| f["id"] == "TLS1_3"), "no protocol findings:\n{text}");
+    let bad: Vec<String> = findings
+        .iter()
+        .filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL" | "FATAL")))
+        .map(|f| format!("{} [{}]: {}", f["id"], f["severity"], f["finding"]))
+        .collect();
+    assert!(bad.is_empty(), "testssl findings:\n{}\n{}", bad.join("\n"), out.all());
+}

@@ -143,6 +143,10 @@ pub fn check(config: &Config, domain: &str) -> ExitCode {
         }
     };
     print!("{}", table(&rows));
+    // With [mta_sts], the records that announce the published policy.
+    for (name, value) in crate::tls_policy::publish::records(config, &domain) {
+        println!("publish: {name}. TXT \"{value}\"");
+    }
     if rows.iter().all(|r| r.status == Status::Ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
