@@ -3,6 +3,7 @@
 //! Every key has a default, so an empty file is a valid configuration. Unknown keys are
 //! errors (a typo must never silently fall back to a default).
 
+mod acme;
 mod admin;
 mod antispam;
 mod delivery;
@@ -17,6 +18,7 @@ mod rspamd;
 mod sendmail;
 mod server;
 
+pub use acme::{Acme, Challenge, LETS_ENCRYPT, MtaStsPublish, StsMode};
 pub use admin::Admin;
 pub use antispam::{Antispam, Greylisting};
 pub use delivery::{DEFAULT_COMMAND_TIMEOUT, DeliveryKind, DomainDelivery, Method};
@@ -91,6 +93,10 @@ pub struct Config {
     /// Aggregate reports: TLS-RPT and DMARC.
     #[serde(default)]
     pub reports: Reports,
+    /// Certificates from an ACME server; none without the section.
+    pub acme: Option<Acme>,
+    /// The MTA-STS policy published for the local domains; none without the section.
+    pub mta_sts: Option<MtaStsPublish>,
     /// The file this was read from (none for the embedded default), and when.
     #[serde(skip)]
     pub source: Option<(PathBuf, std::time::SystemTime)>,
@@ -128,6 +134,17 @@ pub enum ListenMode {
     Submission,
     /// Port 465: message submission over implicit TLS.
     Submissions,
+    /// Port 80: plain HTTP, for ACME http-01 challenges.
+    Http,
+    /// Port 443: HTTPS, for the MTA-STS policy and ACME tls-alpn-01 challenges.
+    Https,
+}
+
+impl ListenMode {
+    /// The modes that speak SMTP (the others speak HTTP).
+    pub fn is_smtp(self) -> bool {
+        matches!(self, ListenMode::Smtp | ListenMode::Submission | ListenMode::Submissions)
+    }
 }
 
 impl fmt::Display for ListenMode {
@@ -136,6 +153,8 @@ impl fmt::Display for ListenMode {
             ListenMode::Smtp => "smtp",
             ListenMode::Submission => "submission",
             ListenMode::Submissions => "submissions",
+            ListenMode::Http => "http",
+            ListenMode::Https => "https",
         })
     }
 }
@@ -623,7 +642,44 @@ impl Config {
             rspamd.validate()?;
         }
         milter::validate(&self.milter)?;
+        if let Some(acme) = &self.acme {
+            acme.validate()?;
+            let needed = match acme.challenge {
+                Challenge::TlsAlpn01 => ListenMode::Https,
+                Challenge::Http01 => ListenMode::Http,
+            };
+            if !self.listen.iter().any(|l| l.mode == needed) {
+                return Err(format!(
+                    "acme.challenge: {} needs a [[listen]] with mode = \"{needed}\"",
+                    acme.challenge.name()
+                ));
+            }
+        }
+        if let Some(sts) = &self.mta_sts {
+            sts.validate()?;
+        }
         Ok(())
+    }
+
+    /// The names an ACME certificate is for: `[acme] names`, else the hostname and
+    /// `mta-sts.<domain>` for each local domain when `[mta_sts]` is set.
+    pub fn acme_names(&self) -> Vec<String> {
+        let Some(acme) = &self.acme else { return Vec::new() };
+        let mut names: Vec<String> = if acme.names.is_empty() {
+            let mut names = vec![self.hostname.clone()];
+            if self.mta_sts.is_some() {
+                names.extend(self.local.domains.iter().map(|d| format!("mta-sts.{d}")));
+            }
+            names
+        } else {
+            acme.names.clone()
+        };
+        for n in names.iter_mut() {
+            *n = crate::smtp::address::canonical_domain(n).unwrap_or_else(|| n.to_ascii_lowercase());
+        }
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        names
     }
 
     /// Two listeners on one address cannot both bind: the same address and port, or

@@ -1,6 +1,7 @@
 //! Tern: an SMTP mail transfer agent that receives mail, keeps every accepted message
 //! safe on disk, and delivers it to local mailboxes.
 
+pub mod acme;
 pub mod admin;
 pub mod cli;
 pub mod config;

@@ -110,6 +110,12 @@ pub struct Status {
     pub config_loaded_at: Option<u64>,
     pub data_dir: PathBuf,
     pub queue: Summary,
+    /// The certificates the TLS listeners may serve.
+    #[serde(default)]
+    pub certificates: Vec<crate::acme::CertificateInfo>,
+    /// ACME orders, when `[acme]` is set.
+    #[serde(default)]
+    pub acme: Option<crate::acme::AcmeStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,7 +195,10 @@ pub async fn execute(state: &State, request: Request) -> Result<serde_json::Valu
         Request::ReportsShow => Ok(json(&crate::reports::show())),
         Request::Status => {
             let (since, started_at) = state.started;
-            let config_source = state.live.context().config.source.clone();
+            let ctx = state.live.context();
+            let config_source = ctx.config.source.clone();
+            let certificates = ctx.tls.as_ref().map(|t| t.certificates()).unwrap_or_default();
+            drop(ctx);
             Ok(json(&Status {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 pid: std::process::id(),
@@ -203,6 +212,8 @@ pub async fn execute(state: &State, request: Request) -> Result<serde_json::Valu
                 config_loaded_at: config_source.as_ref().map(|(_, t)| unix(*t)),
                 data_dir: state.data_dir.clone(),
                 queue: state.queue.summary().await,
+                certificates,
+                acme: crate::acme::live().status(),
             }))
         }
         Request::Reload => match crate::server::reload(&state.live).await {

@@ -160,6 +160,10 @@ pub fn check(config: &Config, domain: &str, addresses: &[IpAddr]) -> ExitCode {
     };
     let bulk = super::dns_bulk::lines(config, &domain, &rows);
     print!("{}", table(&rows));
+    // With [mta_sts], the records that announce the published policy.
+    for (name, value) in crate::tls_policy::publish::records(config, &domain) {
+        println!("publish: {name}. TXT \"{value}\"");
+    }
     print!("\n{}", super::dns_bulk::render(&bulk));
     let rows_ok = rows.iter().all(|r| matches!(r.status, Status::Ok | Status::Warn));
     if rows_ok && super::dns_bulk::passed(&bulk) { ExitCode::SUCCESS } else { ExitCode::FAILURE }

@@ -36,5 +36,23 @@ pub fn status(config: &Config) -> ExitCode {
         "queue:      {} queued, {} deferred, {} held ({} being delivered){oldest}",
         q.queued, q.deferred, q.held, q.in_flight
     );
+    for c in &s.certificates {
+        let state = if c.in_use { "in use" } else { "standing by" };
+        println!(
+            "cert:       {} ({}, {state}), expires {}",
+            c.names.join(", "),
+            c.source,
+            time(c.not_after.max(0) as u64)
+        );
+    }
+    if let Some(a) = &s.acme {
+        let last = match (&a.last_result, a.last_attempt) {
+            (Some(r), Some(t)) => format!("last order {r} at {}", time(t)),
+            _ => "no order yet".to_string(),
+        };
+        let error = a.last_error.as_ref().map_or(String::new(), |e| format!(" ({e})"));
+        let next = a.next_renewal.map_or(String::new(), |t| format!("; next order {}", time(t)));
+        println!("acme:       {} via {}: {last}{error}{next}", a.directory, a.challenge);
+    }
     ExitCode::SUCCESS
 }

@@ -234,6 +234,26 @@ pub enum DnsResult {
     Error,
 }
 
+/// Where the certificate a listener serves comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSource {
+    Acme,
+    File,
+    SelfSigned,
+}
+
+impl CertSource {
+    pub const ALL: [CertSource; 3] = [CertSource::Acme, CertSource::File, CertSource::SelfSigned];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CertSource::Acme => "acme",
+            CertSource::File => "file",
+            CertSource::SelfSigned => "self-signed",
+        }
+    }
+}
+
 /// One listener's series.
 #[derive(Clone)]
 pub struct ListenerMetrics {
@@ -270,6 +290,8 @@ pub struct Metrics {
     reports_sent: Vec<Counter>,
     requiretls: Vec<Counter>,
     mta_sts_fetch: Vec<Counter>,
+    acme_orders: Vec<Counter>,
+    cert_expiry: Vec<Gauge>,
 }
 
 /// What became of a REQUIRETLS message (RFC 8689), or of a `TLS-Required: No` one.
@@ -466,6 +488,18 @@ impl Metrics {
         let sts_family = Family::<Labels, Counter>::default();
         registry.register("tern_mta_sts_fetch", "MTA-STS policy fetches, by result", sts_family.clone());
         let mta_sts_fetch = series(&sts_family, "result", &STS_FETCH_RESULTS);
+        let acme_family = Family::<Labels, Counter>::default();
+        registry.register("tern_acme_orders", "ACME certificate orders, by result", acme_family.clone());
+        let acme_orders = series(&acme_family, "result", &["issued", "failed"]);
+        let expiry_family = Family::<Labels, Gauge>::default();
+        registry.register_with_unit(
+            "tern_tls_certificate_expiry",
+            "When the server's certificates expire (Unix time), by where they come from; 0: none",
+            Unit::Seconds,
+            expiry_family.clone(),
+        );
+        let sources: Vec<&str> = CertSource::ALL.iter().map(|s| s.name()).collect();
+        let cert_expiry = series(&expiry_family, "source", &sources);
         Metrics {
             registry,
             connections_active,
@@ -488,7 +522,19 @@ impl Metrics {
             reports_sent,
             requiretls,
             mta_sts_fetch,
+            acme_orders,
+            cert_expiry,
         }
+    }
+
+    /// An ACME order that brought a certificate, or failed.
+    pub fn acme_order(&self, issued: bool) {
+        self.acme_orders[usize::from(!issued)].inc();
+    }
+
+    /// The expiry (Unix seconds) of the certificate from `source`.
+    pub fn certificate_expiry(&self, source: CertSource, not_after: i64) {
+        self.cert_expiry[source as usize].set(not_after);
     }
 
     /// The series of a listener, named by its address: made once, at start.
@@ -639,6 +685,8 @@ mod tests {
             "tern_mta_sts_fetch_total{result=\"too_big\"} 0",
             "tern_messages_refused_total{reason=\"protocol\"} 0",
             "tern_build_info{version=",
+            "tern_acme_orders_total{result=\"failed\"} 0",
+            "tern_tls_certificate_expiry_seconds{source=\"self-signed\"} 0",
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }

@@ -2,7 +2,7 @@
 //! without touching the others: a removed listener stops accepting at once, and the
 //! sessions it accepted finish on their own.
 
-use super::{Context, connection, listen};
+use super::{Context, connection, listen, web};
 use crate::config::{Listen, ListenMode};
 use crate::log_limit::{self, LogLimit};
 use crate::metrics::ListenerMetrics;
@@ -191,12 +191,29 @@ async fn accept_loop(
                     let (ctx, mode) = (current.load_full(), *modes.borrow());
                     let (stop, alive, counters) = (stop.clone(), alive.clone(), counters.clone());
                     tokio::spawn(async move {
-                        connection::handle(ctx, stream, peer, mode, stop, counters).await;
+                        if mode.is_smtp() {
+                            connection::handle(ctx, stream, peer, mode, stop, counters).await;
+                        } else {
+                            // HTTP connections end with the server, not after a grace period.
+                            tokio::select! {
+                                _ = web::handle(ctx, stream, peer, mode, counters) => {}
+                                _ = wait_stop(stop) => {}
+                            }
+                        }
                         drop(alive);
                     });
                 }
                 Err(e) => accept_failed(&e).await,
             },
+        }
+    }
+}
+
+/// Returns once the server is stopping.
+async fn wait_stop(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
         }
     }
 }

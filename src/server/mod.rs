@@ -18,6 +18,7 @@ pub(crate) mod routing;
 mod spam;
 mod spill;
 pub mod tls;
+mod web;
 
 pub use reload::{Error as ReloadError, Live, Summary, reload};
 
@@ -193,6 +194,7 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     );
     tracing::info!(listen = %addrs, admin = ?admin_addr, recovered, "started");
     live.start_listeners(prepared.listeners).await?;
+    crate::acme::start(&ctx.config);
     ops.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     notify::ready(&format!("listening on {addrs}"));
     drop(ctx);

@@ -194,6 +194,10 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
         new.sendmail = running.sendmail.clone();
         kept.push("sendmail");
     }
+    if new.acme != running.acme {
+        new.acme = running.acme.clone();
+        kept.push("acme");
+    }
     if format!("{:?}", new.admin) != format!("{:?}", running.admin) {
         new.admin = running.admin.clone();
         kept.push("admin");
@@ -225,7 +229,8 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         auth_checks,
         dkim,
         antispam,
-        rspamd
+        rspamd,
+        mta_sts
     );
     changed
 }

@@ -33,6 +33,8 @@ pub fn origin(mode: ListenMode, local: Option<&LocalUser>) -> Origin {
         (None, ListenMode::Smtp) => Origin::Smtp,
         (None, ListenMode::Submission) => Origin::Submission,
         (None, ListenMode::Submissions) => Origin::Submissions,
+        // No mail arrives over HTTP.
+        (None, ListenMode::Http | ListenMode::Https) => Origin::Smtp,
     }
 }
 

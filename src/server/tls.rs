@@ -1,7 +1,11 @@
 //! The server's TLS: certificate loading (or a self-signed one made at first start)
-//! and handshakes for STARTTLS and implicit TLS. A reload makes a new `ServerTls`;
-//! sessions keep the one they started with.
+//! and handshakes for STARTTLS, implicit TLS and HTTPS. A reload makes a new
+//! `ServerTls`; sessions keep the one they started with. An ACME certificate, when
+//! there is one, is chosen at each handshake over the loaded one ([`crate::acme`]),
+//! so that a renewed certificate reaches every listener at once.
 
+use crate::acme::CertificateInfo;
+use crate::metrics::CertSource;
 use crate::net::Stream;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -11,19 +15,36 @@ use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
-/// Serves the one certificate loaded.
+/// Serves the ACME certificate when there is one, else the one loaded; on the HTTPS
+/// listener, the tls-alpn-01 challenge certificates too.
 #[derive(Debug)]
-struct Fixed(Arc<CertifiedKey>);
+struct Resolver {
+    loaded: Arc<CertifiedKey>,
+    challenges: bool,
+}
 
-impl ResolvesServerCert for Fixed {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let live = crate::acme::live();
+        // RFC 8737 §3: a validation handshake offers ALPN acme-tls/1 and names the
+        // host in SNI; it gets the challenge certificate or nothing.
+        if self.challenges && hello.alpn().is_some_and(|mut p| p.any(|p| p == crate::acme::ACME_TLS_ALPN)) {
+            return hello.server_name().and_then(|name| live.alpn_certificate(name));
+        }
+        Some(live.certificate().unwrap_or_else(|| self.loaded.clone()))
     }
 }
 
+/// ALPN protocols of the HTTPS listener.
+const HTTPS_ALPN: [&[u8]; 2] = [b"http/1.1", crate::acme::ACME_TLS_ALPN];
+
 pub struct ServerTls {
     acceptor: TlsAcceptor,
+    https: TlsAcceptor,
+    /// The certificate of `[tls]` (or the self-signed one).
+    loaded: CertificateInfo,
 }
 
 fn load(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
@@ -73,18 +94,61 @@ impl ServerTls {
     /// The configured certificate, or a self-signed one kept in `<data_dir>/tls/`.
     pub fn new(config: &crate::config::Config) -> Result<ServerTls, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let (cert, key) = match (&config.tls.cert, &config.tls.key) {
-            (Some(c), Some(k)) => (c.clone(), k.clone()),
-            _ => self_signed(&config.data_dir.join("tls"), &config.hostname)?,
+        let (cert, key, source) = match (&config.tls.cert, &config.tls.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone(), CertSource::File),
+            _ => {
+                let (c, k) = self_signed(&config.data_dir.join("tls"), &config.hostname)?;
+                (c, k, CertSource::SelfSigned)
+            }
         };
-        let fixed = Arc::new(Fixed(Arc::new(load(&provider, &cert, &key)?)));
-        // TLS 1.2 and 1.3 only: rustls implements nothing older.
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_cert_resolver(fixed);
-        Ok(ServerTls { acceptor: TlsAcceptor::from(Arc::new(server)) })
+        let loaded = Arc::new(load(&provider, &cert, &key)?);
+        let validity =
+            crate::acme::stored::validity(loaded.cert[0].as_ref()).map_err(|e| format!("{}: {e}", cert.display()))?;
+        let metrics = crate::metrics::get();
+        for s in [CertSource::File, CertSource::SelfSigned] {
+            metrics.certificate_expiry(s, if s == source { validity.not_after } else { 0 });
+        }
+        let info = CertificateInfo {
+            source: source.name().to_string(),
+            names: validity.names,
+            not_after: validity.not_after,
+            in_use: true,
+        };
+        let build = |challenges: bool| -> Result<ServerConfig, String> {
+            // TLS 1.2 and 1.3 only: rustls implements nothing older.
+            Ok(ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(Resolver { loaded: loaded.clone(), challenges })))
+        };
+        let mut https = build(true)?;
+        https.alpn_protocols = HTTPS_ALPN.iter().map(|p| p.to_vec()).collect();
+        Ok(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(build(false)?)),
+            https: TlsAcceptor::from(Arc::new(https)),
+            loaded: info,
+        })
+    }
+
+    /// The certificates listeners may serve: the ACME one (when there is one, in
+    /// use) and the loaded one.
+    pub fn certificates(&self) -> Vec<CertificateInfo> {
+        let mut all = Vec::new();
+        let acme = crate::acme::live().certificate();
+        if let Some(v) = acme.as_ref().and_then(|c| crate::acme::stored::validity(c.cert[0].as_ref()).ok()) {
+            all.push(CertificateInfo { source: "acme".into(), names: v.names, not_after: v.not_after, in_use: true });
+        }
+        all.push(CertificateInfo { in_use: acme.is_none(), ..self.loaded.clone() });
+        all
+    }
+
+    /// The server side of an HTTPS handshake (ALPN `http/1.1` or `acme-tls/1`).
+    pub async fn accept_https(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<TlsStream<tokio::net::TcpStream>> {
+        self.https.accept(stream).await
     }
 
     /// Runs the server side of a handshake; returns the stream and a description

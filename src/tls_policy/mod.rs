@@ -8,6 +8,7 @@ mod dane_match;
 pub mod fetch;
 pub mod mta_sts;
 pub mod requiretls;
+pub mod publish;
 
 use crate::delivery::remote::TlsClient;
 use crate::dns::{Dns, DnsError};
