@@ -5,6 +5,7 @@
 
 mod admin;
 mod antispam;
+mod cluster;
 mod delivery;
 mod duration;
 mod lines;
@@ -18,6 +19,7 @@ mod server;
 
 pub use admin::Admin;
 pub use antispam::{Antispam, Greylisting};
+pub use cluster::Cluster;
 pub use delivery::{DEFAULT_COMMAND_TIMEOUT, DeliveryKind, DomainDelivery, Method};
 pub use lines::{key as path_key, line_of};
 pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
@@ -86,6 +88,8 @@ pub struct Config {
     pub milter: Vec<Milter>,
     /// Messages scanned by rspamd; none without the section.
     pub rspamd: Option<Rspamd>,
+    /// Nodes sharing a PostgreSQL database for their queue; none: the local spool.
+    pub cluster: Option<Cluster>,
     /// The file this was read from (none for the embedded default), and when.
     #[serde(skip)]
     pub source: Option<(PathBuf, std::time::SystemTime)>,
@@ -564,6 +568,9 @@ impl Config {
         self.server.validate()?;
         if let Some(rspamd) = &self.rspamd {
             rspamd.validate()?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         milter::validate(&self.milter)?;
         Ok(())

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod dns;

@@ -9,6 +9,7 @@
 pub mod auth_results;
 pub mod dkim;
 pub mod outbound;
+pub mod postgres;
 pub mod security;
 pub mod service;
 pub mod spf;
