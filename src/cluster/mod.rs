@@ -8,6 +8,10 @@
 pub mod migrations;
 pub mod node;
 pub mod status;
+pub mod store;
+mod content;
+mod wake;
+mod writer;
 mod tls;
 
 use crate::config;
@@ -115,6 +119,17 @@ pub fn parse_database(text: &str) -> Result<(tokio_postgres::Config, Verify), St
     }
     config.application_name("tern");
     Ok((config, verify))
+}
+
+/// Connects a starting node: the schema must be this binary's, and the node's name
+/// free; then the node is registered.
+pub async fn join(settings: &config::Cluster, config: &config::Config) -> Result<Cluster, String> {
+    let cluster = Cluster::new(settings)?;
+    let fail = |e: Error| format!("cluster: {e}");
+    migrations::check(&cluster).await.map_err(fail)?;
+    node::register(&cluster, &node::config_hash(config)).await.map_err(fail)?;
+    tracing::info!(node = %cluster.node, instance = %cluster.instance, "joined the cluster");
+    Ok(cluster)
 }
 
 /// This node's handle on the cluster: its identity and the connection pool. Cheap to
