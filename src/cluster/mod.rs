@@ -10,7 +10,7 @@ pub mod node;
 pub mod status;
 pub mod store;
 mod content;
-mod wake;
+pub(crate) mod wake;
 mod writer;
 mod tls;
 
