@@ -434,3 +434,41 @@ fn rolling_restart_loses_nothing() {
     println!("duplicates: {dups}");
     assert_eq!(dups, 0, "a graceful stop finishes its attempts");
 }
+
+/// `tern cluster drain NODE`: the node takes no new deliveries (what it accepts is
+/// delivered by the others) until `tern cluster resume NODE`.
+#[test]
+fn drained_node_takes_no_deliveries() {
+    let Some(rig) = Rig::start("drained_node_takes_no_deliveries", 2, "3s") else { return };
+    let sent = |t: &Tern| t.logs().matches("status=sent").count();
+    let out = rig.nodes[1].tern_cmd(&["cluster", "drain", "mx1"]);
+    out.assert_success("cluster drain");
+    wait_for(
+        Duration::from_secs(10),
+        "mx1 to see its drain",
+        || rig.nodes[0].logs().contains("draining=true").then_some(()),
+        || rig.logs(),
+    );
+    let status = rig.nodes[1].tern_cmd(&["cluster", "status"]);
+    assert!(status.stdout.lines().any(|l| l.starts_with("mx1") && l.contains("draining")), "{}", status.stdout);
+    let before = sent(&rig.nodes[0]);
+    let mx1 = [rig.nodes[0].port];
+    let (acked, failed) = Load::start(&mx1, 20, 2, "drained").finish(Duration::from_secs(60));
+    assert!(failed.is_empty() && acked.len() == 20, "{failed:?}");
+    wait_all_delivered(&rig, &acked, Duration::from_secs(30));
+    assert_eq!(sent(&rig.nodes[0]), before, "a drained node delivered:\n{}", rig.nodes[0].logs());
+    assert!(sent(&rig.nodes[1]) >= 20);
+
+    rig.nodes[1].tern_cmd(&["cluster", "resume", "mx1"]).assert_success("cluster resume");
+    wait_for(
+        Duration::from_secs(10),
+        "mx1 to resume",
+        || rig.nodes[0].logs().contains("draining=false").then_some(()),
+        || rig.logs(),
+    );
+    let (acked, _) = Load::start(&mx1, 20, 2, "resumed").finish(Duration::from_secs(60));
+    wait_all_delivered(&rig, &acked, Duration::from_secs(30));
+    assert!(sent(&rig.nodes[0]) > before, "mx1 delivers again");
+    let unknown = rig.nodes[1].tern_cmd(&["cluster", "drain", "mx9"]);
+    assert!(!unknown.success() && unknown.stderr.contains("no node named \"mx9\""), "{}", unknown.all());
+}
