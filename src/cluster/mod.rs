@@ -5,14 +5,14 @@
 //! in the database, deliveries are claimed with leases timed by the database's
 //! clock, and `LISTEN/NOTIFY` wakes the schedulers (with polling behind it).
 
+mod content;
 pub mod migrations;
 pub mod node;
 pub mod status;
 pub mod store;
-mod content;
+mod tls;
 pub(crate) mod wake;
 mod writer;
-mod tls;
 
 use crate::config;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -153,11 +153,8 @@ impl Cluster {
     pub fn new(config: &config::Cluster) -> Result<Cluster, String> {
         let (pg, verify) = parse_database(&config.database).map_err(|e| format!("cluster.database: {e}"))?;
         let tls = tls::connector(verify, config.ca_file.as_deref()).map_err(|e| format!("cluster: {e}"))?;
-        let manager = Manager::from_config(
-            pg.clone(),
-            tls.clone(),
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager =
+            Manager::from_config(pg.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)

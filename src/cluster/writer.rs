@@ -63,11 +63,7 @@ pub fn next_attempt(state: &RcptState) -> Option<i64> {
 }
 
 /// Starts the writers; they end when every sender is gone.
-pub fn start(
-    cluster: Cluster,
-    counters: Arc<Counters>,
-    draining: Arc<AtomicBool>,
-) -> mpsc::UnboundedSender<Request> {
+pub fn start(cluster: Cluster, counters: Arc<Counters>, draining: Arc<AtomicBool>) -> mpsc::UnboundedSender<Request> {
     let (tx, rx) = mpsc::unbounded_channel();
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..WRITERS {
@@ -287,7 +283,9 @@ async fn transaction(cluster: &Cluster, batch: &[Request], owned: bool) -> Resul
 
     // Leases handed back: the message waits for its due time, for any node.
     let mut released: HashMap<&str, i64> = HashMap::new();
-    for (id, due) in batch.iter().filter_map(|r| if let Write::Release(v) = &r.write { Some(v) } else { None }).flatten() {
+    for (id, due) in
+        batch.iter().filter_map(|r| if let Write::Release(v) = &r.write { Some(v) } else { None }).flatten()
+    {
         released.insert(id.as_str(), *due);
     }
     if !released.is_empty() {

@@ -380,7 +380,11 @@ pub async fn message(
             // per period says so.
             static STORE_FAILED: LogLimit = LogLimit::new(log_limit::PERIOD);
             let reply = if ctx.store.shared() {
-                Reply::new(451, (4, 3, 0), "Requested action aborted: the queue database is unavailable, try again later")
+                Reply::new(
+                    451,
+                    (4, 3, 0),
+                    "Requested action aborted: the queue database is unavailable, try again later",
+                )
             } else {
                 Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later")
             };

@@ -153,8 +153,7 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     admin::trace::start(&config.data_dir, config.admin.trace_retention)
         .map_err(|e| format!("cannot open the message trace in {}: {e}", config.data_dir.display()))?;
     admin::activity::get().start();
-    let (queue, queue_task) =
-        Queue::start(Shared::new(store.clone(), first.config, first.dns, first.router), pending);
+    let (queue, queue_task) = Queue::start(Shared::new(store.clone(), first.config, first.dns, first.router), pending);
     let lasting = context::Lasting {
         store,
         queue: queue.clone(),
