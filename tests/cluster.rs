@@ -472,3 +472,25 @@ fn drained_node_takes_no_deliveries() {
     let unknown = rig.nodes[1].tern_cmd(&["cluster", "drain", "mx9"]);
     assert!(!unknown.success() && unknown.stderr.contains("no node named \"mx9\""), "{}", unknown.all());
 }
+
+/// A message of several content rows (1 MiB each) is stored and read back whole.
+#[test]
+fn large_message_spans_content_rows() {
+    let Some(rig) = Rig::start("large_message_spans_content_rows", 1, "3s") else { return };
+    let out =
+        rig.nodes[0].py("s = connect()\nbody = b''.join(b'%08d ' % i + b'y' * 70 + b'\\r\\n' for i in range(45000))\n\
+         msg = b'Message-ID: <big@cluster.test>\\r\\nSubject: big\\r\\n\\r\\n' + body\n\
+         print(len(msg))\nprint(send(s, 'a@client.test', ['b@remote.test'], msg))\ns.quit()\n");
+    out.assert_success("send a large message");
+    let chunks = rig.pg.value("SELECT count(*) FROM contents");
+    assert!(chunks.parse::<u32>().unwrap() >= 3 || rig.queued() == 0, "{chunks} rows");
+    let acked = vec!["<big@cluster.test>".to_string()];
+    wait_all_delivered(&rig, &acked, Duration::from_secs(30));
+    let mut files = Vec::new();
+    walk(rig.sink.dumps.path(), &mut files, 2);
+    let dump = std::fs::read(&files[0]).unwrap();
+    for i in [0, 12345, 44999] {
+        assert!(common::contains(&dump, format!("\n{i:08} {}", "y".repeat(70)).as_bytes()), "line {i} missing");
+    }
+    assert!(dump.len() > 45000 * 80, "{} bytes", dump.len());
+}
