@@ -398,9 +398,9 @@ fn database_outage_refuses_then_resumes() {
     let (during, failed) = Load::start(&rig.ports(), 20, 2, "during").finish(Duration::from_secs(120));
     assert!(during.is_empty(), "250 while the database was down: {during:?}");
     assert!(failed.iter().all(|l| l.ends_with(" 451")), "{failed:?}\n{}", rig.logs());
-    for t in &rig.nodes {
-        assert!(t.logs().contains("4.3.0") || t.logs().contains("cannot store message"), "{}", t.logs());
-    }
+    // Refusals come fast: one client thread may have sent them all to one node.
+    let refused = |t: &Tern| t.logs().contains("cannot store message; refused");
+    assert!(rig.nodes.iter().any(refused), "{}", rig.logs());
 
     rig.pg.start_again();
     let after = wait_for(

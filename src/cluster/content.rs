@@ -22,13 +22,13 @@ impl Rows {
         let (cluster, id) = (self.cluster.clone(), self.id.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         self.runtime.spawn(async move {
-            let result = async {
+            let result = super::answered(async {
                 let client = cluster.client().await?;
                 let row = client
                     .query_opt("SELECT data FROM contents WHERE message_id = $1 AND seq = $2", &[&id, &seq])
                     .await?;
                 Ok::<_, super::Error>(row.map(|r| r.get::<_, Vec<u8>>(0)))
-            }
+            })
             .await;
             let _ = tx.send(result);
         });

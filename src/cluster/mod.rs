@@ -24,6 +24,18 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 /// How long a start waits for a connection before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest any one exchange with the database may take (a transaction, a claim,
+/// a heartbeat, a content row): a database that stops answering fails the work
+/// instead of holding it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `work`, or an error once [`ANSWER_TIMEOUT`] has passed.
+pub async fn answered<T>(work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::time::timeout(ANSWER_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(Error(format!("database: no answer within {ANSWER_TIMEOUT:?}"))))
+}
+
 /// A database problem, said with what Tern was doing.
 #[derive(Debug)]
 pub struct Error(pub String);

@@ -219,7 +219,7 @@ impl Store for PgStore {
 
     /// Every message in the database (for listings); the scheduler claims instead.
     fn load(&self) -> Durable<'_, Vec<Stored>> {
-        Box::pin(async move { Ok(self.all().await?) })
+        Box::pin(async move { Ok(super::answered(self.all()).await?) })
     }
 
     fn compact(&self) -> Durable<'_, ()> {
@@ -241,7 +241,7 @@ impl Store for PgStore {
     }
 
     fn claim(&self, limit: usize) -> Durable<'_, Vec<Stored>> {
-        Box::pin(async move { Ok(self.claim_due(limit).await?) })
+        Box::pin(async move { Ok(super::answered(self.claim_due(limit)).await?) })
     }
 
     fn release<'a>(&'a self, messages: &'a [(String, i64)]) -> Durable<'a, ()> {

@@ -41,7 +41,7 @@ pub fn heartbeat(
                 stored: counters.stored.load(Ordering::Relaxed),
                 commits: counters.commits.load(Ordering::Relaxed),
             };
-            match node::heartbeat(&cluster, load).await {
+            match super::answered(node::heartbeat(&cluster, load)).await {
                 Ok(beat) => {
                     let was = draining.swap(beat.draining, Ordering::Relaxed);
                     if was != beat.draining {

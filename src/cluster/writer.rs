@@ -123,7 +123,11 @@ impl Clone for Error {
 async fn commit(cluster: &Cluster, batch: &[Request], owned: bool) -> Result<(), Error> {
     let mut last = Error("no try".into());
     for attempt in 0..TRIES {
-        match transaction(cluster, batch, owned).await {
+        let within = tokio::time::timeout(super::ANSWER_TIMEOUT, transaction(cluster, batch, owned));
+        let outcome = within.await.unwrap_or_else(|_| {
+            Err(Failure::Pool(Error(format!("database: no answer within {:?}", super::ANSWER_TIMEOUT))))
+        });
+        match outcome {
             Ok(()) => return Ok(()),
             Err(e) if retryable(&e) && attempt + 1 < TRIES => {
                 tracing::warn!(error = %Error::from(e), attempt = attempt + 1, "database write failed; trying again");
