@@ -6,6 +6,7 @@
 mod acme;
 mod admin;
 mod antispam;
+mod cluster;
 mod delivery;
 mod duration;
 mod lines;
@@ -21,6 +22,7 @@ mod server;
 pub use acme::{Acme, Challenge, LETS_ENCRYPT, MtaStsPublish, StsMode};
 pub use admin::Admin;
 pub use antispam::{Antispam, Greylisting};
+pub use cluster::Cluster;
 pub use delivery::{DEFAULT_COMMAND_TIMEOUT, DeliveryKind, DomainDelivery, Method};
 pub use lines::{key as path_key, line_of};
 pub use locate::{CONFIG_VAR, ConfigSource, ETC_CONFIG};
@@ -97,6 +99,8 @@ pub struct Config {
     pub acme: Option<Acme>,
     /// The MTA-STS policy published for the local domains; none without the section.
     pub mta_sts: Option<MtaStsPublish>,
+    /// Nodes sharing a PostgreSQL database for their queue; none: the local spool.
+    pub cluster: Option<Cluster>,
     /// The file this was read from (none for the embedded default), and when.
     #[serde(skip)]
     pub source: Option<(PathBuf, std::time::SystemTime)>,
@@ -640,6 +644,9 @@ impl Config {
         self.server.validate()?;
         if let Some(rspamd) = &self.rspamd {
             rspamd.validate()?;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
         }
         milter::validate(&self.milter)?;
         if let Some(acme) = &self.acme {

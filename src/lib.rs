@@ -4,6 +4,7 @@
 pub mod acme;
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod dns;

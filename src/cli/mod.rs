@@ -1,6 +1,7 @@
 //! The `tern` command line.
 
 mod check;
+mod cluster;
 mod control;
 mod dane;
 mod dkim;
@@ -103,6 +104,28 @@ enum Command {
     Status,
     /// Make the running server read its configuration file again.
     Reload,
+    /// The nodes sharing a PostgreSQL database (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create the database schema, or bring it up to this version (a no-op when it is).
+    Init,
+    /// Every node: state, heartbeat, version, configuration, queue share and load.
+    Status,
+    /// Make NODE take no new deliveries; those under way finish.
+    Drain {
+        node: String,
+        /// Undo a drain (the same as `resume`).
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Let a drained NODE take deliveries again.
+    Resume { node: String },
 }
 
 #[derive(Subcommand)]
@@ -312,6 +335,12 @@ pub fn main() -> ExitCode {
         Command::Reload => reload::reload(&config),
         Command::Reports { command: ReportsCommand::Send } => reports::send(&config),
         Command::Reports { command: ReportsCommand::Show { json } } => reports::show(&config, json),
+        Command::Cluster { command } => match command {
+            ClusterCommand::Init => cluster::init(&config),
+            ClusterCommand::Status => cluster::status(&config),
+            ClusterCommand::Drain { node, undo } => cluster::drain(&config, &node, !undo),
+            ClusterCommand::Resume { node } => cluster::drain(&config, &node, false),
+        },
         Command::Config { command: ConfigCommand::Check } => check::check(&config, &source),
         Command::User { command } => match command {
             UserCommand::Add { address, password_stdin } => user::set(&config, &address, password_stdin, false),

@@ -187,7 +187,7 @@ async fn enqueue(
         return Err(format!("no route to {}", to.join(", ")));
     }
     let envelope = Envelope {
-        id: ctx.spool.new_id(),
+        id: ctx.store.new_id(),
         arrival: crate::queue::now(),
         sender: from.to_string(),
         size: content.len() as u64,
@@ -202,8 +202,8 @@ async fn enqueue(
         recipients,
     };
     let stored = ctx
-        .spool
-        .store_parts(&envelope, vec![Part::Bytes(content.clone())])
+        .store
+        .store(&envelope, vec![Part::Bytes(content.clone())])
         .await
         .map_err(|e| format!("cannot store the report: {e}"))?;
     let id = envelope.id.clone();

@@ -10,6 +10,7 @@ pub mod auth_results;
 pub mod dkim;
 pub mod outbound;
 pub mod pki;
+pub mod postgres;
 pub mod security;
 pub mod service;
 pub mod spf;
