@@ -263,6 +263,15 @@ fn tls_alpn_01_issues_reuses_at_restart_and_renews() {
     assert!(st.contains("(self-signed, standing by)"), "{st}");
     assert!(st.contains("last order issued"), "{st}");
 
+    // `tern dane tlsa` pins the ACME certificate's key.
+    let tlsa = |t: &Tern| {
+        let out = t.tern_cmd(&["dane", "tlsa"]);
+        out.assert_success("tern dane tlsa");
+        out.stdout
+    };
+    let pinned = tlsa(&s.tern);
+    assert!(pinned.starts_with("_25._tcp.") && pinned.contains(" IN TLSA 3 1 1 "), "{pinned}");
+
     // A restart serves the stored certificate at once, without a new order.
     s.tern.restart();
     let again = assert_verified(&s.tern, &root);
@@ -280,6 +289,8 @@ fn tls_alpn_01_issues_reuses_at_restart_and_renews() {
     wait_count(&s, OBTAINED, 2);
     let renewed = assert_verified(&s.tern, &root);
     assert_ne!(first, renewed, "a renewed certificate is served");
+    // The key is kept, so a published 3 1 1 record stays true (RFC 7671 §8.1).
+    assert_eq!(tlsa(&s.tern), pinned, "the renewed certificate keeps its key");
     policy_over_https(&s, &root).assert_success("the policy over the renewed certificate");
 }
 

@@ -99,6 +99,25 @@ fn a_malformed_policy_leaves_the_cached_one_in_force() {
     );
 }
 
+/// A policy host whose certificate does not verify gives no policy (RFC 8461 §3.3):
+/// with nothing cached the mail goes opportunistically, and the fetch is counted as
+/// `certificate` (TLS-RPT's `sts-webpki-invalid`).
+#[test]
+fn a_policy_host_with_an_untrusted_certificate_gives_no_policy() {
+    let (ca, rogue) = (Ca::new(), Ca::new());
+    let Some(_sts) = PolicyServer::start(&rogue, "127.0.1.37", &policy("enforce", MX_HOST)) else { return };
+    let port = peer_port();
+    let dns = DnsServer::start(&zone("127.0.1.38", "127.0.1.37", "two"));
+    let mx = start_mx(&ca, "127.0.1.38", port, "other.remote.test");
+    let a = sender(&ca, &dns, port, false);
+    send_message(&a, SENDER, &[BOB], &test_message("sts untrusted", BOB), &[]);
+    assert_eq!(mx.wait_mail_within(REMOTE_DOMAIN, "bob", 1, DELIVERY).len(), 1);
+    wait_queue_empty(&a, DELIVERY);
+    let logs = a.logs();
+    assert!(logs.contains("certificate not verified for mta-sts.remote.test"), "{logs}");
+    assert!(metric(&a, "tern_mta_sts_fetch_total{result=\"certificate\"}") >= 1.0, "{logs}");
+}
+
 /// The fetch gives up within its limit (10 s) however slowly the body comes.
 #[test]
 fn a_slow_policy_times_out_and_the_cached_one_stays() {

@@ -14,6 +14,16 @@ pub fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("acme")
 }
 
+/// The certificate's private key, PEM.
+pub fn key_file(dir: &Path) -> PathBuf {
+    dir.join(KEY)
+}
+
+/// The certificate chain, PEM, leaf first.
+pub fn cert_file(dir: &Path) -> PathBuf {
+    dir.join(CERT)
+}
+
 const ACCOUNT: &str = "account.json";
 const CERT: &str = "cert.pem";
 const KEY: &str = "key.pem";

@@ -53,9 +53,14 @@ fn record(config: &Config, port: u16, selector: Selector) -> Result<String, Stri
     Ok(format!("_{port}._tcp.{host}. IN TLSA 3 {number} 1 {hex}"))
 }
 
-/// `[tls] cert`, or the self-signed certificate of `<data_dir>/tls/` once the server
+/// The certificate from ACME once obtained (its key is kept across renewals), else
+/// `[tls] cert`, else the self-signed certificate of `<data_dir>/tls/` once the server
 /// has made it.
 fn certificate_file(config: &Config) -> Result<PathBuf, String> {
+    let acme = crate::acme::stored::cert_file(&crate::acme::stored::dir(&config.data_dir));
+    if config.acme.is_some() && acme.exists() {
+        return Ok(acme);
+    }
     if let Some(cert) = &config.tls.cert {
         return Ok(cert.clone());
     }

@@ -330,11 +330,14 @@ pub enum StsFetch {
     Timeout,
     /// Fetched, but not a valid policy.
     Invalid,
-    /// No address, no connection, a certificate that did not verify, a broken exchange.
+    /// No address, no connection, a broken exchange.
     Error,
+    /// The policy host's certificate did not verify (RFC 8461 §3.3).
+    Certificate,
 }
 
-const STS_FETCH_RESULTS: [&str; 7] = ["ok", "http_status", "content_type", "too_big", "timeout", "invalid", "error"];
+const STS_FETCH_RESULTS: [&str; 8] =
+    ["ok", "http_status", "content_type", "too_big", "timeout", "invalid", "error", "certificate"];
 
 /// Series of a family with one label, one per value.
 fn series<M: Clone>(family: &Family<Labels, M>, label: &'static str, values: &[&str]) -> Vec<M> {

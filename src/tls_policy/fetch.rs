@@ -57,7 +57,7 @@ async fn get(tls: &TlsClient, host: &str, addr: SocketAddr) -> Result<String, Fe
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| failed(format!("cannot connect: {e}")))?;
     let (stream, level, _) = tls.handshake(Box::new(tcp), host, None).await.map_err(|e| failed(e.0))?;
     if level != TlsLevel::Verified {
-        return Err(failed(format!("certificate not verified for {host}")));
+        return Err(error(StsFetch::Certificate, format!("certificate not verified for {host}")));
     }
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

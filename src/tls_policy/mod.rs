@@ -7,8 +7,8 @@ pub mod dane;
 mod dane_match;
 pub mod fetch;
 pub mod mta_sts;
-pub mod requiretls;
 pub mod publish;
+pub mod requiretls;
 
 use crate::delivery::remote::TlsClient;
 use crate::dns::{Dns, DnsError};
@@ -90,7 +90,13 @@ impl MtaSts {
                     },
                     Err(e) => {
                         metrics.mta_sts_fetch(e.kind);
-                        report_failure(domain, ResultType::StsPolicyFetchError, &e.detail);
+                        // RFC 8460 §4.3.2.2: a policy host whose certificate does not
+                        // verify is `sts-webpki-invalid`.
+                        let result = match e.kind {
+                            StsFetch::Certificate => ResultType::StsWebpkiInvalid,
+                            _ => ResultType::StsPolicyFetchError,
+                        };
+                        report_failure(domain, result, &e.detail);
                         format!("policy fetch failed: {}", e.detail)
                     }
                 };

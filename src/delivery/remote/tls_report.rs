@@ -50,12 +50,26 @@ pub fn record(
     host_tls: &HostTls<'_>,
     connected: Result<(), &Failure>,
 ) {
+    if let Some((policy, outcome)) = session(sts, hop, addr, via, host_tls, connected) {
+        tls::record(domain, policy, outcome);
+    }
+}
+
+/// The policy and result [`record`] counts, if the attempt was a TLS session.
+fn session(
+    sts: Option<&Policy>,
+    hop: &Hop,
+    addr: SocketAddr,
+    via: &Via,
+    host_tls: &HostTls<'_>,
+    connected: Result<(), &Failure>,
+) -> Option<(PolicyRecord, Outcome)> {
     let HostTls { dane, probe, .. } = host_tls;
     let check = dane.check();
     let result = match connected {
         Err(_) => match check.and_then(|c| c.failure()).map(ResultType::from).or(*probe.failure.lock().unwrap()) {
             Some(result) => Some(result),
-            None => return,
+            None => return None,
         },
         Ok(()) if via.tls == "none" => Some(ResultType::StarttlsNotSupported),
         // RFC 7672 §2.2: records exist but none is usable; the session was encrypted
@@ -83,13 +97,50 @@ pub fn record(
         Some(c) => tlsa_record(c.records.iter().map(ToString::to_string).collect(), hop),
         None => policy_record(sts),
     };
-    tls::record(domain, policy, outcome);
+    Some((policy, outcome))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tls_policy::mta_sts::MxPattern;
+
+    fn dane_session(dane: &HostPolicy, via: &Via, connected: Result<(), &Failure>) -> (PolicyRecord, Outcome) {
+        let hop = Hop { host: "MX.a.test.".into(), port: 25 };
+        let host_tls = HostTls { sts_enforce: false, dane, probe: Default::default() };
+        session(None, &hop, "192.0.2.1:25".parse().unwrap(), via, &host_tls, connected).expect("a session")
+    }
+
+    fn result_of(outcome: &Outcome) -> Option<ResultType> {
+        match outcome {
+            Outcome::Success => None,
+            Outcome::Failure(f) => Some(f.result),
+        }
+    }
+
+    #[test]
+    fn a_dane_host_is_reported_under_its_tlsa_records() {
+        let tlsa = crate::tls_policy::dane::Tlsa { usage: 3, selector: 1, matching: 1, data: vec![0xab; 32] };
+        let verify = HostPolicy::from_records(vec![tlsa], vec!["mx.a.test".into()]);
+        let mut via = Via::starting("none");
+        (via.tls, via.tls_verified) = ("dane/TLSv1.3".into(), true);
+        let (policy, outcome) = dane_session(&verify, &via, Ok(()));
+        let PolicyRecord::Tlsa { policy_string, mx_host } = &policy else { panic!("{policy:?}") };
+        assert_eq!(policy_string, &[format!("3 1 1 {}", "ab".repeat(32))]);
+        assert_eq!(mx_host, &["mx.a.test"]);
+        assert_eq!(result_of(&outcome), None);
+        // A mismatch noted by the DANE check is the session's result.
+        verify.check().unwrap().fail(DaneFailure::CertificateHostMismatch);
+        let failed = Failure::temporary((4, 7, 5), "DANE");
+        let (_, outcome) = dane_session(&verify, &Via::starting("none"), Err(&failed));
+        assert_eq!(result_of(&outcome), Some(ResultType::CertificateHostMismatch));
+        // Records without a usable one: encrypted, not authenticated (RFC 7672 §2.2).
+        let pkix = crate::tls_policy::dane::Tlsa { usage: 1, selector: 1, matching: 1, data: vec![1; 32] };
+        let encrypt = HostPolicy::from_records(vec![pkix], vec!["mx.a.test".into()]);
+        via.tls_verified = false;
+        let (_, outcome) = dane_session(&encrypt, &via, Ok(()));
+        assert_eq!(result_of(&outcome), Some(ResultType::TlsaInvalid));
+    }
 
     #[test]
     fn an_sts_policy_is_reported_as_its_lines() {
