@@ -17,12 +17,12 @@ fn init_migrates_an_empty_database_once() {
     let t = Tern::new_stopped(&cluster_toml(&pg, "mx1", "3s"), &[]);
     let out = t.tern_cmd(&["cluster", "init"]);
     out.assert_success("cluster init");
-    assert!(out.stdout.contains("migrated from version 0 to 1"), "{}", out.all());
-    assert_eq!(pg.value("SELECT count(*) FROM schema_version"), "1");
+    assert!(out.stdout.contains("migrated from version 0 to 2"), "{}", out.all());
+    assert_eq!(pg.value("SELECT count(*) FROM schema_version"), "2");
     let again = t.tern_cmd(&["cluster", "init"]);
     again.assert_success("cluster init again");
     assert!(again.stdout.contains("nothing to do"), "{}", again.all());
-    assert_eq!(pg.value("SELECT count(*) FROM schema_version"), "1");
+    assert_eq!(pg.value("SELECT count(*) FROM schema_version"), "2");
     let status = t.tern_cmd(&["cluster", "status"]);
     status.assert_success("cluster status");
     assert!(status.stdout.contains("queue: 0 message(s)"), "{}", status.all());

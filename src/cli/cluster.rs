@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 /// Runs `work` on the cluster named by `[cluster]`.
-fn with_cluster<F>(config: &Config, work: impl FnOnce(Cluster) -> F) -> ExitCode
+pub(super) fn with_cluster<F>(config: &Config, work: impl FnOnce(Cluster) -> F) -> ExitCode
 where
     F: Future<Output = Result<(), String>>,
 {
@@ -102,7 +102,10 @@ pub fn status(config: &Config) -> ExitCode {
         let live: Vec<_> = o.nodes.iter().filter(|n| n.live).collect();
         let versions: BTreeSet<_> = live.iter().map(|n| n.version.as_str()).collect();
         if versions.len() > 1 {
-            println!("warning: live nodes run different versions: {}", versions.into_iter().collect::<Vec<_>>().join(", "));
+            println!(
+                "warning: live nodes run different versions: {}",
+                versions.into_iter().collect::<Vec<_>>().join(", ")
+            );
         }
         let hashes: BTreeSet<_> = live.iter().map(|n| n.config_hash.as_str()).collect();
         if hashes.len() > 1 {

@@ -12,8 +12,10 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first; a later change appends its own, never edits one.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "nodes and queue", sql: include_str!("sql/0001_queue.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "nodes and queue", sql: include_str!("sql/0001_queue.sql") },
+    Migration { version: 2, name: "shared state", sql: include_str!("sql/0002_shared.sql") },
+];
 
 /// The schema version this binary runs on.
 pub fn latest() -> i32 {
@@ -50,7 +52,9 @@ pub async fn init(cluster: &Cluster) -> Result<Applied, Error> {
     }
     let mut names = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| m.version > from) {
-        tx.batch_execute(m.sql).await.map_err(|e| Error(format!("migration {} ({}): {}", m.version, m.name, Error::from(e))))?;
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|e| Error(format!("migration {} ({}): {}", m.version, m.name, Error::from(e))))?;
         tx.execute("INSERT INTO schema_version (version, name) VALUES ($1, $2)", &[&m.version, &m.name]).await?;
         names.push(m.name);
     }
@@ -61,8 +65,7 @@ pub async fn init(cluster: &Cluster) -> Result<Applied, Error> {
 /// The schema's version; 0 when it was never made.
 pub async fn current(cluster: &Cluster) -> Result<i32, Error> {
     let client = cluster.client().await?;
-    let exists: bool =
-        client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[]).await?.get(0);
+    let exists: bool = client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[]).await?.get(0);
     if !exists {
         return Ok(0);
     }

@@ -7,6 +7,7 @@
 
 pub mod migrations;
 pub mod node;
+pub mod shared;
 pub mod status;
 mod tls;
 
@@ -138,11 +139,8 @@ impl Cluster {
     pub fn new(config: &config::Cluster) -> Result<Cluster, String> {
         let (pg, verify) = parse_database(&config.database).map_err(|e| format!("cluster.database: {e}"))?;
         let tls = tls::connector(verify, config.ca_file.as_deref()).map_err(|e| format!("cluster: {e}"))?;
-        let manager = Manager::from_config(
-            pg.clone(),
-            tls.clone(),
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
+        let manager =
+            Manager::from_config(pg.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
             .runtime(Runtime::Tokio1)

@@ -111,7 +111,10 @@ pub async fn stop(cluster: &Cluster) -> Result<(), Error> {
         client.batch_execute("NOTIFY tern_queue").await?;
     }
     client
-        .execute("UPDATE nodes SET stopped = now() WHERE name = $1 AND instance = $2", &[&cluster.node, &cluster.instance])
+        .execute(
+            "UPDATE nodes SET stopped = now() WHERE name = $1 AND instance = $2",
+            &[&cluster.node, &cluster.instance],
+        )
         .await?;
     Ok(())
 }

@@ -28,10 +28,9 @@ pub fn connector(verify: Verify, ca_file: Option<&Path>) -> Result<MakeRustlsCon
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let config = match verify {
-        Verify::Nothing => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Anything(provider)))
-            .with_no_client_auth(),
+        Verify::Nothing => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(Anything(provider))).with_no_client_auth()
+        }
         Verify::Full => builder.with_root_certificates(roots(ca_file)?).with_no_client_auth(),
         Verify::Chain => {
             let roots = Arc::new(roots(ca_file)?);

@@ -189,6 +189,9 @@ pub enum AuthMethod {
     Dmarc,
 }
 
+/// The cluster's shared states, as `tern_cluster_shared_errors_total` labels them.
+pub const SHARED_STATES: [&str; 7] = ["greylist", "rates", "auth", "users", "trace", "mta_sts", "sweep"];
+
 /// The result words of RFC 8601 that SPF, DKIM, ARC and DMARC give.
 const AUTH_RESULTS: [&str; 7] = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"];
 
@@ -259,6 +262,7 @@ pub struct Metrics {
     dns: Vec<Vec<Counter>>,
     spam: Vec<Counter>,
     milter_results: Family<Labels, Counter>,
+    shared_errors: Family<Labels, Counter>,
 }
 
 /// Series of a family with one label, one per value.
@@ -369,6 +373,15 @@ impl Metrics {
             "Verdicts of milters (and their failures), by configured milter name and result",
             milter_results.clone(),
         );
+        let shared_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_cluster_shared_errors",
+            "Checks and writes of the cluster's shared state that failed for the database, by state",
+            shared_errors.clone(),
+        );
+        for state in SHARED_STATES {
+            let _ = shared_errors.get_or_create(&vec![("state", state.to_string())]);
+        }
         let auth_family = Family::<Labels, Counter>::default();
         registry.register("tern_auth_results", "SPF, DKIM, ARC and DMARC results of checked mail", auth_family.clone());
         let auth = grid(&auth_family, ("method", "result"), &["spf", "dkim", "arc", "dmarc"], &AUTH_RESULTS);
@@ -413,6 +426,7 @@ impl Metrics {
             dns,
             spam,
             milter_results,
+            shared_errors,
         }
     }
 
@@ -437,6 +451,11 @@ impl Metrics {
     /// under a lock, next to a network round trip to the milter).
     pub fn milter(&self, milter: &str, result: &'static str) {
         self.milter_results.get_or_create(&vec![("milter", milter.to_string()), ("result", result.to_string())]).inc();
+    }
+
+    /// A shared state of the cluster (one of [`SHARED_STATES`]) the database failed for.
+    pub fn shared_error(&self, state: &'static str) {
+        self.shared_errors.get_or_create(&vec![("state", state.to_string())]).inc();
     }
 
     pub fn refused(&self, reason: Refusal) {

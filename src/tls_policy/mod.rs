@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// MTA-STS policies of recipient domains: looked up, fetched and cached, in memory and
-/// in `<data_dir>/mta-sts/`.
+/// in `<data_dir>/mta-sts/` (with `[cluster]`, in the cluster's database instead).
 #[derive(Debug)]
 pub struct MtaSts {
     dir: PathBuf,
@@ -45,7 +45,7 @@ impl MtaSts {
             (Err(DnsError::Temporary(_)), None) => Txt::Failed,
             _ => Txt::Absent,
         };
-        let cached = self.cached(domain);
+        let cached = self.cached(domain).await;
         let now = now();
         let live = cached.as_ref().filter(|e| e.expires > now).and_then(Entry::parsed);
         match cache::decide(cached.as_ref(), txt, now) {
@@ -56,7 +56,10 @@ impl MtaSts {
                 match fetch::fetch(tls, dns, allow_loopback, domain).await {
                     Ok(text) => match Entry::new(&id, &text, now) {
                         Some((entry, policy)) => {
-                            if let Err(e) = cache::store(&self.dir, domain, &entry) {
+                            if crate::cluster::shared::get().is_some() {
+                                // In the cluster's database, for every node; memory if it is away.
+                                crate::cluster::shared::mta_sts::store(domain, &entry).await;
+                            } else if let Err(e) = cache::store(&self.dir, domain, &entry) {
                                 tracing::warn!(domain, error = %e, "cannot store the MTA-STS policy");
                             }
                             self.memory.lock().unwrap().insert(domain.to_string(), entry);
@@ -77,8 +80,18 @@ impl MtaSts {
         }
     }
 
-    /// The cached entry: from memory, else from disk.
-    fn cached(&self, domain: &str) -> Option<Entry> {
+    /// The cached entry: with `[cluster]` the cluster's (another node may have
+    /// fetched a newer one), else from memory, else from disk.
+    async fn cached(&self, domain: &str) -> Option<Entry> {
+        if crate::cluster::shared::get().is_some() {
+            let shared = crate::cluster::shared::mta_sts::load(domain).await;
+            let mut memory = self.memory.lock().unwrap();
+            if let Some(Some(entry)) = shared {
+                memory.insert(domain.to_string(), entry.clone());
+                return Some(entry);
+            }
+            return memory.get(domain).cloned();
+        }
         let mut memory = self.memory.lock().unwrap();
         if let Some(e) = memory.get(domain) {
             return Some(e.clone());

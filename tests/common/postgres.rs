@@ -116,8 +116,11 @@ impl Postgres {
     /// Stops the server at once (as a crash would: no shutdown checkpoint).
     pub fn stop(&self) {
         let data = self.data();
-        let out =
-            self.run_as("pg_ctl", &["-D", data.to_str().unwrap(), "-w", "-t", "60", "-m", "immediate", "stop"], Duration::from_secs(70));
+        let out = self.run_as(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-w", "-t", "60", "-m", "immediate", "stop"],
+            Duration::from_secs(70),
+        );
         out.assert_success("pg_ctl stop");
     }
 
