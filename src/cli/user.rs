@@ -42,6 +42,11 @@ fn check_local(config: &Config, address: &str) -> Result<(), String> {
     ))
 }
 
+/// The users table exists only once `tern cluster init` made the schema.
+async fn schema(cluster: &crate::cluster::Cluster) -> Result<(), String> {
+    crate::cluster::migrations::check(cluster).await.map_err(|e| e.to_string())
+}
+
 fn in_database(config: &Config) -> bool {
     config.auth.users == UsersSource::Database
 }
@@ -60,6 +65,7 @@ pub fn set(config: &Config, address: &str, from_stdin: bool, must_exist: bool) -
             }
         };
         return super::cluster::with_cluster(config, |cluster| async move {
+            schema(&cluster).await?;
             match table::set_password(&cluster, address, &password, must_exist).await? {
                 Change::Added => println!("user {address} added to the cluster's database"),
                 Change::Updated => println!("password of {address} changed in the cluster's database"),
@@ -90,6 +96,7 @@ pub fn set(config: &Config, address: &str, from_stdin: bool, must_exist: bool) -
 pub fn del(config: &Config, address: &str) -> ExitCode {
     if in_database(config) {
         return super::cluster::with_cluster(config, |cluster| async move {
+            schema(&cluster).await?;
             table::remove(&cluster, address).await?;
             println!("user {address} removed from the cluster's database");
             Ok(())
@@ -111,6 +118,7 @@ pub fn del(config: &Config, address: &str) -> ExitCode {
 pub fn list(config: &Config) -> ExitCode {
     if in_database(config) {
         return super::cluster::with_cluster(config, |cluster| async move {
+            schema(&cluster).await?;
             let names = table::list(&cluster).await?;
             if names.is_empty() {
                 eprintln!("no users in the cluster's database");

@@ -30,16 +30,16 @@ RETURNING passed, extract(epoch FROM first_seen + $2::float8 * interval '1 secon
 
 /// The cluster's greylist, with this configuration's delays.
 pub struct Greylist {
-    cluster: Cluster,
+    cluster: &'static Cluster,
     delay: f64,
     retry_window: f64,
     expire: f64,
 }
 
 impl Greylist {
-    pub fn new(cluster: &Cluster, config: &Greylisting) -> Greylist {
+    pub fn new(cluster: &'static Cluster, config: &Greylisting) -> Greylist {
         Greylist {
-            cluster: cluster.clone(),
+            cluster,
             delay: config.delay.as_secs_f64(),
             retry_window: config.retry_window.as_secs_f64(),
             expire: config.expire.as_secs_f64(),

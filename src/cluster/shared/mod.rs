@@ -119,8 +119,8 @@ pub async fn guarded<T>(state: &'static str, work: impl Future<Output = Result<T
 
 /// One shared state the database failed for: logged (limited) and counted.
 pub fn failed(state: &'static str, error: &Error) {
-    const LIMIT: LogLimit = LogLimit::new(crate::log_limit::PERIOD);
-    static LIMITS: [LogLimit; SHARED_STATES.len()] = [LIMIT; SHARED_STATES.len()];
+    static LIMITS: [LogLimit; SHARED_STATES.len()] =
+        [const { LogLimit::new(crate::log_limit::PERIOD) }; SHARED_STATES.len()];
     crate::metrics::get().shared_error(state);
     let limit = &LIMITS[SHARED_STATES.iter().position(|s| *s == state).unwrap_or(0)];
     if let Some(repeats) = limit.admit() {

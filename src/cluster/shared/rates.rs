@@ -50,7 +50,7 @@ fn limit(n: u32) -> i32 {
 
 /// Fixed-window rates of messages and recipients per key, cluster-wide.
 pub struct Rates {
-    cluster: Cluster,
+    cluster: &'static Cluster,
     window: f64,
     max_messages: i32,
     max_recipients: i32,
@@ -59,9 +59,9 @@ pub struct Rates {
 }
 
 impl Rates {
-    pub fn new(cluster: &Cluster, window: Duration, max_messages: u32, max_recipients: u32) -> Rates {
+    pub fn new(cluster: &'static Cluster, window: Duration, max_messages: u32, max_recipients: u32) -> Rates {
         Rates {
-            cluster: cluster.clone(),
+            cluster,
             window: window.as_secs_f64(),
             max_messages: limit(max_messages),
             max_recipients: limit(max_recipients),
@@ -102,7 +102,7 @@ impl Rates {
 /// Failed AUTH attempts per client address, and bans, cluster-wide. This node's own
 /// record is kept too, and holds alone while the database is away.
 pub struct AuthFailures {
-    cluster: Cluster,
+    cluster: &'static Cluster,
     max: i32,
     window: f64,
     ban: f64,
@@ -110,9 +110,9 @@ pub struct AuthFailures {
 }
 
 impl AuthFailures {
-    pub fn new(cluster: &Cluster, max: u32, window: Duration, ban: Duration) -> AuthFailures {
+    pub fn new(cluster: &'static Cluster, max: u32, window: Duration, ban: Duration) -> AuthFailures {
         AuthFailures {
-            cluster: cluster.clone(),
+            cluster,
             max: limit(max),
             window: window.as_secs_f64(),
             ban: ban.as_secs_f64(),
