@@ -76,7 +76,7 @@ pub fn status(config: &Config) -> ExitCode {
         let o = status::overview(&cluster).await.map_err(|e| e.to_string())?;
         println!("queue: {} message(s), {} due, {} held", o.queued, o.due, o.held);
         println!(
-            "{:<16} {:<8} {:<9} {:<10} {:<13} {:>9} {:>7} {:>8} {:>10}",
+            "{:<16} {:<8} {:<9} {:<12} {:<10} {:>9} {:>7} {:>8} {:>11}",
             "NODE", "STATE", "VERSION", "CONFIG", "HEARTBEAT", "IN-FLIGHT", "LEASED", "ACCEPTED", "COMMITS/MSG"
         );
         for n in &o.nodes {
@@ -87,7 +87,7 @@ pub fn status(config: &Config) -> ExitCode {
             };
             let per = if n.stored > 0 { format!("{:.3}", n.commits as f64 / n.stored as f64) } else { "-".into() };
             println!(
-                "{:<16} {:<8} {:<9} {:<10} {:<13} {:>9} {:>7} {:>8} {:>10}",
+                "{:<16} {:<8} {:<9} {:<12} {:<10} {:>9} {:>7} {:>8} {:>11}",
                 n.name,
                 state,
                 n.version,

@@ -5,11 +5,15 @@
 //! in the database, deliveries are claimed with leases timed by the database's
 //! clock, and `LISTEN/NOTIFY` wakes the schedulers (with polling behind it).
 
+mod content;
 pub mod migrations;
 pub mod node;
 pub mod shared;
 pub mod status;
+pub mod store;
 mod tls;
+pub(crate) mod wake;
+mod writer;
 
 use crate::config;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -116,6 +120,17 @@ pub fn parse_database(text: &str) -> Result<(tokio_postgres::Config, Verify), St
     }
     config.application_name("tern");
     Ok((config, verify))
+}
+
+/// Connects a starting node: the schema must be this binary's, and the node's name
+/// free; then the node is registered.
+pub async fn join(settings: &config::Cluster, config: &config::Config) -> Result<Cluster, String> {
+    let cluster = Cluster::new(settings)?;
+    let fail = |e: Error| format!("cluster: {e}");
+    migrations::check(&cluster).await.map_err(fail)?;
+    node::register(&cluster, &node::config_hash(config)).await.map_err(fail)?;
+    tracing::info!(node = %cluster.node, instance = %cluster.instance, "joined the cluster");
+    Ok(cluster)
 }
 
 /// This node's handle on the cluster: its identity and the connection pool. Cheap to

@@ -4,6 +4,7 @@
 
 use super::{Cluster, Error};
 use crate::config::Config;
+use std::time::Duration;
 
 /// Tern's version, as nodes report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -28,35 +29,55 @@ pub fn config_hash(config: &Config) -> String {
     digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Takes the node's name for this process, or says who holds it.
+/// Takes the node's name for this process, or says who holds it. A holder whose
+/// heartbeat has stopped (a crashed process of this node) is waited out until its
+/// lease runs out; one whose heartbeat goes on is a second live node of that name.
 pub async fn register(cluster: &Cluster, config_hash: &str) -> Result<(), Error> {
-    let mut client = cluster.client().await?;
-    let tx = client.transaction().await?;
-    let holder = tx
-        .query_opt(
-            "SELECT instance, extract(epoch FROM now() - heartbeat)::float8 FROM nodes
-             WHERE name = $1 AND stopped IS NULL AND heartbeat > now() - $2::float8 * interval '1 second'
-             FOR UPDATE",
-            &[&cluster.node, &cluster.lease_secs()],
-        )
-        .await?;
-    if let Some(row) = holder {
-        let ago: f64 = row.get(1);
-        return Err(Error(format!(
-            "another live node is named {:?} (last heartbeat {ago:.0}s ago): give each node its own [cluster] node",
-            cluster.node
-        )));
+    let mut seen: Option<(String, f64)> = None;
+    loop {
+        let mut client = cluster.client().await?;
+        let tx = client.transaction().await?;
+        let holder = tx
+            .query_opt(
+                "SELECT instance, extract(epoch FROM heartbeat)::float8, extract(epoch FROM now() - heartbeat)::float8
+                 FROM nodes
+                 WHERE name = $1 AND stopped IS NULL AND heartbeat > now() - $2::float8 * interval '1 second'
+                 FOR UPDATE",
+                &[&cluster.node, &cluster.lease_secs()],
+            )
+            .await?;
+        let Some(row) = holder else {
+            tx.execute(
+                "INSERT INTO nodes (name, instance, version, config_hash, started, heartbeat)
+                 VALUES ($1, $2, $3, $4, now(), now())
+                 ON CONFLICT (name) DO UPDATE SET instance = $2, version = $3, config_hash = $4, started = now(),
+                     heartbeat = now(), stopped = NULL, in_flight = 0, stored_messages = 0, store_commits = 0",
+                &[&cluster.node, &cluster.instance, &VERSION, &config_hash],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(());
+        };
+        drop(tx);
+        let (instance, beat, ago): (String, f64, f64) = (row.get(0), row.get(1), row.get(2));
+        let wait = match &seen {
+            // A beat since the last look: that process lives.
+            Some((was, at)) if *was != instance || *at != beat => {
+                return Err(Error(format!(
+                    "another live node is named {:?} (last heartbeat {ago:.0}s ago): give each node its own [cluster] node",
+                    cluster.node
+                )));
+            }
+            // Silent for longer than it beats: wait for its lease to run out.
+            Some(_) => Duration::from_secs_f64((cluster.lease_secs() - ago).max(0.0)) + Duration::from_millis(200),
+            None => {
+                tracing::info!(node = %cluster.node, ago, "a process of this node's name beat recently; waiting to see whether it lives");
+                super::wake::heartbeat_interval(cluster.lease) * 3 / 2
+            }
+        };
+        seen = Some((instance, beat));
+        tokio::time::sleep(wait).await;
     }
-    tx.execute(
-        "INSERT INTO nodes (name, instance, version, config_hash, started, heartbeat)
-         VALUES ($1, $2, $3, $4, now(), now())
-         ON CONFLICT (name) DO UPDATE SET instance = $2, version = $3, config_hash = $4, started = now(),
-             heartbeat = now(), stopped = NULL, in_flight = 0",
-        &[&cluster.node, &cluster.instance, &VERSION, &config_hash],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 /// What a heartbeat learns.

@@ -256,6 +256,8 @@ pub struct Metrics {
     pub receive_latency: AtomicHistogram,
     pub delivery_latency: AtomicHistogram,
     pub spool_commit_batch: AtomicHistogram,
+    /// New messages sharing one database commit (`[cluster]`).
+    pub cluster_commit_batch: AtomicHistogram,
     pub spool_bytes: Gauge,
     auth: Vec<Vec<Counter>>,
     tls: Vec<Vec<Counter>>,
@@ -360,6 +362,12 @@ impl Metrics {
             "Requests sharing one spool fsync",
             spool_commit_batch.clone(),
         );
+        let cluster_commit_batch = AtomicHistogram::new(&BATCH_BUCKETS);
+        registry.register(
+            "tern_cluster_commit_batch_size",
+            "New messages sharing one database commit",
+            cluster_commit_batch.clone(),
+        );
         let spool_bytes = Gauge::default();
         registry.register_with_unit(
             "tern_spool",
@@ -420,6 +428,7 @@ impl Metrics {
             receive_latency,
             delivery_latency,
             spool_commit_batch,
+            cluster_commit_batch,
             spool_bytes,
             auth,
             tls,

@@ -105,6 +105,10 @@ enum Command {
     /// An administrative operation; answers how many messages it changed.
     Manage(Selection, Action, oneshot::Sender<Result<usize, ManageError>>),
     Summary(oneshot::Sender<Summary>),
+    /// A shared store says there may be new due work.
+    Wake,
+    /// What a claim of up to `.1` messages brought.
+    Claimed(std::io::Result<Vec<Stored>>, usize),
     Stop,
 }
 
@@ -127,7 +131,21 @@ impl Queue {
         for stored in pending {
             queue.enqueue(stored, None);
         }
+        if shared.store.shared() {
+            let (store, tx) = (shared.store.clone(), queue.tx.downgrade());
+            tokio::spawn(async move {
+                loop {
+                    let _ = store.wake().await;
+                    match tx.upgrade() {
+                        Some(tx) if tx.send(Command::Wake).is_ok() => {}
+                        _ => return,
+                    }
+                }
+            });
+        }
+        let claims = Claims { wanted: shared.store.shared(), running: false, backlog: false, tx: queue.tx.downgrade() };
         let scheduler = Scheduler {
+            claims,
             shared: Arc::new(shared),
             entries: HashMap::new(),
             timers: BTreeSet::new(),
@@ -177,7 +195,18 @@ struct Entry {
     due: i64,
 }
 
+/// Taking due work from a shared store.
+struct Claims {
+    /// There may be due work to claim (woken, or capacity freed after a full claim).
+    wanted: bool,
+    running: bool,
+    /// The last claim took all it asked for: more may be waiting.
+    backlog: bool,
+    tx: mpsc::WeakUnboundedSender<Command>,
+}
+
 struct Scheduler {
+    claims: Claims,
     shared: Arc<Shared>,
     /// Pending messages that are not being attempted right now.
     entries: HashMap<String, Entry>,
@@ -202,6 +231,13 @@ impl Scheduler {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut stopping = false;
         loop {
+            if self.shared.store.shared() && !stopping {
+                if self.shared.store.draining() {
+                    self.hand_back_ready();
+                } else {
+                    self.claim();
+                }
+            }
             // While the store refuses writes, results could not be recorded: wait until
             // the attempt retrying its write gets through.
             while !stopping
@@ -230,6 +266,8 @@ impl Scheduler {
                     Some(Command::Summary(reply)) => {
                         let _ = reply.send(self.summary());
                     }
+                    Some(Command::Wake) => self.claims.wanted = true,
+                    Some(Command::Claimed(claimed, asked)) => self.claimed(claimed, asked),
                     Some(Command::Stop) | None => {
                         stopping = true;
                         self.shared.stopping.send_replace(true);
@@ -304,6 +342,7 @@ impl Scheduler {
     fn start_attempt(&mut self, id: &str) {
         let Some(entry) = self.take(id) else { return };
         self.in_flight.insert(id.to_string());
+        self.shared.store.set_load(self.in_flight.len());
         let shared = self.shared.clone();
         let (stored, content) = (entry.stored.clone(), entry.content.clone());
         let progress = Arc::new(std::sync::Mutex::new(entry.stored.clone()));
@@ -319,8 +358,12 @@ impl Scheduler {
             Err(e) => e.id(),
         };
         let Some((before, progress)) = self.running.remove(&task) else { return };
-        let id = &before.stored.envelope.id;
-        self.in_flight.remove(id);
+        let id = before.stored.envelope.id.clone();
+        self.in_flight.remove(&id);
+        self.shared.store.set_load(self.in_flight.len());
+        if self.claims.backlog {
+            self.claims.wanted = true;
+        }
         // Put on hold (or released) while it was being attempted: already recorded.
         let held = before.stored.envelope.held;
         match joined {
@@ -337,6 +380,87 @@ impl Scheduler {
                 self.attempt_failed(stored, before.content, e);
             }
         }
+        self.hand_back_waiting(&id);
+    }
+
+    /// Asks a shared store for due work when there may be some and room for it.
+    fn claim(&mut self) {
+        let concurrency = self.shared.settings.load().config.concurrency;
+        let want = concurrency.saturating_sub(self.in_flight.len() + self.ready.len());
+        if !self.claims.wanted || self.claims.running || want == 0 {
+            return;
+        }
+        self.claims.wanted = false;
+        self.claims.running = true;
+        let (store, tx) = (self.shared.store.clone(), self.claims.tx.clone());
+        tokio::spawn(async move {
+            let claimed = store.claim(want).await;
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Command::Claimed(claimed, want));
+            }
+        });
+    }
+
+    /// Takes claimed messages in, but none already here.
+    fn claimed(&mut self, claimed: std::io::Result<Vec<Stored>>, asked: usize) {
+        self.claims.running = false;
+        match claimed {
+            Ok(list) => {
+                self.claims.backlog = list.len() >= asked;
+                self.claims.wanted |= self.claims.backlog;
+                for stored in list {
+                    let id = &stored.envelope.id;
+                    if !self.entries.contains_key(id) && !self.in_flight.contains(id) {
+                        self.enqueue(stored, None);
+                    }
+                }
+            }
+            Err(e) => {
+                static FAILED: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new(crate::log_limit::PERIOD);
+                if let Some(repeats) = FAILED.admit() {
+                    tracing::error!(error = %e, repeats, "cannot claim due deliveries; trying again");
+                }
+                self.claims.backlog = false;
+            }
+        }
+    }
+
+    /// With a shared store, a message that now waits for a later try (or is held) is
+    /// handed back, for whichever node is free when it is due.
+    fn hand_back_waiting(&mut self, id: &str) {
+        if !self.shared.store.shared() || self.entries.get(id).is_none_or(|e| e.due <= now()) {
+            return;
+        }
+        let entry = self.take(id).expect("checked");
+        self.timers.remove(&(entry.due, id.to_string()));
+        let due = if entry.due == i64::MAX { now() } else { entry.due };
+        self.release(vec![(id.to_string(), due)]);
+    }
+
+    /// A draining node hands back what it has not started.
+    fn hand_back_ready(&mut self) {
+        let now = now();
+        let ids: Vec<String> = self.ready.drain(..).collect();
+        let mut back = Vec::new();
+        for id in ids {
+            if let Some(entry) = self.take(&id) {
+                back.push((entry.stored.envelope.id, now));
+            }
+        }
+        if !back.is_empty() {
+            self.release(back);
+        }
+    }
+
+    /// Hands messages back to a shared store; a failure leaves them to their lease
+    /// running out.
+    fn release(&self, messages: Vec<(String, i64)>) {
+        let store = self.shared.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.release(&messages).await {
+                tracing::warn!(error = %e, count = messages.len(), "cannot hand messages back; their leases run out instead");
+            }
+        });
     }
 
     /// An attempt that panicked leaves the message as the store holds it: the results

@@ -176,7 +176,7 @@ impl<'a> SignPlan<'a> {
     /// domain has no key. The whole content is to be written to the result.
     pub fn start(self, header: &[u8]) -> Option<Signing<'a>> {
         let mut signing = self.ctx.signer.start(header)?;
-        let id = self.ctx.spool.new_id();
+        let id = self.ctx.store.new_id();
         let added = match self.submitted {
             true => missing_headers(header, &id, &self.ctx.config.hostname),
             false => String::new(),
@@ -220,7 +220,7 @@ pub async fn message(
     let signed = received.take_signing().map(|s| (s.id, s.added, s.signing.finish()));
     // Spill hashes the body of every message that has an SPF check.
     let hashed = received.take_body_hashes().map(|h| h.finish()).unwrap_or_default();
-    let id = signed.as_ref().map_or_else(|| ctx.spool.new_id(), |(id, ..)| id.clone());
+    let id = signed.as_ref().map_or_else(|| ctx.store.new_id(), |(id, ..)| id.clone());
     let hostname = &ctx.config.hostname;
     let ours = message.user.is_some() || ctx.trusted(peer);
     // RFC 8601 §5: results that arrive claiming to come from us are forged.
@@ -361,7 +361,7 @@ pub async fn message(
         recipients,
     };
     let notes = milters.map(Milters::take_notes).unwrap_or_default();
-    match ctx.spool.store_parts(&envelope, parts).await {
+    match ctx.store.store(&envelope, parts).await {
         Ok(stored) => {
             tracing::info!(
                 id,
@@ -376,13 +376,23 @@ pub async fn message(
             Ok(id)
         }
         Err(e) => {
-            // A full disk refuses every message; one line per period says so.
+            // A full disk (or a database out of reach) refuses every message; one line
+            // per period says so.
             static STORE_FAILED: LogLimit = LogLimit::new(log_limit::PERIOD);
+            let reply = if ctx.store.shared() {
+                Reply::new(
+                    451,
+                    (4, 3, 0),
+                    "Requested action aborted: the queue database is unavailable, try again later",
+                )
+            } else {
+                Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later")
+            };
             if let Some(repeats) = STORE_FAILED.admit() {
-                tracing::error!(id, error = %e, client = %peer, repeats, "cannot store message; refused with 452");
+                tracing::error!(id, error = %e, client = %peer, repeats, code = reply.code, "cannot store message; refused");
             }
             emit_notes(&id, notes);
-            Err(Reply::new(452, (4, 3, 1), "Insufficient system storage, try again later"))
+            Err(reply)
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::policy::dkim::Signer;
 use crate::policy::limits::{self as local, Connections};
 use crate::policy::users::Users;
 use crate::queue::{Queue, Settings};
-use crate::spool::Spool;
+use crate::spool::Store;
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +22,8 @@ use std::sync::Arc;
 /// What lives as long as the server, whatever its configuration.
 #[derive(Clone)]
 pub struct Lasting {
-    pub spool: Spool,
+    /// The local spool, or the cluster's database.
+    pub store: Arc<dyn Store>,
     pub queue: Queue,
     pub connections: Arc<Connections>,
     pub spill_files: Arc<spill::Files>,
@@ -130,7 +131,7 @@ pub fn build(
     let checker = config.auth_checks.enabled.then(|| Checker::new(&config.hostname, &config.auth_checks, &dns));
     let context = Context {
         policy,
-        spool: lasting.spool.clone(),
+        store: lasting.store.clone(),
         queue: lasting.queue.clone(),
         users,
         tls: Some(keys.tls),

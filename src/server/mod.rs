@@ -47,7 +47,8 @@ use tokio::sync::{mpsc, watch};
 pub struct Context {
     pub config: Config,
     pub policy: Arc<LocalPolicy>,
-    pub spool: Spool,
+    /// Where accepted messages go: the local spool, or the cluster's database.
+    pub store: Arc<dyn spool::Store>,
     pub queue: Queue,
     pub users: Arc<Users>,
     pub tls: Option<Arc<tls::ServerTls>>,
@@ -125,10 +126,20 @@ pub fn prepare(config: &Config) -> Result<Prepared, String> {
 /// bound the listeners ([`prepare`]).
 pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) -> Result<(), String> {
     let spool_dir = config.spool_dir();
-    let options = spool::Options { segment_size: config.spool.segment_size };
-    let open = |e: std::io::Error| format!("cannot open spool {}: {e}", spool_dir.display());
-    let spool = Spool::open(&spool_dir, options).map_err(open)?;
-    let pending = spool.load().await.map_err(open)?;
+    let (store, pending, cluster) = match &config.cluster {
+        None => {
+            let options = spool::Options { segment_size: config.spool.segment_size };
+            let open = |e: std::io::Error| format!("cannot open spool {}: {e}", spool_dir.display());
+            let spool = Spool::open(&spool_dir, options).map_err(open)?;
+            let pending = spool.load().await.map_err(open)?;
+            (Arc::new(spool) as Arc<dyn spool::Store>, pending, None)
+        }
+        Some(settings) => {
+            let cluster = crate::cluster::join(settings, &config).await?;
+            let store = crate::cluster::store::PgStore::start(cluster.clone());
+            (Arc::new(store) as Arc<dyn spool::Store>, Vec::new(), Some(cluster))
+        }
+    };
     let spill_dir = config.spill_dir();
     spill::prepare_dir(&spill_dir).map_err(|e| format!("cannot prepare {}: {e}", spill_dir.display()))?;
     let recovered = pending.len();
@@ -149,10 +160,9 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     admin::trace::start(&config.data_dir, config.admin.trace_retention)
         .map_err(|e| format!("cannot open the message trace in {}: {e}", config.data_dir.display()))?;
     admin::activity::get().start();
-    let (queue, queue_task) =
-        Queue::start(Shared::new(Arc::new(spool.clone()), first.config, first.dns, first.router), pending);
+    let (queue, queue_task) = Queue::start(Shared::new(store.clone(), first.config, first.dns, first.router), pending);
     let lasting = context::Lasting {
-        spool,
+        store,
         queue: queue.clone(),
         connections: Arc::new(Connections::default()),
         spill_files: spill::Files::new(spill_dir),
@@ -169,7 +179,7 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     let live = reload::Live::new(origin, current, lasting.clone(), listeners);
     let ops = Arc::new(admin::ops::State {
         queue: queue.clone(),
-        store: Arc::new(lasting.spool.clone()),
+        store: lasting.store.clone(),
         started: (std::time::Instant::now(), std::time::SystemTime::now()),
         live: live.clone(),
         admin: Default::default(),
@@ -222,6 +232,9 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     queue.stop();
     if tokio::time::timeout(grace, queue_task).await.is_err() {
         tracing::warn!("deliveries still running after the grace period; they will be retried at next start");
+    }
+    if let Some(cluster) = &cluster {
+        crate::cluster::store::leave(cluster).await;
     }
     control.abort();
     if let Some((_, task)) = admin {

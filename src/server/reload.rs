@@ -186,6 +186,10 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
         new.spool = running.spool.clone();
         kept.push("spool");
     }
+    if format!("{:?}", new.cluster) != format!("{:?}", running.cluster) {
+        new.cluster = running.cluster.clone();
+        kept.push("cluster");
+    }
     if new.server != running.server {
         new.server = running.server.clone();
         kept.push("server");

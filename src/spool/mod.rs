@@ -19,7 +19,7 @@ mod writer;
 pub use content::{Content, PIECE, Pieces, ReadAt};
 pub use detail::{Detail, ServerReply, Status};
 pub use recover::scan;
-pub use store::Store;
+pub use store::{Durable, Store};
 
 // The DSN parameters are the protocol's own types, stored as written on the wire.
 pub use crate::smtp::params::{Notify, Ret};

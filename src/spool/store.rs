@@ -29,6 +29,37 @@ pub trait Store: Send + Sync + 'static {
     fn read_content(&self, stored: &Stored) -> io::Result<Vec<u8>> {
         self.open_content(stored)?.to_vec()
     }
+
+    // Sharing the queue with other nodes. The local spool owns every message it
+    // loads: it claims nothing more, keeps what waits, and is never woken.
+
+    /// Whether other nodes share this store: a message that waits for a later try is
+    /// then handed back ([`Store::release`]) rather than kept, and due work is taken
+    /// with [`Store::claim`] rather than loaded at start.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Takes up to `limit` due messages that no live attempt holds, each leased to
+    /// this node (the lease is renewed while the node lives).
+    fn claim(&self, _limit: usize) -> Durable<'_, Vec<Stored>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// Hands messages back, each not to be tried before the given time (Unix
+    /// seconds): any node may take them then.
+    fn release<'a>(&'a self, _messages: &'a [(String, i64)]) -> Durable<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Resolves when there may be new due work (another node queued or handed back
+    /// mail), or after a while in any case.
+    fn wake(&self) -> Durable<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+    /// This node was asked to take no new work (`tern cluster drain`).
+    fn draining(&self) -> bool {
+        false
+    }
+    /// The attempts under way, reported to the other nodes.
+    fn set_load(&self, _in_flight: usize) {}
 }
 
 impl Store for Spool {
