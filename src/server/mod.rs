@@ -149,12 +149,12 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let own_addrs: Vec<SocketAddr> = prepared.listeners.iter().filter_map(|b| b.socket.local_addr().ok()).collect();
-    if let Some(settings) = &config.cluster {
-        let cluster = crate::cluster::Cluster::new(settings)?;
-        crate::cluster::shared::start(cluster, config.admin.trace_retention)
+    if let Some(cluster) = &cluster {
+        // The same pool as the queue's.
+        crate::cluster::shared::start(cluster.clone(), config.admin.trace_retention)
             .await
             .map_err(|e| format!("cluster: {e}"))?;
-        tracing::info!(node = %settings.node, "greylisting, rates, bans, users, trace and MTA-STS policies shared in the cluster's database");
+        tracing::info!("greylisting, rates, bans, users, trace and MTA-STS policies shared in the cluster's database");
     }
     let first = context::first_settings(&config, own_addrs.clone())?;
     admin::trace::start(&config.data_dir, config.admin.trace_retention)
