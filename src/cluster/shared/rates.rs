@@ -15,8 +15,10 @@ use std::time::Duration;
 /// seconds; a count stops one past its limit (`$4`, `$5`), so a refusal is seen as
 /// such and the counter cannot grow without end.
 const COUNT: &str = "
+-- Counters need no wait for the WAL flush (see `shared`): only this transaction.
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO rates AS r (key, window_start, messages, recipients)
-VALUES ($1, now(), least($2, $4 + 1), least($3, $5 + 1))
+SELECT $1::text, now(), least($2::int4, $4::int4 + 1), least($3::int4, $5::int4 + 1) FROM relaxed
 ON CONFLICT (key) DO UPDATE SET
     window_start = CASE WHEN r.window_start <= now() - $6::float8 * interval '1 second' THEN now()
         ELSE r.window_start END,
@@ -29,8 +31,10 @@ RETURNING messages, recipients";
 /// A failure of `$1`: counted in a window of `$3` seconds opened by the first one;
 /// the `$2`th bans the address for `$4` seconds.
 const FAILED: &str = "
+-- Counters need no wait for the WAL flush (see `shared`): only this transaction.
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO auth_failures AS a (ip, window_start, failures, banned_until)
-VALUES ($1, now(), 1, CASE WHEN 1 >= $2 THEN now() + $4::float8 * interval '1 second' END)
+SELECT $1::text, now(), 1, CASE WHEN 1 >= $2::int4 THEN now() + $4::float8 * interval '1 second' END FROM relaxed
 ON CONFLICT (ip) DO UPDATE SET
     window_start = CASE WHEN a.window_start <= now() - $3::float8 * interval '1 second' THEN now()
         ELSE a.window_start END,
