@@ -479,10 +479,21 @@ pub struct Tls {
     pub key: Option<PathBuf>,
 }
 
+/// `[auth] users`: where the users and their password hashes are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsersSource {
+    File,
+    Database,
+}
+
 /// Authenticated submission.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
+    /// Where users are kept: `file` (`users_file`) or `database` (the cluster's
+    /// `users` table; needs `[cluster]`).
+    pub users: UsersSource,
     /// Address → argon2id hash, edited with `tern user …`. Default `<data_dir>/users.toml`.
     pub users_file: Option<PathBuf>,
     /// Offer AUTH without TLS to clients on loopback addresses.
@@ -500,6 +511,7 @@ pub struct Auth {
 impl Default for Auth {
     fn default() -> Self {
         Auth {
+            users: UsersSource::File,
             users_file: None,
             allow_plaintext_loopback: false,
             sender_must_match: true,
@@ -647,6 +659,10 @@ impl Config {
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
+        } else if self.auth.users == UsersSource::Database {
+            return Err(
+                "auth.users: \"database\" needs a [cluster] section (the cluster's database keeps the users)".into()
+            );
         }
         milter::validate(&self.milter)?;
         if let Some(acme) = &self.acme {

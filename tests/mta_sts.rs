@@ -119,3 +119,38 @@ fn a_cached_policy_is_enforced_while_the_policy_host_is_down() {
     assert_eq!(mx.settled_count(REMOTE_DOMAIN, "bob"), 0, "delivered despite the cached policy");
     assert!(a.logs().contains("MTA-STS policy fetch failed"), "{}", a.logs());
 }
+
+/// With `[cluster]` the cache is the cluster's table: a policy another node fetched
+/// (a row of `mta_sts`) is enforced by a node that never fetched it, while the
+/// policy host is down; and nothing is cached in the node's data directory.
+#[test]
+fn a_policy_cached_by_another_cluster_node_is_enforced() {
+    let Some(pg) = common::postgres::Postgres::start("a_policy_cached_by_another_cluster_node_is_enforced") else {
+        return;
+    };
+    let ca = Ca::new();
+    let port = peer_port();
+    // Nothing listens on 127.0.0.61:443.
+    let dns = DnsServer::start(&zone("127.0.0.62", "127.0.0.61", "two"));
+    let mx = start_mx(&ca, "127.0.0.62", port, "other.remote.test");
+    let base = format!("{}\n[cluster]\ndatabase = \"{}\"\nnode = \"mx2\"\n", sender_base(""), pg.url());
+    let out = sts_outbound(&ca);
+    let mut a = sender_stopped(&SenderSetup { extra: &base, dns: Some(&dns), peer_port: port, outbound: &out });
+    a.tern_cmd(&["cluster", "init"]).assert_success("cluster init");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let entry = serde_json::json!({"id": "one", "policy": policy("enforce", MX_HOST), "fetched_at": now, "expires": now + 86400});
+    let sql = format!("INSERT INTO mta_sts (domain, entry) VALUES ('remote.test', '{entry}')");
+    pg.psql(&sql).assert_success("store the policy as another node would");
+    a.start_again();
+    send_message(&a, SENDER, &[BOB], &test_message("sts cluster cached", BOB), &[]);
+    // The queue is the cluster's: the deferral is read from the delivery log.
+    let start = std::time::Instant::now();
+    while !a.logs().contains("dsn=4.7.5 status=deferred") {
+        assert!(start.elapsed() < DELIVERY, "no 4.7.5 deferral within {DELIVERY:?}:\n{}", a.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(a.logs().contains("4.7.5 MTA-STS policy of remote.test"), "{}", a.logs());
+    assert_eq!(mx.settled_count(REMOTE_DOMAIN, "bob"), 0, "delivered despite the cluster's cached policy");
+    assert!(a.logs().contains("MTA-STS policy fetch failed"), "{}", a.logs());
+    assert!(!cache_file(&a).exists(), "a cluster node keeps no cache file");
+}

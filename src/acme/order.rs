@@ -57,7 +57,10 @@ pub async fn order(
         }
         // The key in force is kept across renewals, so that TLSA records pinning it
         // (`3 1 1`, RFC 7671 §8.1) stay true; a new one only when there is none.
-        let key = match std::fs::read_to_string(stored::key_file(dir)).ok().and_then(|pem| rcgen::KeyPair::from_pem(&pem).ok()) {
+        let key = match std::fs::read_to_string(stored::key_file(dir))
+            .ok()
+            .and_then(|pem| rcgen::KeyPair::from_pem(&pem).ok())
+        {
             Some(key) => key,
             None => rcgen::KeyPair::generate().map_err(|e| e.to_string())?,
         };

@@ -178,10 +178,15 @@ pub async fn execute(state: &State, request: Request) -> Result<serde_json::Valu
         Request::Trace { id } => {
             check_id("id", &id)?;
             let wanted = id.clone();
-            let events = tokio::task::spawn_blocking(move || super::trace::read(&wanted))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                .map_err(|e| ApiError::internal(format!("cannot read the trace: {e}")))?;
+            let events = match crate::cluster::shared::get() {
+                Some(shared) => crate::cluster::shared::trace::read(&shared.cluster, &wanted).await.map_err(|e| {
+                    ApiError::internal(format!("cannot read the trace from the cluster's database: {e}"))
+                })?,
+                None => tokio::task::spawn_blocking(move || super::trace::read(&wanted))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                    .map_err(|e| ApiError::internal(format!("cannot read the trace: {e}")))?,
+            };
             if events.is_empty() {
                 return Err(ApiError::not_found(format!("no trace of {id}")));
             }

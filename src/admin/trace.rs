@@ -197,7 +197,13 @@ pub fn emit(id: &str, event: Event) {
     let Some(tracer) = TRACER.get() else { return };
     let at = chrono::Utc::now().timestamp_millis();
     crate::admin::activity::get().event(&event);
-    let _ = tracer.tx.send(Msg::Entry(Entry { id: id.to_ascii_uppercase(), at, event }));
+    let entry = Entry { id: id.to_ascii_uppercase(), at, event };
+    // With `[cluster]`, the trace is the cluster's, in its database.
+    if crate::cluster::shared::trace::active() {
+        crate::cluster::shared::trace::send(entry);
+        return;
+    }
+    let _ = tracer.tx.send(Msg::Entry(entry));
 }
 
 /// Writes out and syncs what the writer holds (at shutdown, and before a read).

@@ -87,7 +87,7 @@ fn warnings(config: &Config) -> Vec<(String, String)> {
     if config.limits.max_connections == 0 {
         out.push(("limits.max_connections".to_string(), "0 refuses every connection".to_string()));
     }
-    let policy = LocalPolicy::new(config, Arc::new(Users::open(config.users_file())));
+    let policy = LocalPolicy::new(config, Arc::new(Users::for_config(config)));
     for (from, targets) in &config.local.aliases {
         let domain = from.strip_prefix('@').and_then(crate::config::alias_domain);
         if domain

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 /// Runs `work` on the cluster named by `[cluster]`.
-fn with_cluster<F>(config: &Config, work: impl FnOnce(Cluster) -> F) -> ExitCode
+pub(super) fn with_cluster<F>(config: &Config, work: impl FnOnce(Cluster) -> F) -> ExitCode
 where
     F: Future<Output = Result<(), String>>,
 {

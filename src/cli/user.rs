@@ -1,7 +1,9 @@
-//! `tern user add|passwd|del|list`: edits the users file (atomically); a running
-//! server notices the change by itself.
+//! `tern user add|passwd|del|list`: edits the users file (atomically), or the
+//! cluster's `users` table with `[auth] users = "database"`; a running server (every
+//! node) notices the change by itself.
 
-use crate::config::Config;
+use crate::cluster::shared::users as table;
+use crate::config::{Config, UsersSource};
 use crate::policy::users::{self, Change};
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
@@ -40,10 +42,36 @@ fn check_local(config: &Config, address: &str) -> Result<(), String> {
     ))
 }
 
+/// The users table exists only once `tern cluster init` made the schema.
+async fn schema(cluster: &crate::cluster::Cluster) -> Result<(), String> {
+    crate::cluster::migrations::check(cluster).await.map_err(|e| e.to_string())
+}
+
+fn in_database(config: &Config) -> bool {
+    config.auth.users == UsersSource::Database
+}
+
 pub fn set(config: &Config, address: &str, from_stdin: bool, must_exist: bool) -> ExitCode {
     if !must_exist && let Err(e) = check_local(config, address) {
         eprintln!("tern: {e}");
         return ExitCode::FAILURE;
+    }
+    if in_database(config) {
+        let password = match password(from_stdin) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("tern: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return super::cluster::with_cluster(config, |cluster| async move {
+            schema(&cluster).await?;
+            match table::set_password(&cluster, address, &password, must_exist).await? {
+                Change::Added => println!("user {address} added to the cluster's database"),
+                Change::Updated => println!("password of {address} changed in the cluster's database"),
+            }
+            Ok(())
+        });
     }
     let path = config.users_file();
     // A users file in the data directory: make the directory as the server does.
@@ -66,6 +94,14 @@ pub fn set(config: &Config, address: &str, from_stdin: bool, must_exist: bool) -
 }
 
 pub fn del(config: &Config, address: &str) -> ExitCode {
+    if in_database(config) {
+        return super::cluster::with_cluster(config, |cluster| async move {
+            schema(&cluster).await?;
+            table::remove(&cluster, address).await?;
+            println!("user {address} removed from the cluster's database");
+            Ok(())
+        });
+    }
     let path = config.users_file();
     match users::remove(&path, address) {
         Ok(()) => {
@@ -80,6 +116,19 @@ pub fn del(config: &Config, address: &str) -> ExitCode {
 }
 
 pub fn list(config: &Config) -> ExitCode {
+    if in_database(config) {
+        return super::cluster::with_cluster(config, |cluster| async move {
+            schema(&cluster).await?;
+            let names = table::list(&cluster).await?;
+            if names.is_empty() {
+                eprintln!("no users in the cluster's database");
+            }
+            for name in names {
+                println!("{name}");
+            }
+            Ok(())
+        });
+    }
     let path = config.users_file();
     match users::list(&path) {
         Ok(names) if names.is_empty() => {

@@ -12,8 +12,10 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first; a later change appends its own, never edits one.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "nodes and queue", sql: include_str!("sql/0001_queue.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "nodes and queue", sql: include_str!("sql/0001_queue.sql") },
+    Migration { version: 2, name: "shared state", sql: include_str!("sql/0002_shared.sql") },
+];
 
 /// The schema version this binary runs on.
 pub fn latest() -> i32 {

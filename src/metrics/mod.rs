@@ -196,6 +196,9 @@ pub enum AuthMethod {
     Dmarc,
 }
 
+/// The cluster's shared states, as `tern_cluster_shared_errors_total` labels them.
+pub const SHARED_STATES: [&str; 7] = ["greylist", "rates", "auth", "users", "trace", "mta_sts", "sweep"];
+
 /// The result words of RFC 8601 that SPF, DKIM, ARC and DMARC give.
 const AUTH_RESULTS: [&str; 7] = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"];
 
@@ -294,6 +297,7 @@ pub struct Metrics {
     mta_sts_fetch: Vec<Counter>,
     acme_orders: Vec<Counter>,
     cert_expiry: Vec<Gauge>,
+    shared_errors: Family<Labels, Counter>,
 }
 
 /// What became of a REQUIRETLS message (RFC 8689), or of a `TLS-Required: No` one.
@@ -453,6 +457,15 @@ impl Metrics {
             "Verdicts of milters (and their failures), by configured milter name and result",
             milter_results.clone(),
         );
+        let shared_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "tern_cluster_shared_errors",
+            "Checks and writes of the cluster's shared state that failed for the database, by state",
+            shared_errors.clone(),
+        );
+        for state in SHARED_STATES {
+            let _ = shared_errors.get_or_create(&vec![("state", state.to_string())]);
+        }
         let auth_family = Family::<Labels, Counter>::default();
         registry.register("tern_auth_results", "SPF, DKIM, ARC and DMARC results of checked mail", auth_family.clone());
         let auth = grid(&auth_family, ("method", "result"), &["spf", "dkim", "arc", "dmarc"], &AUTH_RESULTS);
@@ -536,6 +549,7 @@ impl Metrics {
             mta_sts_fetch,
             acme_orders,
             cert_expiry,
+            shared_errors,
         }
     }
 
@@ -577,6 +591,11 @@ impl Metrics {
         if let Some(i) = REPORT_KINDS.iter().position(|k| *k == kind) {
             self.reports_sent[i].inc();
         }
+    }
+
+    /// A shared state of the cluster (one of [`SHARED_STATES`]) the database failed for.
+    pub fn shared_error(&self, state: &'static str) {
+        self.shared_errors.get_or_create(&vec![("state", state.to_string())]).inc();
     }
 
     pub fn refused(&self, reason: Refusal) {

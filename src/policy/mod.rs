@@ -2,6 +2,7 @@
 //! aliases lead, who may relay, passwords and abuse limits.
 
 pub mod auth;
+pub mod counted;
 pub mod dkim;
 pub mod dnsbl;
 pub mod greylist;

@@ -41,17 +41,44 @@ fn read(path: &Path) -> Result<UsersFile, String> {
     }
 }
 
-/// The users, kept fresh from the file.
+/// The users, kept fresh from the file, or from the cluster's `users` table
+/// (`[auth] users = "database"`).
 pub struct Users {
     path: PathBuf,
+    /// The cluster's table; `Some(None)` when it is configured but this process has
+    /// no cluster connection (a command that only reads the configuration).
+    table: Option<Option<&'static crate::cluster::shared::users::Table>>,
     state: RwLock<(Option<SystemTime>, BTreeMap<String, String>)>,
 }
 
 impl Users {
     pub fn open(path: PathBuf) -> Users {
-        let users = Users { path, state: RwLock::new((None, BTreeMap::new())) };
+        let users = Users { path, table: None, state: RwLock::new((None, BTreeMap::new())) };
         users.refresh();
         users
+    }
+
+    /// The users `config` names: its users file, or the cluster's table.
+    pub fn for_config(config: &crate::config::Config) -> Users {
+        match config.auth.users {
+            crate::config::UsersSource::File => Users::open(config.users_file()),
+            crate::config::UsersSource::Database => Users {
+                path: PathBuf::new(),
+                table: Some(crate::cluster::shared::get().map(|s| &s.users)),
+                state: RwLock::new((None, BTreeMap::new())),
+            },
+        }
+    }
+
+    /// The hash of a canonical user name.
+    fn hash_of(&self, name: &str) -> Option<String> {
+        match self.table {
+            Some(table) => table.and_then(|t| t.hash(name)),
+            None => {
+                self.refresh();
+                self.state.read().expect("users lock").1.get(name).cloned()
+            }
+        }
     }
 
     /// Re-reads the file if it changed; a broken file keeps the previous users.
@@ -67,15 +94,13 @@ impl Users {
     }
 
     pub fn contains(&self, address: &str) -> bool {
-        self.refresh();
-        canonical(address).is_some_and(|a| self.state.read().expect("users lock").1.contains_key(&a))
+        canonical(address).is_some_and(|a| self.hash_of(&a).is_some())
     }
 
     /// Checks a password (slow on purpose); returns the canonical user name.
     pub fn verify(&self, user: &str, password: &str) -> Option<String> {
-        self.refresh();
         let name = canonical(user)?;
-        let hash = self.state.read().expect("users lock").1.get(&name).cloned();
+        let hash = self.hash_of(&name);
         // An unknown user costs as much time as a known one, so timing tells nothing.
         let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
         let parsed = PasswordHash::new(&hash).ok()?;

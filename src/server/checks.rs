@@ -46,7 +46,7 @@ fn rate_limited(what: &str) -> Reply {
 /// MAIL: an authenticated user may only use its own addresses; every client is held
 /// to the message rate.
 /// A local user on the submission socket is held to [`LocalUser::may_send_as`].
-pub fn sender(
+pub async fn sender(
     ctx: &Context,
     from: Option<&Mailbox>,
     user: Option<&str>,
@@ -75,7 +75,7 @@ pub fn sender(
             .because(Refusal::SenderNotOwned));
     }
     match rate_key(ctx, client, user, local) {
-        Some(key) if !ctx.rates.message(&key) => {
+        Some(key) if !ctx.rates.message(&key).await => {
             tracing::warn!(%client, key, "message rate limit reached");
             Err(rate_limited("messages"))
         }
@@ -89,7 +89,7 @@ pub fn sender(
 /// into relaying. A recipient accepted from a stranger is then greylisted when
 /// `greylist` is set (an `smtp` listener, a client on no DNS allow list), with `from`
 /// the transaction's reverse-path.
-pub fn recipient(
+pub async fn recipient(
     ctx: &Context,
     to: &Mailbox,
     client: IpAddr,
@@ -108,7 +108,7 @@ pub fn recipient(
         routes.iter().map(|r| Destination { address: r.address(), local: r.is_local() }).collect()
     };
     if let Some(list) = ctx.greylist.as_ref().filter(|_| greylist && user.is_none() && !ctx.trusted(client))
-        && let Verdict::Defer(wait) = list.check(client, from, to)
+        && let Verdict::Defer(wait) = list.check(client, from, to).await
     {
         let from = from.map(Mailbox::to_string).unwrap_or_default();
         tracing::info!(%client, %from, %to, "greylisted");
@@ -118,7 +118,7 @@ pub fn recipient(
         );
     }
     match rate_key(ctx, client, user, local) {
-        Some(key) if !ctx.rates.recipient(&key) => {
+        Some(key) if !ctx.rates.recipient(&key).await => {
             tracing::warn!(%client, key, "recipient rate limit reached");
             Err(rate_limited("recipients"))
         }
@@ -131,7 +131,7 @@ pub fn recipient(
 pub async fn authenticate(ctx: &Context, user: String, password: Secret, client: IpAddr) -> Result<String, Reply> {
     let banned =
         || Reply::new(421, (4, 7, 0), "Too many failed authentications, try again later").because(Refusal::Banned);
-    if ctx.auth_failures.is_banned(client) {
+    if ctx.auth_failures.is_banned(client).await {
         return Err(banned());
     }
     let users = ctx.users.clone();
@@ -141,10 +141,10 @@ pub async fn authenticate(ctx: &Context, user: String, password: Secret, client:
         tracing::info!(%client, user = %canonical, "authenticated");
         return Ok(canonical);
     }
-    let failures = ctx.auth_failures.failed(client);
+    let failures = ctx.auth_failures.failed(client).await;
     tracing::warn!(%client, %user, failures, "authentication failed");
     tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.min(6)))).await;
-    if ctx.auth_failures.is_banned(client) {
+    if ctx.auth_failures.is_banned(client).await {
         return Err(banned());
     }
     Err(Reply::new(535, (5, 7, 8), "Authentication credentials invalid").because(Refusal::AuthFailed))

@@ -92,7 +92,7 @@ pub async fn handle(
         .await;
         return;
     };
-    if ctx.auth_failures.is_banned(ip) {
+    if ctx.auth_failures.is_banned(ip).await {
         counters.connection(ConnectionResult::RefusedBanned);
         tracing::info!(client = %peer, "refused: too many failed authentications");
         let reply =
@@ -329,7 +329,7 @@ pub(super) async fn converse(
                 }
                 Event::Check(Check::Mail { from, params, user }) => {
                     tracing::debug!(client = %peer, from = ?from.as_ref().map(|m| m.to_string()), size = ?params.size, "MAIL");
-                    let mut verdict = checks::sender(ctx, from.as_ref(), user.as_deref(), peer.ip(), local);
+                    let mut verdict = checks::sender(ctx, from.as_ref(), user.as_deref(), peer.ip(), local).await;
                     if let Some(m) = milters.as_mut().filter(|_| verdict.is_ok()) {
                         m.info.helo = session.hello_name().unwrap_or_default().to_string();
                         m.info.user = user.clone().or_else(|| local.map(|l| l.login.clone()));
@@ -355,7 +355,8 @@ pub(super) async fn converse(
                     // Greylisting is for strangers on port 25, not for clients on an allow list.
                     let greylist = mode == ListenMode::Smtp && !allowlisted;
                     let mut verdict =
-                        checks::recipient(ctx, &to, peer.ip(), user.as_deref(), greylist, session.sender(), local);
+                        checks::recipient(ctx, &to, peer.ip(), user.as_deref(), greylist, session.sender(), local)
+                            .await;
                     if let (Some(m), Ok(routes)) = (milters.as_mut(), &verdict) {
                         let local = routes.iter().all(|r| r.local);
                         if let Err(reply) = m.rcpt(&to, local).await {

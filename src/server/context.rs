@@ -4,13 +4,14 @@
 
 use super::tls::ServerTls;
 use super::{Context, budget, routing, spill};
+use crate::cluster::shared;
 use crate::config::Config;
 use crate::dns::Dns;
 use crate::policy::LocalPolicy;
 use crate::policy::auth::Checker;
+use crate::policy::counted::{AuthFailures, Greylist, Rates};
 use crate::policy::dkim::Signer;
-use crate::policy::greylist::Greylist;
-use crate::policy::limits::{AuthFailures, Connections, Rates};
+use crate::policy::limits::{self as local, Connections};
 use crate::policy::users::Users;
 use crate::queue::{Queue, Settings};
 use crate::spool::Store;
@@ -55,7 +56,7 @@ fn same<T: Debug>(a: &T, b: &T) -> bool {
 /// context exists ([`build`] then gives the ones it keeps).
 pub fn first_settings(config: &Config, own_addrs: Vec<SocketAddr>) -> Result<Settings, String> {
     let dns = Dns::new(&config.dns)?;
-    let policy = Arc::new(LocalPolicy::new(config, Arc::new(Users::open(config.users_file()))));
+    let policy = Arc::new(LocalPolicy::new(config, Arc::new(Users::for_config(config))));
     let router = Box::new(routing::PolicyRouter(policy));
     Ok(Settings { config: super::queue_config(config, own_addrs)?, dns, router })
 }
@@ -69,7 +70,7 @@ pub fn build(
     own_addrs: Vec<SocketAddr>,
 ) -> Result<(Context, Settings), String> {
     let dns = Dns::new(&config.dns)?;
-    let users = Arc::new(Users::open(config.users_file()));
+    let users = Arc::new(Users::for_config(&config));
     let policy = Arc::new(LocalPolicy::new(&config, users.clone()));
     let queue = Settings {
         config: super::queue_config(&config, own_addrs)?,
@@ -83,13 +84,33 @@ pub fn build(
         format!("{:?}", (l.rate_window, l.max_messages_per_window, l.max_recipients_per_window))
     }) {
         Some(p) => p.rates.clone(),
-        None => {
-            Arc::new(Rates::new(limits.rate_window, limits.max_messages_per_window, limits.max_recipients_per_window))
-        }
+        None => Arc::new(match shared::get() {
+            Some(s) => Rates::Shared(shared::rates::Rates::new(
+                &s.cluster,
+                limits.rate_window,
+                limits.max_messages_per_window,
+                limits.max_recipients_per_window,
+            )),
+            None => Rates::Local(local::Rates::new(
+                limits.rate_window,
+                limits.max_messages_per_window,
+                limits.max_recipients_per_window,
+            )),
+        }),
     };
     let auth_failures = match kept(|c| format!("{:?}", (c.auth.max_failures, c.auth.failure_window, c.auth.ban_time))) {
         Some(p) => p.auth_failures.clone(),
-        None => Arc::new(AuthFailures::new(auth.max_failures, auth.failure_window, auth.ban_time)),
+        None => Arc::new(match shared::get() {
+            Some(s) => AuthFailures::Shared(shared::rates::AuthFailures::new(
+                &s.cluster,
+                auth.max_failures,
+                auth.failure_window,
+                auth.ban_time,
+            )),
+            None => {
+                AuthFailures::Local(local::AuthFailures::new(auth.max_failures, auth.failure_window, auth.ban_time))
+            }
+        }),
     };
     let budget = match kept(|c| c.limits.max_inflight_bytes.to_string()) {
         Some(p) => p.budget.clone(),
@@ -98,7 +119,14 @@ pub fn build(
     let grey = &config.antispam.greylisting;
     let greylist = match previous.filter(|p| same(&p.config.antispam.greylisting, grey)) {
         Some(p) => p.greylist.clone(),
-        None => grey.enabled.then(|| Arc::new(Greylist::open(config.data_dir.join("greylist"), grey))),
+        None => grey.enabled.then(|| {
+            Arc::new(match shared::get() {
+                Some(s) => Greylist::Shared(shared::greylist::Greylist::new(&s.cluster, grey)),
+                None => {
+                    Greylist::Local(crate::policy::greylist::Greylist::open(config.data_dir.join("greylist"), grey))
+                }
+            })
+        }),
     };
     let checker = config.auth_checks.enabled.then(|| Checker::new(&config.hostname, &config.auth_checks, &dns));
     let context = Context {

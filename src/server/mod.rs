@@ -29,9 +29,9 @@ use crate::delivery::remote::{Hop, Pool, RemoteConfig, TlsClient};
 use crate::dns::Dns;
 use crate::policy::LocalPolicy;
 use crate::policy::auth::Checker;
+use crate::policy::counted::{AuthFailures, Greylist, Rates};
 use crate::policy::dkim::Signer;
-use crate::policy::greylist::Greylist;
-use crate::policy::limits::{AuthFailures, Connections, Rates};
+use crate::policy::limits::Connections;
 use crate::policy::users::Users;
 use crate::queue::{Queue, QueueConfig, Shared};
 use crate::smtp::session::SessionConfig;
@@ -150,6 +150,13 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let own_addrs: Vec<SocketAddr> = prepared.listeners.iter().filter_map(|b| b.socket.local_addr().ok()).collect();
+    if let Some(cluster) = &cluster {
+        // The same pool as the queue's.
+        crate::cluster::shared::start(cluster.clone(), config.admin.trace_retention)
+            .await
+            .map_err(|e| format!("cluster: {e}"))?;
+        tracing::info!("greylisting, rates, bans, users, trace and MTA-STS policies shared in the cluster's database");
+    }
     let first = context::first_settings(&config, own_addrs.clone())?;
     admin::trace::start(&config.data_dir, config.admin.trace_retention)
         .map_err(|e| format!("cannot open the message trace in {}: {e}", config.data_dir.display()))?;
@@ -242,6 +249,7 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     let _ = std::fs::remove_file(&submit_path);
     reports.abort();
     crate::reports::flush();
+    crate::cluster::shared::trace::flush().await;
     crate::admin::trace::flush();
     tracing::info!("stopped");
     Ok(())

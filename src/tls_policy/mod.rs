@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// MTA-STS policies of recipient domains: looked up, fetched and cached, in memory and
-/// in `<data_dir>/mta-sts/`.
+/// in `<data_dir>/mta-sts/` (with `[cluster]`, in the cluster's database instead).
 #[derive(Debug)]
 pub struct MtaSts {
     dir: PathBuf,
@@ -61,7 +61,7 @@ impl MtaSts {
             (Err(DnsError::Temporary(_)), None) => Txt::Failed,
             _ => Txt::Absent,
         };
-        let cached = self.cached(domain);
+        let cached = self.cached(domain).await;
         let now = now();
         let live = cached.as_ref().filter(|e| e.expires > now).and_then(Entry::parsed);
         let found = |policy| Lookup { policy, failure: None };
@@ -74,10 +74,7 @@ impl MtaSts {
                 let failure = match fetch::fetch(tls, dns, allow_loopback, domain).await {
                     Ok(text) => match Entry::new(&id, &text, now) {
                         Ok((entry, policy)) => {
-                            if let Err(e) = cache::store(&self.dir, domain, &entry) {
-                                tracing::warn!(domain, error = %e, "cannot store the MTA-STS policy");
-                            }
-                            self.memory.lock().unwrap().insert(domain.to_string(), entry);
+                            self.keep(domain, entry).await;
                             metrics.mta_sts_fetch(StsFetch::Ok);
                             tracing::info!(domain, %id, mode = %policy.mode, "MTA-STS policy fetched");
                             return found(Some(policy));
@@ -111,7 +108,9 @@ impl MtaSts {
     /// due for a refresh (RFC 8461 §5.1), one refresh per domain at a time. A failed
     /// refresh leaves the cached policy as it is.
     pub fn refresh_if_due(self: &Arc<Self>, dns: &Dns, tls: &Arc<TlsClient>, allow_loopback: bool, domain: &str) {
-        let Some(entry) = self.cached(domain).filter(|e| cache::needs_refresh(e, now())) else { return };
+        // The copy in memory: every lookup of the domain has just put it there.
+        let entry = self.memory.lock().unwrap().get(domain).cloned();
+        let Some(entry) = entry.filter(|e| cache::needs_refresh(e, now())) else { return };
         if !self.refreshing.lock().unwrap().insert(domain.to_string()) {
             return;
         }
@@ -127,10 +126,7 @@ impl MtaSts {
         let failure = match fetch::fetch(tls, dns, allow_loopback, domain).await {
             Ok(text) => match Entry::new(id, &text, now()) {
                 Ok((entry, policy)) => {
-                    if let Err(e) = cache::store(&self.dir, domain, &entry) {
-                        tracing::warn!(domain, error = %e, "cannot store the MTA-STS policy");
-                    }
-                    self.memory.lock().unwrap().insert(domain.to_string(), entry);
+                    self.keep(domain, entry).await;
                     metrics.mta_sts_fetch(StsFetch::Ok);
                     tracing::info!(domain, id, mode = %policy.mode, "MTA-STS policy refreshed");
                     return;
@@ -148,8 +144,29 @@ impl MtaSts {
         tracing::warn!(domain, reason = %failure, "MTA-STS refresh: {failure}; the cached policy stays in force");
     }
 
-    /// The cached entry: from memory, else from disk.
-    fn cached(&self, domain: &str) -> Option<Entry> {
+    /// Keeps a fetched policy: with `[cluster]` in the cluster's database, for every
+    /// node, else on disk; and in memory.
+    async fn keep(&self, domain: &str, entry: Entry) {
+        if crate::cluster::shared::get().is_some() {
+            crate::cluster::shared::mta_sts::store(domain, &entry).await;
+        } else if let Err(e) = cache::store(&self.dir, domain, &entry) {
+            tracing::warn!(domain, error = %e, "cannot store the MTA-STS policy");
+        }
+        self.memory.lock().unwrap().insert(domain.to_string(), entry);
+    }
+
+    /// The cached entry: with `[cluster]` the cluster's (another node may have
+    /// fetched a newer one), else from memory, else from disk.
+    async fn cached(&self, domain: &str) -> Option<Entry> {
+        if crate::cluster::shared::get().is_some() {
+            let shared = crate::cluster::shared::mta_sts::load(domain).await;
+            let mut memory = self.memory.lock().unwrap();
+            if let Some(Some(entry)) = shared {
+                memory.insert(domain.to_string(), entry.clone());
+                return Some(entry);
+            }
+            return memory.get(domain).cloned();
+        }
         let mut memory = self.memory.lock().unwrap();
         if let Some(e) = memory.get(domain) {
             return Some(e.clone());
