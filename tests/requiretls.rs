@@ -101,7 +101,7 @@ fn requiretls_to_a_domain_without_a_policy_bounces_with_5_7_30() {
     assert!(!dsn.contains("Subject: requiretls no policy"), "subject returned:\n{dsn}");
     assert!(dsn.contains("Message-ID: <requiretls-no-policy@local.test>"), "{dsn}");
     assert!(mx.commands().is_empty(), "the peer was contacted: {}", mx.log());
-    assert!(trace(&a, &id).contains("no MTA-STS policy"), "{}", trace(&a, &id));
+    assert!(trace(&a, &id).contains("neither an MTA-STS policy nor DANE records"), "{}", trace(&a, &id));
     assert_eq!(metric(&a, "tern_requiretls_total{result=\"bounced\"}"), 1.0);
 }
 
