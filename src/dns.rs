@@ -12,6 +12,21 @@ use std::net::IpAddr;
 
 /// A name as its labels' octets joined by dots, lower-case, without the final dot:
 /// unlike `to_ascii`, nothing is escaped.
+/// The configured nameservers (`ip:port`), asked over UDP and TCP on their port.
+pub fn name_servers(nameservers: &[std::net::SocketAddr]) -> ResolverConfig {
+    let servers = nameservers
+        .iter()
+        .map(|addr| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+        })
+        .collect();
+    ResolverConfig::from_name_servers(servers)
+}
+
 pub fn name_text(name: &Name) -> String {
     let labels: Vec<String> = name.iter().map(|l| String::from_utf8_lossy(l).to_ascii_lowercase()).collect();
     labels.join(".")
@@ -126,18 +141,7 @@ impl Dns {
                 )
             })
         } else {
-            let servers = config
-                .nameservers
-                .iter()
-                .map(|addr| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
+            Resolver::builder_with_config(name_servers(&config.nameservers), TokioRuntimeProvider::default())
         };
         let resolver = builder.with_options(options).build().map_err(|e| format!("cannot start resolver: {e}"))?;
         Ok(Dns { resolver })

@@ -9,7 +9,7 @@
 //! their TTL, so a destination costs no lookups while cached.
 
 use crate::config::{self, Dnssec};
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::ResolverOpts;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
@@ -239,18 +239,7 @@ fn validating(config: &config::Dns, anchors: TrustAnchors) -> Result<TokioResolv
     let builder = if config.nameservers.is_empty() {
         Resolver::builder(provider).map_err(|e| format!("cannot read /etc/resolv.conf: {e}"))?
     } else {
-        let servers = config
-            .nameservers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+        Resolver::builder_with_config(crate::dns::name_servers(&config.nameservers), provider)
     };
     builder
         .with_options(options)

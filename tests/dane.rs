@@ -38,46 +38,22 @@ fn sbin(prog: &str) -> String {
     if have_program(prog) { prog.to_string() } else { format!("/usr/sbin/{prog}") }
 }
 
-/// A temp dir with a test CA and the certificates it signs.
-struct Ca {
-    dir: tempfile::TempDir,
-}
+/// A test CA whose certificates come with the CA after them in the same file (the
+/// chain the server sends).
+struct Ca(common::pki::TestCa);
 
 impl Ca {
     fn new() -> Ca {
-        let dir = tempfile::Builder::new().prefix("tern-dane-ca-").tempdir().expect("tempdir");
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(dir.path()).args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]);
-        cmd.args(["-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Tern DANE test CA"]);
-        cmd.args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-        run(cmd, Duration::from_secs(60)).assert_success("openssl req (CA)");
-        Ca { dir }
+        Ca(common::pki::TestCa::new("Tern DANE test CA"))
     }
 
     fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
+        self.0.ca_file()
     }
 
-    /// A certificate for `name` signed by the CA, the CA's certificate after it in the
-    /// same file (the chain the server sends): (chain, key).
+    /// A certificate for `name` signed by the CA, then the CA's: (chain, key).
     fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
-        let d = self.dir.path();
-        let (key, csr, cert, ext) = (
-            d.join(format!("{name}.key")),
-            d.join(format!("{name}.csr")),
-            d.join(format!("{name}.pem")),
-            d.join("ext"),
-        );
-        fs::write(&ext, format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"))
-            .expect("write ext");
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(d).args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj"]);
-        cmd.arg(format!("/CN={name}")).arg("-keyout").arg(&key).arg("-out").arg(&csr);
-        run(cmd, Duration::from_secs(60)).assert_success("openssl req (leaf)");
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(d).args(["x509", "-req", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]);
-        cmd.arg("-in").arg(&csr).arg("-out").arg(&cert).arg("-extfile").arg(&ext);
-        run(cmd, Duration::from_secs(60)).assert_success("openssl x509 -req");
+        let (cert, key) = self.0.issue(name, &[&format!("DNS:{name}")]);
         let mut chain = fs::read(&cert).expect("read cert");
         chain.extend(fs::read(self.ca_file()).expect("read CA"));
         fs::write(&cert, chain).expect("write chain");

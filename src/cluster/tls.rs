@@ -2,6 +2,7 @@
 //! without checking the certificate, `verify-ca` checks it against the trusted roots,
 //! `verify-full` also checks that it names the host.
 
+use crate::delivery::remote::AcceptAny;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -29,7 +30,11 @@ pub fn connector(verify: Verify, ca_file: Option<&Path>) -> Result<MakeRustlsCon
         .map_err(|e| e.to_string())?;
     let config = match verify {
         Verify::Nothing => {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(Anything(provider))).with_no_client_auth()
+            // `sslmode=require`: any certificate, as libpq does.
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAny::new(provider)))
+                .with_no_client_auth()
         }
         Verify::Full => builder.with_root_certificates(roots(ca_file)?).with_no_client_auth(),
         Verify::Chain => {
@@ -66,45 +71,6 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
         return Err("no trusted CA certificate for the database".into());
     }
     Ok(roots)
-}
-
-/// `sslmode=require`: any certificate, as libpq does.
-#[derive(Debug)]
-struct Anything(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Anything {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// `sslmode=verify-ca`: the chain is checked, the name is not.

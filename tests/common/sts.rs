@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use super::outbound::{mx_zone, start_receiver};
+use super::pki::TestCa;
 use super::{Tern, run};
 use serde_json::json;
 use std::fs;
@@ -11,64 +12,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A test CA and certificates it signs, in a temp dir.
-pub struct Ca {
-    pub dir: tempfile::TempDir,
-}
+/// The MTA-STS tests' CA: a certificate for one DNS name each.
+pub struct Ca(pub TestCa);
 
 impl Ca {
     pub fn new() -> Ca {
-        let dir = tempfile::Builder::new().prefix("tern-sts-ca-").tempdir().expect("tempdir");
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(dir.path()).args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Tern MTA-STS test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        run(cmd, Duration::from_secs(60)).assert_success("openssl req (CA)");
-        Ca { dir }
+        Ca(TestCa::new("Tern MTA-STS test CA"))
     }
 
     pub fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
+        self.0.ca_file()
     }
 
     /// A certificate for `name` signed by the CA: (cert, key).
     pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
-        let d = self.dir.path();
-        let (key, csr, cert, ext) = (
-            d.join(format!("{name}.key")),
-            d.join(format!("{name}.csr")),
-            d.join(format!("{name}.pem")),
-            d.join(format!("{name}.ext")),
-        );
-        fs::write(&ext, format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"))
-            .expect("write ext");
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(d).args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj"]);
-        cmd.arg(format!("/CN={name}")).arg("-keyout").arg(&key).arg("-out").arg(&csr);
-        run(cmd, Duration::from_secs(60)).assert_success("openssl req (leaf)");
-        let mut cmd = Command::new("openssl");
-        cmd.current_dir(d).args(["x509", "-req", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"]);
-        cmd.arg("-in").arg(&csr).arg("-out").arg(&cert).arg("-extfile").arg(&ext);
-        run(cmd, Duration::from_secs(60)).assert_success("openssl x509 -req");
-        (cert, key)
+        self.0.issue(name, &[&format!("DNS:{name}")])
     }
 }
 
@@ -136,7 +94,7 @@ impl PolicyServer {
     /// (as text/html), `huge` (4 MiB without a length) or `slow` (a byte a second).
     pub fn serving(ca: &Ca, ip: &str, policy: &str, how: &str) -> Option<PolicyServer> {
         let (cert, key) = ca.issue("mta-sts.remote.test");
-        let script = ca.dir.path().join("https.py");
+        let script = ca.0.dir.path().join("https.py");
         fs::write(&script, HTTPS_SERVER).expect("write script");
         let mut child = Command::new("python3")
             .arg(&script)
