@@ -89,10 +89,44 @@ impl Scheduler {
         (waiting, running)
     }
 
+    /// With a shared store, the selected messages of the database that this node
+    /// neither keeps nor attempts: accepted or waiting elsewhere.
+    async fn select_elsewhere(&self, selection: &Selection) -> Result<Vec<Stored>, ManageError> {
+        if !self.shared.store.shared() {
+            return Ok(Vec::new());
+        }
+        let all = (self.shared.store.load().await)
+            .map_err(|e| ManageError::Failed(format!("cannot read the cluster's queue: {e}")))?;
+        let now = now();
+        let here = |id: &String| self.entries.contains_key(id) || self.in_flight.contains(id);
+        Ok(all.into_iter().filter(|s| selection.matches(&s.envelope, now) && !here(&s.envelope.id)).collect())
+    }
+
+    /// Leases messages of the database to this node for a flush, bounce or delete
+    /// (held ones only for the latter): those taken wait here, in no line yet; the
+    /// others are being attempted by another node. Answers (taken, busy).
+    async fn take_over(&mut self, elsewhere: &[Stored], held: bool) -> Result<(Vec<String>, Vec<String>), ManageError> {
+        let ids: Vec<String> =
+            elsewhere.iter().filter(|s| held || !s.envelope.held).map(|s| s.envelope.id.clone()).collect();
+        let taken = (self.shared.store.take(&ids, held).await)
+            .map_err(|e| ManageError::Failed(format!("cannot take messages from the cluster's queue: {e}")))?;
+        let mut taken_ids = Vec::new();
+        for stored in taken {
+            let id = stored.envelope.id.clone();
+            self.entries.insert(id.clone(), Entry { stored, content: None, due: now() });
+            taken_ids.push(id);
+        }
+        let busy = ids.into_iter().filter(|id| !taken_ids.contains(id)).collect();
+        Ok((taken_ids, busy))
+    }
+
     /// Carries out `action` on the selected messages; returns how many it changed.
-    /// For one message by id, an error says why nothing was done.
+    /// For one message by id, an error says why nothing was done. With a shared
+    /// store the selection is the cluster's queue: messages of other nodes are held
+    /// and released in the database, and taken over to be flushed or deleted here.
     pub(super) async fn manage(&mut self, selection: Selection, action: Action) -> Result<usize, ManageError> {
-        let (waiting, running) = self.select(&selection);
+        let (mut waiting, mut running) = self.select(&selection);
+        let elsewhere = self.select_elsewhere(&selection).await?;
         let one = match &selection {
             Selection::Id(id) => Some(id.clone()),
             Selection::Filter(_) => None,
@@ -100,17 +134,32 @@ impl Scheduler {
         if let Some(id) = &one
             && waiting.is_empty()
             && running.is_empty()
+            && elsewhere.is_empty()
         {
             return Err(ManageError::NotFound(id.clone()));
         }
+        let mut taken = Vec::new();
+        if action != Action::Hold && action != Action::Release && !elsewhere.is_empty() {
+            let busy;
+            (taken, busy) = self.take_over(&elsewhere, action != Action::Flush).await?;
+            running.extend(busy);
+        }
         let result = match action {
-            Action::Flush => Ok(self.flush_ids(&waiting)),
-            Action::Hold => self.set_held(&waiting, &running, true).await,
-            Action::Release => self.set_held(&waiting, &running, false).await,
-            Action::Bounce | Action::Delete => self.delete_ids(&waiting, action == Action::Bounce).await,
+            Action::Flush => Ok(self.flush_ids(&waiting) + self.flush_taken(&taken)),
+            Action::Hold => self.set_held(&waiting, &running, &elsewhere, true).await,
+            Action::Release => self.set_held(&waiting, &running, &elsewhere, false).await,
+            Action::Bounce | Action::Delete => {
+                waiting.extend(taken.iter().cloned());
+                self.delete_ids(&waiting, action == Action::Bounce).await
+            }
         };
+        // What was taken and not deleted waits for its time again, on any node.
+        for id in &taken {
+            self.hand_back_waiting(id);
+        }
         if let Some(id) = one {
-            let held = waiting.first().and_then(|id| self.entries.get(id)).is_some_and(|e| e.stored.envelope.held);
+            let held = waiting.first().and_then(|id| self.entries.get(id)).is_some_and(|e| e.stored.envelope.held)
+                || elsewhere.first().is_some_and(|s| s.envelope.held);
             return match result {
                 Ok(0) => Err(ManageError::Conflict(nothing_done(&id, action, !running.is_empty(), held))),
                 other => other,
@@ -133,17 +182,37 @@ impl Scheduler {
         moved
     }
 
+    /// Puts messages taken from the shared store at the front of the line, whatever
+    /// their recipients' next try.
+    fn flush_taken(&mut self, ids: &[String]) -> usize {
+        for id in ids.iter().rev() {
+            self.ready.push_front(id.clone());
+            trace::emit(id, Event::Admin { action: "flush".into() });
+        }
+        ids.len()
+    }
+
     /// Holds or releases: recorded first (one write for all), then applied. A message
     /// being attempted is held once its attempt ends.
-    async fn set_held(&mut self, waiting: &[String], running: &[String], held: bool) -> Result<usize, ManageError> {
+    /// Messages of other nodes (`elsewhere`) change in the store only.
+    async fn set_held(
+        &mut self,
+        waiting: &[String],
+        running: &[String],
+        elsewhere: &[Stored],
+        held: bool,
+    ) -> Result<usize, ManageError> {
         let waiting: Vec<&String> =
             waiting.iter().filter(|id| self.entries.get(*id).is_some_and(|e| e.stored.envelope.held != held)).collect();
         let running: Vec<&String> = running
             .iter()
             .filter(|id| self.running_entry(id).is_some_and(|e| e.stored.envelope.held != held))
             .collect();
-        let changes: Vec<Change> =
-            waiting.iter().chain(&running).map(|id| Change::Hold { id: id.to_string(), held }).collect();
+        let elsewhere: Vec<&String> =
+            elsewhere.iter().filter(|s| s.envelope.held != held).map(|s| &s.envelope.id).collect();
+        let changes: Vec<Change> = (waiting.iter().chain(&running).chain(&elsewhere))
+            .map(|id| Change::Hold { id: id.to_string(), held })
+            .collect();
         if changes.is_empty() {
             return Ok(0);
         }
@@ -164,10 +233,11 @@ impl Scheduler {
             self.ready.retain(|r| r != *id);
             entry.stored.envelope.held = held;
             self.schedule(entry.stored, entry.content);
+            self.hand_back_waiting(id);
         }
         tracing::info!(messages = changes.len(), held, "hold changed by the mail administrator");
         let action = if held { "hold" } else { "release" };
-        for id in waiting.iter().chain(&running) {
+        for id in waiting.iter().chain(&running).chain(&elsewhere) {
             trace::emit(id, Event::Admin { action: action.into() });
         }
         Ok(changes.len())

@@ -117,6 +117,7 @@ enum Command {
 pub struct Queue {
     tx: mpsc::UnboundedSender<Command>,
     settings: Arc<ArcSwap<Settings>>,
+    store: Arc<dyn Store>,
 }
 
 pub fn now() -> i64 {
@@ -127,7 +128,7 @@ impl Queue {
     /// Starts the scheduler with the messages found in the spool.
     pub fn start(shared: Shared, pending: Vec<Stored>) -> (Queue, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = Queue { tx, settings: shared.settings.clone() };
+        let queue = Queue { tx, settings: shared.settings.clone(), store: shared.store.clone() };
         for stored in pending {
             queue.enqueue(stored, None);
         }
@@ -170,8 +171,18 @@ impl Queue {
         wait.await.unwrap_or_else(|_| Err(ManageError::Failed("the queue is stopping".into())))
     }
 
-    /// How many messages wait in each state.
+    /// How many messages wait in each state: with a shared store, on every node.
     pub async fn summary(&self) -> Summary {
+        match self.store.summary().await {
+            Ok(Some(summary)) => return summary,
+            Ok(None) => {}
+            Err(e) => {
+                static FAILED: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new(crate::log_limit::PERIOD);
+                if let Some(repeats) = FAILED.admit() {
+                    tracing::warn!(error = %e, repeats, "cannot count the cluster's queue; counting this node's");
+                }
+            }
+        }
         let (reply, wait) = oneshot::channel();
         let _ = self.tx.send(Command::Summary(reply));
         wait.await.unwrap_or_default()
