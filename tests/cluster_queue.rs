@@ -309,6 +309,15 @@ fn operations_act_on_every_node() {
     let missing = rig.idle.tern_cmd(&["queue", "show", "0000000000000001"]);
     assert!(!missing.success() && missing.stderr.contains("is not in the queue"), "{}", missing.all());
 
+    // By filter, through either node.
+    let held = ok(&b.tern_cmd(&["queue", "hold", "--domain", "remote.test"]), "hold by domain");
+    assert!(held.contains("4 message(s) put on hold"), "{held}");
+    assert_eq!(rig.value("SELECT count(*) FROM messages WHERE held"), "4");
+    let released = ok(&a.tern_cmd(&["queue", "release", "--sender", "alice@localhost"]), "release by sender");
+    assert!(released.contains("4 message(s) released"), "{released}");
+    assert_eq!(rig.value("SELECT count(*) FROM messages WHERE held"), "0");
+    rig.wait_deferred(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+
     // Hold through the other node: not attempted when flushed, counted as held.
     assert!(ok(&b.tern_cmd(&["queue", "hold", id(0)]), "hold").contains("put on hold"));
     assert_eq!(rig.held(id(0)), "t");

@@ -23,8 +23,9 @@ pub async fn all(cluster: &Cluster) -> Result<Vec<Stored>, Error> {
 }
 
 /// Leases the messages `ids` to this node whatever their due time, each only when
-/// no other live process holds it (a message another node is attempting is left
-/// alone); held ones only when `held`. Answers the messages taken.
+/// no live lease holds it: one another node is attempting is left alone, and so is
+/// one this process leased already (a claim of it is on its way to the scheduler).
+/// Held ones only when `held`. Answers the messages taken.
 pub async fn take(cluster: &Cluster, ids: &[String], held: bool) -> Result<Vec<Stored>, Error> {
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -35,8 +36,7 @@ pub async fn take(cluster: &Cluster, ids: &[String], held: bool) -> Result<Vec<S
             "WITH c AS (
                 SELECT id FROM messages
                 WHERE id = ANY($3) AND ($5 OR NOT held)
-                  AND (lease_until IS NULL OR lease_until < now() OR instance = $2
-                       OR (owner = $1 AND instance <> $2))
+                  AND (lease_until IS NULL OR lease_until < now() OR (owner = $1 AND instance <> $2))
                 FOR UPDATE SKIP LOCKED)
              UPDATE messages m SET owner = $1, instance = $2, lease_until = now() + $4::float8 * interval '1 second'
              FROM c WHERE m.id = c.id
