@@ -89,19 +89,6 @@ impl Scheduler {
         (waiting, running)
     }
 
-    /// With a shared store, the selected messages of the database that this node
-    /// neither keeps nor attempts: accepted or waiting elsewhere.
-    async fn select_elsewhere(&self, selection: &Selection) -> Result<Vec<Stored>, ManageError> {
-        if !self.shared.store.shared() {
-            return Ok(Vec::new());
-        }
-        let all = (self.shared.store.load().await)
-            .map_err(|e| ManageError::Failed(format!("cannot read the cluster's queue: {e}")))?;
-        let now = now();
-        let here = |id: &String| self.entries.contains_key(id) || self.in_flight.contains(id);
-        Ok(all.into_iter().filter(|s| selection.matches(&s.envelope, now) && !here(&s.envelope.id)).collect())
-    }
-
     /// Leases messages of the database to this node for a flush, bounce or delete
     /// (held ones only for the latter): those taken wait here, in no line yet; the
     /// others are being attempted by another node. Answers (taken, busy).
@@ -122,11 +109,18 @@ impl Scheduler {
 
     /// Carries out `action` on the selected messages; returns how many it changed.
     /// For one message by id, an error says why nothing was done. With a shared
-    /// store the selection is the cluster's queue: messages of other nodes are held
-    /// and released in the database, and taken over to be flushed or deleted here.
-    pub(super) async fn manage(&mut self, selection: Selection, action: Action) -> Result<usize, ManageError> {
+    /// store, `found` are the selected messages of every node: those this node
+    /// neither keeps nor attempts are held and released in the store, and taken
+    /// over to be flushed or deleted here.
+    pub(super) async fn manage(
+        &mut self,
+        selection: Selection,
+        action: Action,
+        found: Vec<Stored>,
+    ) -> Result<usize, ManageError> {
         let (mut waiting, mut running) = self.select(&selection);
-        let elsewhere = self.select_elsewhere(&selection).await?;
+        let here = |id: &String| self.entries.contains_key(id) || self.in_flight.contains(id);
+        let elsewhere: Vec<Stored> = found.into_iter().filter(|s| !here(&s.envelope.id)).collect();
         let one = match &selection {
             Selection::Id(id) => Some(id.clone()),
             Selection::Filter(_) => None,
