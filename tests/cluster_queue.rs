@@ -288,7 +288,7 @@ fn status_counts(t: &Tern) -> Option<(usize, usize, usize)> {
 
 #[test]
 fn operations_act_on_every_node() {
-    let Some(rig) = Rig::start("operations_act_on_every_node") else { return };
+    let Some(mut rig) = Rig::start("operations_act_on_every_node") else { return };
     rig.sink.set("defer");
     let tags = ["hold-me", "flush-me", "delete-me", "bounce-me"];
     let ids: Vec<String> = tags.iter().map(|tag| rig.send(0, tag)).collect();
@@ -318,8 +318,12 @@ fn operations_act_on_every_node() {
     assert_eq!(rig.value("SELECT count(*) FROM messages WHERE held"), "0");
     rig.wait_deferred(&ids.iter().map(String::as_str).collect::<Vec<_>>());
 
-    // Hold through the other node: not attempted when flushed, counted as held.
+    // Hold through the other node: kept across a restart of the node that accepted
+    // it, not attempted when flushed, counted as held.
     assert!(ok(&b.tern_cmd(&["queue", "hold", id(0)]), "hold").contains("put on hold"));
+    assert_eq!(rig.held(id(0)), "t");
+    rig.nodes[0].restart();
+    let (a, b) = (&rig.nodes[0], &rig.nodes[1]);
     assert_eq!(rig.held(id(0)), "t");
     let flush_held = b.tern_cmd(&["queue", "flush", id(0)]);
     assert!(!flush_held.success() && flush_held.stderr.contains("on hold"), "{}", flush_held.all());
@@ -364,6 +368,8 @@ fn operations_act_on_every_node() {
     assert_eq!(status, 404, "{body}");
 
     // Released through the other node: delivered once flushed, the sink accepting.
+    let attempts = format!("SELECT state::jsonb ->> 'attempts' FROM recipients WHERE message_id = '{}'", id(0));
+    assert_eq!(rig.value(&attempts), "1", "held mail was attempted");
     assert!(ok(&b.tern_cmd(&["queue", "release", id(0)]), "release").contains("released"));
     assert_eq!(rig.held(id(0)), "f");
     assert!(ok(&b.tern_cmd(&["queue", "flush", "--state", "deferred"]), "flush by filter").contains("1 message(s)"));

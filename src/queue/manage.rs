@@ -6,12 +6,18 @@
 //! it survives a restart. Held mail is never attempted, and so never expires while
 //! held (as with Postfix's `postsuper -h`); once released, its age still counts from
 //! its arrival, so mail held past `max_age` bounces at its next temporary failure.
+//!
+//! With a shared store (a cluster) the operations reach every node's messages: a
+//! hold or release of a message this node does not have is recorded in the store
+//! alone, and a message to flush, bounce or delete is first leased to this node
+//! unless another node is attempting it.
 
 use super::select::{MessageState, Selection};
 use super::{Entry, Scheduler, attempt, now};
 use crate::admin::trace::{self, Event};
 use crate::spool::{Change, Detail, Stored};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 
 /// An operation on queued messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +109,8 @@ impl Scheduler {
             self.entries.insert(id.clone(), Entry { stored, content: None, due: now() });
             taken_ids.push(id);
         }
-        let busy = ids.into_iter().filter(|id| !taken_ids.contains(id)).collect();
+        let is_taken: HashSet<&String> = taken_ids.iter().collect();
+        let busy = ids.iter().filter(|id| !is_taken.contains(id)).cloned().collect();
         Ok((taken_ids, busy))
     }
 
