@@ -1,9 +1,11 @@
-//! `tern queue …`: `list` and `show` read the spool directly, so they work whether or
-//! not a server runs; the others ask the running server through its control socket.
+//! `tern queue …`: `list` and `show` read the spool directly (in a cluster, the
+//! database: every node's messages), so they work whether or not a server runs; the
+//! others ask the running server through its control socket.
 
 use super::control;
 use crate::admin::ops::{Affected, Request, Trace};
 use crate::admin::view;
+use crate::cluster::migrations;
 use crate::config::Config;
 use crate::queue::{Action, Filter, MessageState, Selection};
 use crate::spool::{self, RcptState};
@@ -28,6 +30,9 @@ fn describe(state: &RcptState) -> String {
 }
 
 pub(super) fn scan(config: &Config) -> Result<Vec<spool::Stored>, ExitCode> {
+    if config.cluster.is_some() {
+        return scan_cluster(config);
+    }
     // An empty queue is a claim about a server's spool: without its data directory
     // there is none (most likely the wrong configuration).
     if !config.data_dir.is_dir() {
@@ -41,6 +46,18 @@ pub(super) fn scan(config: &Config) -> Result<Vec<spool::Stored>, ExitCode> {
         eprintln!("tern: cannot read spool {}: {e}", config.spool_dir().display());
         ExitCode::FAILURE
     })
+}
+
+/// Every message in the cluster's database, whichever node accepted it.
+fn scan_cluster(config: &Config) -> Result<Vec<spool::Stored>, ExitCode> {
+    let mut messages = Vec::new();
+    let found = &mut messages;
+    let code = super::cluster::with_cluster(config, |cluster| async move {
+        migrations::check(&cluster).await.map_err(|e| e.to_string())?;
+        *found = crate::cluster::queue::all(&cluster).await.map_err(|e| format!("cannot read the queue: {e}"))?;
+        Ok(())
+    });
+    if code == ExitCode::SUCCESS { Ok(messages) } else { Err(code) }
 }
 
 pub fn list(config: &Config) -> ExitCode {

@@ -8,6 +8,7 @@
 mod content;
 pub mod migrations;
 pub mod node;
+pub mod queue;
 pub mod shared;
 pub mod status;
 pub mod store;

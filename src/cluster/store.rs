@@ -6,6 +6,7 @@
 use super::content::Rows;
 use super::writer::{self, CHUNK, Counters, NewMessage, Request, Write};
 use super::{Cluster, Error, node};
+use crate::queue::Summary;
 use crate::spool::{BodyRef, Change, Content, Durable, Envelope, Part, RcptState, Store, Stored};
 use std::collections::HashMap;
 use std::io;
@@ -27,6 +28,7 @@ pub struct PgStore {
     counters: Arc<Counters>,
     wake: Arc<Notify>,
     runtime: tokio::runtime::Handle,
+    summary: super::queue::SummaryCache,
 }
 
 /// The bits of a queue id that name the process (about a millisecond of time).
@@ -49,6 +51,7 @@ impl PgStore {
             counters,
             wake: Arc::new(Notify::new()),
             runtime: tokio::runtime::Handle::current(),
+            summary: Default::default(),
         };
         super::wake::start(&store.cluster, store.wake.clone());
         super::wake::heartbeat(
@@ -98,18 +101,10 @@ impl PgStore {
         let states = recipient_states(&client, &ids).await?;
         Ok(rows.iter().filter_map(|r| assemble(r.get(0), r.get(1), r.get(2), &states)).collect())
     }
-
-    async fn all(&self) -> Result<Vec<Stored>, Error> {
-        let client = self.cluster.client().await?;
-        let rows = client.query("SELECT id, envelope, size FROM messages ORDER BY id", &[]).await?;
-        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let states = recipient_states(&client, &ids).await?;
-        Ok(rows.iter().filter_map(|r| assemble(r.get(0), r.get(1), r.get(2), &states)).collect())
-    }
 }
 
 /// Every recipient's state of the messages `ids`.
-async fn recipient_states(
+pub(super) async fn recipient_states(
     client: &tokio_postgres::Client,
     ids: &[String],
 ) -> Result<HashMap<String, Vec<(usize, RcptState)>>, Error> {
@@ -128,7 +123,12 @@ async fn recipient_states(
 }
 
 /// A message from its row and its recipients' states; none when unreadable.
-fn assemble(id: String, envelope: &str, len: i64, states: &HashMap<String, Vec<(usize, RcptState)>>) -> Option<Stored> {
+pub(super) fn assemble(
+    id: String,
+    envelope: &str,
+    len: i64,
+    states: &HashMap<String, Vec<(usize, RcptState)>>,
+) -> Option<Stored> {
     let mut envelope: Envelope = match serde_json::from_str(envelope) {
         Ok(e) => e,
         Err(e) => {
@@ -219,7 +219,7 @@ impl Store for PgStore {
 
     /// Every message in the database (for listings); the scheduler claims instead.
     fn load(&self) -> Durable<'_, Vec<Stored>> {
-        Box::pin(async move { Ok(super::answered(self.all()).await?) })
+        Box::pin(async move { Ok(super::answered(super::queue::all(&self.cluster)).await?) })
     }
 
     fn compact(&self) -> Durable<'_, ()> {
@@ -246,6 +246,14 @@ impl Store for PgStore {
 
     fn release<'a>(&'a self, messages: &'a [(String, i64)]) -> Durable<'a, ()> {
         Box::pin(self.write(Write::Release(messages.to_vec())))
+    }
+
+    fn take<'a>(&'a self, ids: &'a [String], held: bool) -> Durable<'a, Vec<Stored>> {
+        Box::pin(async move { Ok(super::answered(super::queue::take(&self.cluster, ids, held)).await?) })
+    }
+
+    fn summary(&self) -> Durable<'_, Option<Summary>> {
+        Box::pin(async move { Ok(Some(super::answered(super::queue::summary(&self.cluster, &self.summary)).await?)) })
     }
 
     fn wake(&self) -> Durable<'_, ()> {

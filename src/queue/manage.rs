@@ -6,12 +6,18 @@
 //! it survives a restart. Held mail is never attempted, and so never expires while
 //! held (as with Postfix's `postsuper -h`); once released, its age still counts from
 //! its arrival, so mail held past `max_age` bounces at its next temporary failure.
+//!
+//! With a shared store (a cluster) the operations reach every node's messages: a
+//! hold or release of a message this node does not have is recorded in the store
+//! alone, and a message to flush, bounce or delete is first leased to this node
+//! unless another node is attempting it.
 
 use super::select::{MessageState, Selection};
 use super::{Entry, Scheduler, attempt, now};
 use crate::admin::trace::{self, Event};
 use crate::spool::{Change, Detail, Stored};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 
 /// An operation on queued messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,10 +95,39 @@ impl Scheduler {
         (waiting, running)
     }
 
+    /// Leases messages of the database to this node for a flush, bounce or delete
+    /// (held ones only for the latter): those taken wait here, in no line yet; the
+    /// others are being attempted by another node. Answers (taken, busy).
+    async fn take_over(&mut self, elsewhere: &[Stored], held: bool) -> Result<(Vec<String>, Vec<String>), ManageError> {
+        let ids: Vec<String> =
+            elsewhere.iter().filter(|s| held || !s.envelope.held).map(|s| s.envelope.id.clone()).collect();
+        let taken = (self.shared.store.take(&ids, held).await)
+            .map_err(|e| ManageError::Failed(format!("cannot take messages from the cluster's queue: {e}")))?;
+        let mut taken_ids = Vec::new();
+        for stored in taken {
+            let id = stored.envelope.id.clone();
+            self.entries.insert(id.clone(), Entry { stored, content: None, due: now() });
+            taken_ids.push(id);
+        }
+        let is_taken: HashSet<&String> = taken_ids.iter().collect();
+        let busy = ids.iter().filter(|id| !is_taken.contains(id)).cloned().collect();
+        Ok((taken_ids, busy))
+    }
+
     /// Carries out `action` on the selected messages; returns how many it changed.
-    /// For one message by id, an error says why nothing was done.
-    pub(super) async fn manage(&mut self, selection: Selection, action: Action) -> Result<usize, ManageError> {
-        let (waiting, running) = self.select(&selection);
+    /// For one message by id, an error says why nothing was done. With a shared
+    /// store, `found` are the selected messages of every node: those this node
+    /// neither keeps nor attempts are held and released in the store, and taken
+    /// over to be flushed or deleted here.
+    pub(super) async fn manage(
+        &mut self,
+        selection: Selection,
+        action: Action,
+        found: Vec<Stored>,
+    ) -> Result<usize, ManageError> {
+        let (mut waiting, mut running) = self.select(&selection);
+        let here = |id: &String| self.entries.contains_key(id) || self.in_flight.contains(id);
+        let elsewhere: Vec<Stored> = found.into_iter().filter(|s| !here(&s.envelope.id)).collect();
         let one = match &selection {
             Selection::Id(id) => Some(id.clone()),
             Selection::Filter(_) => None,
@@ -100,17 +135,32 @@ impl Scheduler {
         if let Some(id) = &one
             && waiting.is_empty()
             && running.is_empty()
+            && elsewhere.is_empty()
         {
             return Err(ManageError::NotFound(id.clone()));
         }
+        let mut taken = Vec::new();
+        if action != Action::Hold && action != Action::Release && !elsewhere.is_empty() {
+            let busy;
+            (taken, busy) = self.take_over(&elsewhere, action != Action::Flush).await?;
+            running.extend(busy);
+        }
         let result = match action {
-            Action::Flush => Ok(self.flush_ids(&waiting)),
-            Action::Hold => self.set_held(&waiting, &running, true).await,
-            Action::Release => self.set_held(&waiting, &running, false).await,
-            Action::Bounce | Action::Delete => self.delete_ids(&waiting, action == Action::Bounce).await,
+            Action::Flush => Ok(self.flush_ids(&waiting) + self.flush_taken(&taken)),
+            Action::Hold => self.set_held(&waiting, &running, &elsewhere, true).await,
+            Action::Release => self.set_held(&waiting, &running, &elsewhere, false).await,
+            Action::Bounce | Action::Delete => {
+                waiting.extend(taken.iter().cloned());
+                self.delete_ids(&waiting, action == Action::Bounce).await
+            }
         };
+        // What was taken and not deleted waits for its time again, on any node.
+        for id in &taken {
+            self.hand_back_waiting(id);
+        }
         if let Some(id) = one {
-            let held = waiting.first().and_then(|id| self.entries.get(id)).is_some_and(|e| e.stored.envelope.held);
+            let held = waiting.first().and_then(|id| self.entries.get(id)).is_some_and(|e| e.stored.envelope.held)
+                || elsewhere.first().is_some_and(|s| s.envelope.held);
             return match result {
                 Ok(0) => Err(ManageError::Conflict(nothing_done(&id, action, !running.is_empty(), held))),
                 other => other,
@@ -133,17 +183,37 @@ impl Scheduler {
         moved
     }
 
+    /// Puts messages taken from the shared store at the front of the line, whatever
+    /// their recipients' next try.
+    fn flush_taken(&mut self, ids: &[String]) -> usize {
+        for id in ids.iter().rev() {
+            self.ready.push_front(id.clone());
+            trace::emit(id, Event::Admin { action: "flush".into() });
+        }
+        ids.len()
+    }
+
     /// Holds or releases: recorded first (one write for all), then applied. A message
     /// being attempted is held once its attempt ends.
-    async fn set_held(&mut self, waiting: &[String], running: &[String], held: bool) -> Result<usize, ManageError> {
+    /// Messages of other nodes (`elsewhere`) change in the store only.
+    async fn set_held(
+        &mut self,
+        waiting: &[String],
+        running: &[String],
+        elsewhere: &[Stored],
+        held: bool,
+    ) -> Result<usize, ManageError> {
         let waiting: Vec<&String> =
             waiting.iter().filter(|id| self.entries.get(*id).is_some_and(|e| e.stored.envelope.held != held)).collect();
         let running: Vec<&String> = running
             .iter()
             .filter(|id| self.running_entry(id).is_some_and(|e| e.stored.envelope.held != held))
             .collect();
-        let changes: Vec<Change> =
-            waiting.iter().chain(&running).map(|id| Change::Hold { id: id.to_string(), held }).collect();
+        let elsewhere: Vec<&String> =
+            elsewhere.iter().filter(|s| s.envelope.held != held).map(|s| &s.envelope.id).collect();
+        let changes: Vec<Change> = (waiting.iter().chain(&running).chain(&elsewhere))
+            .map(|id| Change::Hold { id: id.to_string(), held })
+            .collect();
         if changes.is_empty() {
             return Ok(0);
         }
@@ -164,10 +234,11 @@ impl Scheduler {
             self.ready.retain(|r| r != *id);
             entry.stored.envelope.held = held;
             self.schedule(entry.stored, entry.content);
+            self.hand_back_waiting(id);
         }
         tracing::info!(messages = changes.len(), held, "hold changed by the mail administrator");
         let action = if held { "hold" } else { "release" };
-        for id in waiting.iter().chain(&running) {
+        for id in waiting.iter().chain(&running).chain(&elsewhere) {
             trace::emit(id, Event::Admin { action: action.into() });
         }
         Ok(changes.len())

@@ -102,8 +102,9 @@ impl Shared {
 enum Command {
     /// A message to schedule; its content when it is still in memory.
     Enqueue(Box<Stored>, Option<Arc<Vec<u8>>>),
-    /// An administrative operation; answers how many messages it changed.
-    Manage(Selection, Action, oneshot::Sender<Result<usize, ManageError>>),
+    /// An administrative operation, with the selected messages of a shared store;
+    /// answers how many messages it changed.
+    Manage(Selection, Action, Vec<Stored>, oneshot::Sender<Result<usize, ManageError>>),
     Summary(oneshot::Sender<Summary>),
     /// A shared store says there may be new due work.
     Wake,
@@ -117,6 +118,7 @@ enum Command {
 pub struct Queue {
     tx: mpsc::UnboundedSender<Command>,
     settings: Arc<ArcSwap<Settings>>,
+    store: Arc<dyn Store>,
 }
 
 pub fn now() -> i64 {
@@ -127,7 +129,7 @@ impl Queue {
     /// Starts the scheduler with the messages found in the spool.
     pub fn start(shared: Shared, pending: Vec<Stored>) -> (Queue, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queue = Queue { tx, settings: shared.settings.clone() };
+        let queue = Queue { tx, settings: shared.settings.clone(), store: shared.store.clone() };
         for stored in pending {
             queue.enqueue(stored, None);
         }
@@ -164,14 +166,33 @@ impl Queue {
     }
 
     /// Carries out an administrative operation; answers how many messages it changed.
+    /// With a shared store, the selection is read from it first (the scheduler keeps
+    /// going meanwhile): every node's messages.
     pub async fn manage(&self, selection: Selection, action: Action) -> Result<usize, ManageError> {
+        let mut found = Vec::new();
+        if self.store.shared() {
+            let all = (self.store.load().await)
+                .map_err(|e| ManageError::Failed(format!("cannot read the cluster's queue: {e}")))?;
+            let now = now();
+            found = all.into_iter().filter(|s| selection.matches(&s.envelope, now)).collect();
+        }
         let (reply, wait) = oneshot::channel();
-        let _ = self.tx.send(Command::Manage(selection, action, reply));
+        let _ = self.tx.send(Command::Manage(selection, action, found, reply));
         wait.await.unwrap_or_else(|_| Err(ManageError::Failed("the queue is stopping".into())))
     }
 
-    /// How many messages wait in each state.
+    /// How many messages wait in each state: with a shared store, on every node.
     pub async fn summary(&self) -> Summary {
+        match self.store.summary().await {
+            Ok(Some(summary)) => return summary,
+            Ok(None) => {}
+            Err(e) => {
+                static FAILED: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new(crate::log_limit::PERIOD);
+                if let Some(repeats) = FAILED.admit() {
+                    tracing::warn!(error = %e, repeats, "cannot count the cluster's queue; counting this node's");
+                }
+            }
+        }
         let (reply, wait) = oneshot::channel();
         let _ = self.tx.send(Command::Summary(reply));
         wait.await.unwrap_or_default()
@@ -260,8 +281,8 @@ impl Scheduler {
             tokio::select! {
                 command = rx.recv(), if !stopping => match command {
                     Some(Command::Enqueue(stored, content)) => self.enqueue(*stored, content),
-                    Some(Command::Manage(selection, action, reply)) => {
-                        let _ = reply.send(self.manage(selection, action).await);
+                    Some(Command::Manage(selection, action, found, reply)) => {
+                        let _ = reply.send(self.manage(selection, action, found).await);
                     }
                     Some(Command::Summary(reply)) => {
                         let _ = reply.send(self.summary());

@@ -49,6 +49,17 @@ pub trait Store: Send + Sync + 'static {
     fn release<'a>(&'a self, _messages: &'a [(String, i64)]) -> Durable<'a, ()> {
         Box::pin(async { Ok(()) })
     }
+    /// Takes the messages `ids` for an operation of the mail administrator, due or
+    /// not (held ones only when `held`), each leased to this node unless another
+    /// live attempt holds it: answers those taken.
+    fn take<'a>(&'a self, _ids: &'a [String], _held: bool) -> Durable<'a, Vec<Stored>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// The queue's sizes across every node sharing the store; none when the
+    /// scheduler's own count is the whole queue.
+    fn summary(&self) -> Durable<'_, Option<crate::queue::Summary>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Resolves when there may be new due work (another node queued or handed back
     /// mail), or after a while in any case.
     fn wake(&self) -> Durable<'_, ()> {
