@@ -122,7 +122,7 @@ pub fn load(data_dir: &Path) {
     let _ = STATE.dir.set(dir);
 }
 
-pub(crate) fn merge_into<T: Default + Merge>(book: &mut Book<T>, mut loaded: Book<T>) {
+fn merge_into<T: Default + Merge>(book: &mut Book<T>, mut loaded: Book<T>) {
     for (day, domain, t) in loaded.take(None) {
         book.put_back(day, domain, t);
     }
