@@ -283,12 +283,12 @@ fn init_migrates_an_empty_database_once() {
     let t = Tern::new_stopped(&cluster_toml(&pg, "mx1", "3s"), &[]);
     let out = t.tern_cmd(&["cluster", "init"]);
     out.assert_success("cluster init");
-    assert!(out.stdout.contains("migrated from version 0 to 2"), "{}", out.all());
-    assert_eq!(pg.value("SELECT count(*) FROM schema_version"), "2");
+    assert!(out.stdout.contains("migrated from version 0 to 3"), "{}", out.all());
+    assert_eq!(pg.value("SELECT count(*) FROM schema_version"), "3");
     let again = t.tern_cmd(&["cluster", "init"]);
     again.assert_success("cluster init again");
     assert!(again.stdout.contains("nothing to do"), "{}", again.all());
-    assert_eq!(pg.value("SELECT count(*) FROM schema_version"), "2");
+    assert_eq!(pg.value("SELECT count(*) FROM schema_version"), "3");
     let status = t.tern_cmd(&["cluster", "status"]);
     status.assert_success("cluster status");
     assert!(status.stdout.contains("queue: 0 message(s)"), "{}", status.all());
@@ -320,7 +320,7 @@ fn start_checks_schema_and_name() {
     pg.value("INSERT INTO schema_version (version, name) VALUES (99, 'from the future') RETURNING version");
     let serve = again.tern_cmd(&["serve"]);
     assert!(!serve.success(), "{}", serve.all());
-    assert!(serve.stderr.contains("version 99, newer than this Tern's 2: upgrade Tern"), "{}", serve.all());
+    assert!(serve.stderr.contains("version 99, newer than this Tern's 3: upgrade Tern"), "{}", serve.all());
 }
 
 /// Three nodes, 3,000 messages sent round-robin: each reaches the sink exactly once,

@@ -195,9 +195,10 @@ pub async fn execute(state: &State, request: Request) -> Result<serde_json::Valu
         Request::Activity => Ok(json(&super::activity::get().snapshot())),
         Request::ReportsSend => {
             let ctx = state.live.context();
-            Ok(json(&crate::reports::send_now(&ctx).await))
+            let sent = crate::reports::send_now(&ctx).await.map_err(|error| ApiError { status: 503, error })?;
+            Ok(json(&sent))
         }
-        Request::ReportsShow => Ok(json(&crate::reports::show())),
+        Request::ReportsShow => Ok(json(&crate::reports::show().await)),
         Request::Status => {
             let (since, started_at) = state.started;
             let ctx = state.live.context();

@@ -30,6 +30,9 @@ pub fn show(config: &Config, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(shown) => {
+            if let Some(note) = &shown.note {
+                eprintln!("tern: {note}");
+            }
             for (kind, domains) in [("tls", &shown.tls), ("dmarc", &shown.dmarc)] {
                 for d in domains {
                     println!("{kind} {} {}", d.day, d.domain);

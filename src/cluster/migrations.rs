@@ -15,6 +15,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "nodes and queue", sql: include_str!("sql/0001_queue.sql") },
     Migration { version: 2, name: "shared state", sql: include_str!("sql/0002_shared.sql") },
+    Migration { version: 3, name: "report counts", sql: include_str!("sql/0003_reports.sql") },
 ];
 
 /// The schema version this binary runs on.

@@ -21,7 +21,8 @@ pub struct Reports {
     /// The UTC hour (0–23) in which the reports of the previous day go out, at a
     /// random minute of it.
     pub hour: u8,
-    /// How often the aggregates are written to `<data_dir>/reports/`.
+    /// How often the aggregates are written to `<data_dir>/reports/` (in a cluster,
+    /// added to the cluster's database).
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
 }

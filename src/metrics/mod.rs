@@ -197,7 +197,7 @@ pub enum AuthMethod {
 }
 
 /// The cluster's shared states, as `tern_cluster_shared_errors_total` labels them.
-pub const SHARED_STATES: [&str; 7] = ["greylist", "rates", "auth", "users", "trace", "mta_sts", "sweep"];
+pub const SHARED_STATES: [&str; 8] = ["greylist", "rates", "auth", "users", "trace", "mta_sts", "reports", "sweep"];
 
 /// The result words of RFC 8601 that SPF, DKIM, ARC and DMARC give.
 const AUTH_RESULTS: [&str; 7] = ["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"];

@@ -9,12 +9,14 @@ use super::dmarc::{self, DomainDmarc};
 use super::tls::{self, DomainTls};
 use super::{STATE, message};
 use crate::admin::trace::{self, Event};
+use crate::cluster::shared::reports;
+use crate::cluster::{Cluster, Error, answered};
 use crate::dns::DnsError;
 use crate::queue::Router;
 use crate::server::Context;
 use crate::spool::{Envelope, Part, RcptState, Recipient};
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// One report queued.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,32 +29,66 @@ pub struct Sent {
     pub to: Vec<String>,
 }
 
-/// Sends the reports of the days before `before` (all days for `None`).
+/// Sends the reports of this node's counts of the days before `before` (all days for
+/// `None`); what cannot go now is kept for the next send.
 pub async fn all(ctx: &Context, before: Option<i64>, now: i64) -> Vec<Sent> {
-    let mut sent = Vec::new();
-    let taken = STATE.tls.lock().unwrap().take(before);
-    for (day, domain, counts) in taken {
-        match send_tls(ctx, day, &domain, &counts, now).await {
-            Ok(Some(s)) => sent.push(s),
-            Ok(None) => {}
-            Err(e) => keep(&STATE.tls, day, domain, counts, "TLS-RPT", &e),
-        }
-    }
-    let taken = STATE.dmarc.lock().unwrap().take(before);
-    for (day, domain, rows) in taken {
-        match send_dmarc(ctx, day, &domain, &rows, now).await {
-            Ok(Some(s)) => sent.push(s),
-            Ok(None) => {}
-            Err(e) => keep(&STATE.dmarc, day, domain, rows, "DMARC", &e),
-        }
-    }
+    let tls = STATE.tls.lock().unwrap().take(before);
+    let dmarc = STATE.dmarc.lock().unwrap().take(before);
+    let (sent, kept) = report(ctx, tls, dmarc, now).await;
+    super::merge_into(&mut STATE.tls.lock().unwrap(), kept.tls);
+    super::merge_into(&mut STATE.dmarc.lock().unwrap(), kept.dmarc);
     sent
 }
 
+/// Sends the reports of the cluster's counts of the days before `before` (all days
+/// for `None`), once for the whole cluster (see [`crate::cluster::shared::reports`]).
+pub async fn cluster(ctx: &Context, cluster: &Cluster, before: Option<i64>, now: i64) -> Result<Vec<Sent>, Error> {
+    let mut claim = answered(reports::claim(cluster, before)).await?;
+    let tls = claim.tls.take(None);
+    let dmarc = claim.dmarc.take(None);
+    let (sent, kept) = report(ctx, tls, dmarc, now).await;
+    if let Err(e) = answered(claim.finish(&kept.tls, &kept.dmarc)).await {
+        // The reports are queued; their counts stay and are reported again.
+        tracing::error!(error = %e, reports = sent.len(), "reports sent, but their counts could not be cleared");
+    }
+    Ok(sent)
+}
+
+/// What could not be reported now.
+#[derive(Default)]
+struct Kept {
+    tls: Book<DomainTls>,
+    dmarc: Book<DomainDmarc>,
+}
+
+async fn report(
+    ctx: &Context,
+    tls: Vec<(i64, String, DomainTls)>,
+    dmarc: Vec<(i64, String, DomainDmarc)>,
+    now: i64,
+) -> (Vec<Sent>, Kept) {
+    let (mut sent, mut kept) = (Vec::new(), Kept::default());
+    for (day, domain, counts) in tls {
+        match send_tls(ctx, day, &domain, &counts, now).await {
+            Ok(Some(s)) => sent.push(s),
+            Ok(None) => {}
+            Err(e) => keep(&mut kept.tls, day, domain, counts, "TLS-RPT", &e),
+        }
+    }
+    for (day, domain, rows) in dmarc {
+        match send_dmarc(ctx, day, &domain, &rows, now).await {
+            Ok(Some(s)) => sent.push(s),
+            Ok(None) => {}
+            Err(e) => keep(&mut kept.dmarc, day, domain, rows, "DMARC", &e),
+        }
+    }
+    (sent, kept)
+}
+
 /// A report that could not go now is kept for the next send.
-fn keep<T: Default + Merge>(book: &Mutex<Book<T>>, day: i64, domain: String, t: T, kind: &str, error: &str) {
+fn keep<T: Default + Merge>(book: &mut Book<T>, day: i64, domain: String, t: T, kind: &str, error: &str) {
     tracing::warn!(kind, domain, error, "report not sent; kept for the next time");
-    book.lock().unwrap().put_back(day, domain, t);
+    book.put_back(day, domain, t);
 }
 
 /// The period a day's report covers: the whole day, or up to `now` for today.

@@ -25,6 +25,18 @@ pub fn save<T: Serialize>(dir: &Path, name: &str, book: &Book<T>) -> io::Result<
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Removes the files, once what they held is kept elsewhere (the cluster's database).
+pub fn remove(dir: &Path) {
+    for name in ["tls", "dmarc"] {
+        let path = dir.join(format!("{name}.json"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "report aggregates moved to the cluster's database"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot remove report aggregates"),
+        }
+    }
+}
+
 /// Reads `<dir>/<name>.json`; nothing there is an empty book. A file that cannot be
 /// read is set aside as `<name>.json.bad` (one line says so) rather than stopping the
 /// server.

@@ -248,7 +248,7 @@ pub async fn serve(config: Config, origin: Option<PathBuf>, prepared: Prepared) 
     let _ = std::fs::remove_file(data_dir.join(control::SOCKET_NAME));
     let _ = std::fs::remove_file(&submit_path);
     reports.abort();
-    crate::reports::flush();
+    crate::reports::flush().await;
     crate::cluster::shared::trace::flush().await;
     crate::admin::trace::flush();
     tracing::info!("stopped");

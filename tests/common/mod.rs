@@ -11,6 +11,7 @@ pub mod dkim;
 pub mod outbound;
 pub mod pki;
 pub mod postgres;
+pub mod reports;
 pub mod security;
 pub mod service;
 pub mod spf;

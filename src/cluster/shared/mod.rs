@@ -1,6 +1,7 @@
 //! What the nodes of a cluster share besides the queue, so that they behave as one
 //! server: greylisting triplets, message and recipient rates, AUTH failures and bans,
-//! users, the message trace and the MTA-STS policy cache, each a table (migration 2).
+//! users, the message trace and the MTA-STS policy cache, each a table (migration 2),
+//! and the counts of the aggregate reports (migration 3).
 //!
 //! The handle is made once when `serve` starts with `[cluster]` and is process-wide
 //! ([`get`]). Every path here survives the database going away: greylisting lets
@@ -18,6 +19,7 @@
 pub mod greylist;
 pub mod mta_sts;
 pub mod rates;
+pub mod reports;
 pub mod trace;
 pub mod users;
 
@@ -143,6 +145,7 @@ fn fallback(state: &str) -> &'static str {
         "users" => "users are checked against the last copy read",
         "trace" => "trace events are kept in memory and written later",
         "mta_sts" => "MTA-STS policies are cached in this node's memory",
+        "reports" => "report counts are kept by this node and written later",
         _ => "retried later",
     }
 }
