@@ -1,7 +1,7 @@
 //! `[outbound] max_connections_per_host` across a cluster: the live nodes share it,
 //! each allowing `ceil(limit / N)` connections per host, and the share grows when a
-//! node stops. One slow sink counts the connections open at once, in all and per
-//! node.
+//! node stops (and holds across a reload). One slow sink counts the connections
+//! open at once, in all and per node.
 
 mod common;
 
@@ -96,6 +96,9 @@ fn live_nodes_share_connections_per_host() {
     wait_sharing(&two, 2);
     let status = nodes[0].tern_cmd(&["cluster", "status"]);
     assert!(status.stdout.contains("connections per host per node: 2 of 3 (2 live node(s))"), "{}", status.stdout);
+    // A reload makes a new connection pool: it takes the share too.
+    let reload = nodes[0].tern_cmd(&["reload"]);
+    reload.assert_success("tern reload");
     sink.reset_maxima();
     let started = Instant::now();
     let (ids, failed) = send(&ports[..2], 300, 8, "two");
