@@ -1,8 +1,8 @@
 //! The database's clock as a node sees it. Leases are timed by the database alone;
 //! Unix times that the node writes for others to compare with the database's
-//! (arrival, `due`, `next_attempt`) are the node's clock corrected by the offset
-//! each heartbeat measures, so that a node whose clock is ahead does not hold mail
-//! back and one behind does not retry it at once.
+//! (arrival, `due`, `next_attempt`, the MTA-STS cache's times) are the node's clock
+//! corrected by the offset each heartbeat measures, so that a node whose clock is
+//! ahead does not hold mail back and one behind does not retry it at once.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
