@@ -1,7 +1,7 @@
 //! `tern cluster init|status|drain|resume`: the cluster's database, read and changed
 //! directly with the `[cluster]` settings of the configuration file.
 
-use crate::cluster::{Cluster, migrations, node, status};
+use crate::cluster::{Cluster, migrations, node, share, status};
 use crate::config::Config;
 use std::collections::BTreeSet;
 use std::process::ExitCode;
@@ -75,6 +75,12 @@ pub fn status(config: &Config) -> ExitCode {
         migrations::check(&cluster).await.map_err(|e| e.to_string())?;
         let o = status::overview(&cluster).await.map_err(|e| e.to_string())?;
         println!("queue: {} message(s), {} due, {} held", o.queued, o.due, o.held);
+        let limit = config.outbound.max_connections_per_host;
+        println!(
+            "connections per host per node: {} of {limit} ({} live node(s))",
+            share::share(limit, o.sharing.max(1)),
+            o.sharing
+        );
         println!(
             "{:<16} {:<8} {:<9} {:<12} {:<10} {:>9} {:>7} {:>8} {:>11}",
             "NODE", "STATE", "VERSION", "CONFIG", "HEARTBEAT", "IN-FLIGHT", "LEASED", "ACCEPTED", "COMMITS/MSG"

@@ -5,10 +5,12 @@
 //! in the database, deliveries are claimed with leases timed by the database's
 //! clock, and `LISTEN/NOTIFY` wakes the schedulers (with polling behind it).
 
+pub mod clock;
 mod content;
 pub mod migrations;
 pub mod node;
 pub mod queue;
+pub mod share;
 pub mod shared;
 pub mod status;
 pub mod store;
@@ -142,6 +144,9 @@ pub async fn join(settings: &config::Cluster, config: &config::Config) -> Result
     let fail = |e: Error| format!("cluster: {e}");
     migrations::check(&cluster).await.map_err(fail)?;
     node::register(&cluster, &node::config_hash(config)).await.map_err(fail)?;
+    // The clock and the count of live nodes are known before any mail is.
+    let beat = node::heartbeat(&cluster, node::Load::default()).await.map_err(fail)?;
+    share::set_live_nodes(beat.live_nodes);
     tracing::info!(node = %cluster.node, instance = %cluster.instance, "joined the cluster");
     Ok(cluster)
 }

@@ -80,11 +80,23 @@ pub async fn register(cluster: &Cluster, config_hash: &str) -> Result<(), Error>
     }
 }
 
+/// The condition on `nodes` of those that share per-host connection limits, with
+/// `lease` (a parameter) in seconds: running, beating within the lease, and not
+/// draining unless deliveries they started are still under way.
+pub fn sharing(lease: &str) -> String {
+    format!(
+        "stopped IS NULL AND heartbeat > now() - {lease}::float8 * interval '1 second'
+         AND (NOT draining OR in_flight > 0)"
+    )
+}
+
 /// What a heartbeat learns.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Beat {
     /// `tern cluster drain` asked this node to take no new work.
     pub draining: bool,
+    /// Nodes sharing the per-host connection limits, this one included.
+    pub live_nodes: usize,
 }
 
 /// Load figures a heartbeat reports.
@@ -97,26 +109,36 @@ pub struct Load {
 }
 
 /// Says the node is alive and renews the leases of every message this process
-/// holds, both by the database's clock.
+/// holds, both by the database's clock; counts the live nodes, and reads that clock
+/// for [`super::clock`].
 pub async fn heartbeat(cluster: &Cluster, load: Load) -> Result<Beat, Error> {
     let client = cluster.client().await?;
+    let others = format!("SELECT count(*) FROM nodes WHERE name <> $1 AND {}", sharing("$6"));
+    let sent = super::clock::local_ms();
     let row = client
         .query_opt(
-            "UPDATE nodes SET heartbeat = now(), in_flight = $3, stored_messages = $4, store_commits = $5
-             WHERE name = $1 AND instance = $2 RETURNING draining",
-            &[&cluster.node, &cluster.instance, &load.in_flight, &load.stored, &load.commits],
+            &format!(
+                "UPDATE nodes SET heartbeat = now(), in_flight = $3, stored_messages = $4, store_commits = $5
+                 WHERE name = $1 AND instance = $2
+                 RETURNING draining, ({others}),
+                     (extract(epoch FROM clock_timestamp()) * 1000)::int8"
+            ),
+            &[&cluster.node, &cluster.instance, &load.in_flight, &load.stored, &load.commits, &cluster.lease_secs()],
         )
         .await?;
+    let received = super::clock::local_ms();
     let Some(row) = row else {
         return Err(Error(format!("node {:?} was taken over by another process", cluster.node)));
     };
+    super::clock::learn(row.get(2), sent, received);
+    let others: i64 = row.get(1);
     client
         .execute(
             "UPDATE messages SET lease_until = now() + $2::float8 * interval '1 second' WHERE instance = $1",
             &[&cluster.instance, &cluster.lease_secs()],
         )
         .await?;
-    Ok(Beat { draining: row.get(0) })
+    Ok(Beat { draining: row.get(0), live_nodes: others as usize + 1 })
 }
 
 /// A graceful stop: leases go back at once, and the name is free.

@@ -29,6 +29,8 @@ pub struct Overview {
     pub queued: i64,
     pub due: i64,
     pub held: i64,
+    /// Nodes sharing per-host connection limits (see [`super::node::sharing`]).
+    pub sharing: usize,
 }
 
 pub async fn overview(cluster: &Cluster) -> Result<Overview, Error> {
@@ -69,5 +71,12 @@ pub async fn overview(cluster: &Cluster) -> Result<Overview, Error> {
             &[],
         )
         .await?;
-    Ok(Overview { nodes, queued: totals.get(0), due: totals.get(1), held: totals.get(2) })
+    let sharing: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM nodes WHERE {}", super::node::sharing("$1")),
+            &[&cluster.lease_secs()],
+        )
+        .await?
+        .get(0);
+    Ok(Overview { nodes, queued: totals.get(0), due: totals.get(1), held: totals.get(2), sharing: sharing as usize })
 }

@@ -43,6 +43,7 @@ pub fn heartbeat(
             };
             match super::answered(node::heartbeat(&cluster, load)).await {
                 Ok(beat) => {
+                    super::share::set_live_nodes(beat.live_nodes);
                     let was = draining.swap(beat.draining, Ordering::Relaxed);
                     if was != beat.draining {
                         tracing::info!(node = %cluster.node, draining = beat.draining, "cluster drain changed");

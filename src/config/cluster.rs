@@ -53,3 +53,25 @@ impl Cluster {
         crate::cluster::parse_database(&self.database).map(|_| ()).map_err(|e| format!("cluster.database: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, EMBEDDED_DEFAULT};
+    use std::time::Duration;
+
+    /// The commented-out `[cluster]` of the embedded default, uncommented, is a
+    /// valid section with every key.
+    #[test]
+    fn default_shows_a_valid_section() {
+        let section: String = EMBEDDED_DEFAULT
+            .lines()
+            .skip_while(|l| !l.starts_with("# [cluster]"))
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let c = Config::parse(&section, "t").expect("the section parses").cluster.expect("a section");
+        assert!(c.database.starts_with("postgres://"));
+        assert_eq!((c.node.as_str(), c.lease, c.pool_size), ("mx1", Duration::from_secs(120), 16));
+        assert!(c.ca_file.is_some());
+    }
+}

@@ -121,8 +121,10 @@ pub struct Queue {
     store: Arc<dyn Store>,
 }
 
+/// Now in Unix seconds; in a cluster, by the database's clock (see
+/// [`crate::cluster::clock`]).
 pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
+    crate::cluster::clock::now_ms().div_euclid(1000)
 }
 
 impl Queue {

@@ -19,7 +19,6 @@ use mta_sts::Policy;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// MTA-STS policies of recipient domains: looked up, fetched and cached, in memory and
 /// in `<data_dir>/mta-sts/` (with `[cluster]`, in the cluster's database instead).
@@ -195,6 +194,7 @@ pub struct Lookup {
     pub failure: Option<String>,
 }
 
+/// Unix seconds; in a cluster by the database's clock, since cache entries are shared.
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    (crate::cluster::clock::now_ms().max(0) / 1000) as u64
 }

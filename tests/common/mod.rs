@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod auth_results;
+pub mod counting_sink;
 pub mod dkim;
 pub mod outbound;
 pub mod pki;
@@ -237,12 +238,17 @@ impl Tern {
         // Many servers run at once: each admin listener takes a port of its own, which
         // `admin_url` reads from the start-up line.
         let admin = if toml_extra.contains("[admin]") { "" } else { ADMIN_ANY_PORT };
+        // Keys of an `[outbound]` in `toml_extra` join the loopback-only section.
+        let (mut outbound, mut rest) = (loopback_only(self.dead_port), toml_extra.to_string());
+        if let Some((before, after)) = toml_extra.split_once("\n[outbound]\n") {
+            let end = after.find("\n[").map_or(after.len(), |i| i + 1);
+            outbound.push_str(&after[..end]);
+            rest = format!("{before}\n{}", &after[end..]);
+        }
         let config = format!(
-            "hostname = \"{HOSTNAME}\"\ndata_dir = \"{}\"\n\n[[listen]]\naddr = \"127.0.0.1:{}\"\nmode = \"smtp\"\n{}\n{}\n{admin}",
+            "hostname = \"{HOSTNAME}\"\ndata_dir = \"{}\"\n\n[[listen]]\naddr = \"127.0.0.1:{}\"\nmode = \"smtp\"\n{outbound}\n{rest}\n{admin}",
             self.data_dir.display(),
             self.port,
-            loopback_only(self.dead_port),
-            toml_extra
         );
         fs::write(&self.config_path, config).expect("write config");
         fs::write(self.dir.path().join("extra.toml"), toml_extra).expect("write extra");
