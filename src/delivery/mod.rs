@@ -30,6 +30,8 @@ pub struct Via {
     pub dane: bool,
     /// Why it was not, as TLS-RPT names it (RFC 8460 §4.3.2).
     pub tls_problem: Option<crate::reports::tls::ResultType>,
+    /// Tern's own address on the connection used, new or reused.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl Via {
@@ -44,6 +46,7 @@ impl Via {
             tls_verified: false,
             dane: false,
             tls_problem: None,
+            local_ip: None,
         }
     }
 }

@@ -215,7 +215,7 @@ async fn try_hops(config: &RemoteConfig, dns: &Dns, domain: &str, job: &Job<'_>,
         };
         for addr in addrs {
             via.relay = format!("{}[{}]:{}", hop.host, addr.ip(), addr.port());
-            (via.tls, via.transmission) = ("none".into(), Duration::ZERO);
+            (via.tls, via.transmission, via.local_ip) = ("none".into(), Duration::ZERO, None);
             let host_tls = HostTls { sts_enforce: enforce, dane: host_policy, probe: transaction::TlsProbe::default() };
             let result = attempt(config, hop, addr, job, via, &host_tls).await;
             if reports_tls(config, domain) {
@@ -406,6 +406,7 @@ pub(crate) async fn pooled(
     via.tls = if via.dane { format!("dane/{}", conn.tls()) } else { conn.tls().to_string() };
     via.tls_verified = conn.tls_level().is_authenticated();
     via.tls_problem = conn.tls_problem();
+    via.local_ip = conn.local_ip();
     let sending = Instant::now();
     via.setup = sending - via.started;
     let sent = transaction::send(config, &mut conn, job).await;

@@ -87,7 +87,8 @@ fn session(
         None => Outcome::Success,
         Some(result) => {
             let mut failure = tls::Failure::new(result);
-            failure.sending_mta_ip = *probe.local_ip.lock().unwrap();
+            // A reused connection was opened by an earlier attempt's probe.
+            failure.sending_mta_ip = via.local_ip.or(*probe.local_ip.lock().unwrap());
             failure.receiving_mx_hostname = Some(hop.host.trim_end_matches('.').to_ascii_lowercase());
             failure.receiving_ip = Some(addr.ip());
             Outcome::Failure(failure)

@@ -138,6 +138,8 @@ pub struct Connection {
     peer: String,
     host: String,
     ip: IpAddr,
+    /// Tern's own address on it (TLS-RPT's `sending-mta-ip`).
+    local_ip: Option<IpAddr>,
     /// An LMTP connection: one reply per recipient after the content.
     lmtp: bool,
     /// Between transactions, with nothing unanswered: only then may the connection
@@ -160,6 +162,11 @@ impl Connection {
     /// Why the certificate did not verify (RFC 8460 §4.3.2), when it did not.
     pub fn tls_problem(&self) -> Option<ResultType> {
         self.tls_problem
+    }
+
+    /// Tern's own address on the connection, when known.
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.local_ip
     }
 
     /// The TLS version and cipher, or `none`.
@@ -228,6 +235,7 @@ pub async fn open(config: &RemoteConfig, mut client: Client, session: Session<'_
         peer: session.peer.to_string(),
         host: session.host.to_string(),
         ip: session.ip,
+        local_ip: probe.and_then(|p| *p.local_ip.lock().unwrap()),
         lmtp,
         ready: true,
     })
