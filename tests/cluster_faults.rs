@@ -1,0 +1,262 @@
+//! The database failing under a Tern node, end to end with a real PostgreSQL: a
+//! COMMIT cut off mid-flight, serialization failures and deadlocks, TLS to the
+//! database, and a failover to a streaming standby. Every message acknowledged with
+//! 250 must reach the sink (Postfix's smtp-sink) exactly once.
+
+mod common;
+
+use common::cluster::{DumpSink, Load, duplicates, wait_delivered};
+use common::postgres::Postgres;
+use common::{NO_AUTH_CHECKS, Tern, have_program};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A node's configuration: `database`, relaying everything to `sink`.
+fn node_toml(database: &str, sink: &DumpSink, extra: &str) -> String {
+    format!(
+        "\n[cluster]\ndatabase = \"{database}\"\nnode = \"mx1\"\nlease = \"3s\"\n{extra}{NO_AUTH_CHECKS}\n\
+         [relay]\nsmarthost = \"127.0.0.1:{}\"\ntls = \"none\"\n\n[queue]\nretry = [\"1s\"]\nconcurrency = 8\n",
+        sink.port
+    )
+}
+
+/// PostgreSQL and smtp-sink, or None after saying SKIPPED.
+fn database_and_sink(test: &str) -> Option<(Postgres, DumpSink)> {
+    if !have_program("/usr/sbin/smtp-sink") {
+        println!("SKIPPED: {test}: smtp-sink (postfix) is not installed");
+        return None;
+    }
+    if !have_program("python3") {
+        println!("SKIPPED: {test}: python3 is not installed");
+        return None;
+    }
+    let pg = Postgres::start(test)?;
+    Some((pg, DumpSink::start()))
+}
+
+/// A node on `database` whose schema is made by its own `tern cluster init`.
+fn start_node(database: &str, sink: &DumpSink, extra: &str) -> Tern {
+    let mut t = Tern::new_stopped(&node_toml(database, sink, extra), &[]);
+    t.tern_cmd(&["cluster", "init"]).assert_success("cluster init");
+    t.start_again();
+    t
+}
+
+/// A TCP proxy to PostgreSQL that reads the frontend's side of the wire protocol
+/// (after the startup packet, a type byte and a 4-byte length per message) and cuts
+/// the connection at every other simple-query `COMMIT` of a transaction that inserted
+/// into `messages` (so that the node's next try goes through): `before` times without
+/// forwarding it, then `after` times once the server's answer arrived (the COMMIT
+/// happened, the node never hears it).
+struct CommitCutter {
+    port: u16,
+    after: Arc<AtomicUsize>,
+    before: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
+    /// Commits of new messages seen, cut or not.
+    seen: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CommitCutter {
+    fn start(upstream: u16) -> CommitCutter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cutter = CommitCutter {
+            port,
+            after: Arc::default(),
+            before: Arc::default(),
+            cut: Arc::default(),
+            seen: Arc::default(),
+            stop: Arc::default(),
+        };
+        let counters = Counters {
+            after: cutter.after.clone(),
+            before: cutter.before.clone(),
+            cut: cutter.cut.clone(),
+            seen: cutter.seen.clone(),
+        };
+        let stop = cutter.stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                        let counters = counters.clone();
+                        std::thread::spawn(move || relay(client, server, counters));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        cutter
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://tern@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+    }
+}
+
+impl Drop for CommitCutter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What the connections of a [`CommitCutter`] share.
+#[derive(Clone)]
+struct Counters {
+    after: Arc<AtomicUsize>,
+    before: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
+    seen: Arc<AtomicUsize>,
+}
+
+/// Takes one from `counter` if it is above zero.
+fn take(counter: &AtomicUsize) -> bool {
+    counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+/// One proxied connection: the frontend's messages parsed, the backend's passed on
+/// until a cut.
+fn relay(mut client: TcpStream, mut server: TcpStream, counters: Counters) {
+    let Counters { after, before, cut, seen } = counters;
+    let cutting = Arc::new(Mutex::new(false));
+    let (mut from_server, mut to_client) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+    let answer_cut = cutting.clone();
+    let (cut_back, close_client, close_server) =
+        (cut.clone(), client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        loop {
+            let n = match from_server.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // The answer to a COMMIT to cut: dropped, and the connection with it.
+            if *answer_cut.lock().unwrap() {
+                cut_back.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            if to_client.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = close_client.shutdown(Shutdown::Both);
+        let _ = close_server.shutdown(Shutdown::Both);
+    });
+
+    let read_exact = |s: &mut TcpStream, n: usize| -> Option<Vec<u8>> {
+        let mut v = vec![0; n];
+        s.read_exact(&mut v).ok().map(|_| v)
+    };
+    // The startup packet (no type byte): a length, then the rest.
+    let Some(len) = read_exact(&mut client, 4) else { return };
+    let n = u32::from_be_bytes(len[..4].try_into().unwrap()) as usize;
+    let Some(rest) = read_exact(&mut client, n.saturating_sub(4)) else { return };
+    if server.write_all(&len).and_then(|_| server.write_all(&rest)).is_err() {
+        return;
+    }
+    let mut inserted = false;
+    loop {
+        let Some(head) = read_exact(&mut client, 5) else { break };
+        let n = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let Some(body) = read_exact(&mut client, n.saturating_sub(4)) else { break };
+        if body.windows(20).any(|w| w == b"INSERT INTO messages") {
+            inserted = true;
+        }
+        let commit = head[0] == b'Q' && body.starts_with(b"COMMIT\0");
+        let odd = commit && inserted && seen.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+        if odd && take(&before) {
+            cut.fetch_add(1, Ordering::SeqCst);
+            break;
+        }
+        if odd && take(&after) {
+            *cutting.lock().unwrap() = true;
+        }
+        if commit {
+            inserted = false;
+        }
+        if server.write_all(&head).and_then(|_| server.write_all(&body)).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+}
+
+/// The connection drops while COMMIT is in flight: after the server committed (the
+/// node must find that out and answer 250, not 451, which would have the client send
+/// it again) and before it saw the COMMIT (the node tries again). Either way each
+/// message is stored and delivered once.
+#[test]
+fn commit_cut_off_is_settled() {
+    let Some((pg, sink)) = database_and_sink("commit_cut_off_is_settled") else { return };
+    let proxy = CommitCutter::start(pg.port);
+    let node = start_node(&proxy.url(), &sink, "");
+    proxy.after.store(3, Ordering::SeqCst);
+    proxy.before.store(2, Ordering::SeqCst);
+    let (acked, failed) = Load::start(&[node.port], 12, 1, "cut").finish(Duration::from_secs(60));
+    assert_eq!(proxy.cut.load(Ordering::SeqCst), 5, "{}", node.logs());
+    assert!(failed.is_empty(), "{failed:?}\n{}", node.logs());
+    assert_eq!(acked.len(), 12);
+    let counts = wait_delivered(&sink, &pg, &acked, Duration::from_secs(30), || node.logs());
+    assert_eq!(counts.len(), 12, "{counts:?}");
+    assert_eq!(duplicates(&counts), 0, "{counts:?}");
+    assert!(node.logs().contains("the commit was cut off but happened"), "{}", node.logs());
+}
+
+/// Installs a trigger on `messages` that fails a statement with `sqlstate` while the
+/// sequence it draws from stays at or below `first` (a sequence is not rolled back).
+fn fail_inserts(pg: &Postgres, first: i64, sqlstate: &str) {
+    pg.value(&format!(
+        "DROP TRIGGER IF EXISTS fault ON messages;
+         DROP SEQUENCE IF EXISTS fault_seq;
+         CREATE SEQUENCE fault_seq;
+         CREATE OR REPLACE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF nextval('fault_seq') <= {first} THEN
+             RAISE EXCEPTION 'injected failure' USING ERRCODE = '{sqlstate}';
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER fault AFTER INSERT ON messages FOR EACH STATEMENT EXECUTE FUNCTION fault();
+         SELECT 1"
+    ));
+}
+
+/// Serialization failures (40001) and deadlocks (40P01) are tried again: the
+/// messages are accepted, once each; a failure that never passes gets 451 and leaves
+/// nothing behind.
+#[test]
+fn serialization_failures_are_retried() {
+    let Some((pg, sink)) = database_and_sink("serialization_failures_are_retried") else { return };
+    let node = start_node(&pg.url(), &sink, "");
+    let mut acked = Vec::new();
+    for (round, code) in ["40001", "40P01"].iter().enumerate() {
+        // Two failures in a row: the third try of the first message goes in.
+        fail_inserts(&pg, 2, code);
+        let (ok, failed) = Load::start(&[node.port], 5, 1, &format!("retry{round}")).finish(Duration::from_secs(60));
+        assert!(failed.is_empty(), "{code}: {failed:?}\n{}", node.logs());
+        assert_eq!(ok.len(), 5);
+        assert_eq!(pg.value("SELECT last_value FROM fault_seq"), "7", "{code}: two failures, then five inserts");
+        acked.extend(ok);
+    }
+    let counts = wait_delivered(&sink, &pg, &acked, Duration::from_secs(30), || node.logs());
+    assert_eq!((counts.len(), duplicates(&counts)), (10, 0), "{counts:?}");
+    assert!(node.logs().contains("database write failed; trying again"), "{}", node.logs());
+
+    fail_inserts(&pg, i64::MAX, "40001");
+    let (ok, failed) = Load::start(&[node.port], 3, 1, "never").finish(Duration::from_secs(60));
+    assert!(ok.is_empty(), "250 for a message never stored: {ok:?}");
+    assert!(failed.len() == 3 && failed.iter().all(|l| l.ends_with(" 451")), "{failed:?}");
+    for table in ["messages", "recipients", "contents"] {
+        assert_eq!(pg.value(&format!("SELECT count(*) FROM {table}")), "0", "{table} after failed inserts");
+    }
+    assert!(!sink.counts().keys().any(|id| id.contains("never")));
+}
