@@ -164,8 +164,7 @@ fn relay(mut client: TcpStream, mut server: TcpStream, counters: Counters) {
         return;
     }
     let mut inserted = false;
-    loop {
-        let Some(head) = read_exact(&mut client, 5) else { break };
+    while let Some(head) = read_exact(&mut client, 5) {
         let n = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
         let Some(body) = read_exact(&mut client, n.saturating_sub(4)) else { break };
         if body.windows(20).any(|w| w == b"INSERT INTO messages") {
@@ -336,16 +335,25 @@ fn tls_to_the_database() {
 /// listing both with `target_session_attrs=read-write`. Under load the primary is
 /// killed with SIGKILL and the standby promoted: meanwhile the node answers 4xx,
 /// then it goes on with the new primary without a restart, and every message
-/// acknowledged with 250 is delivered.
+/// acknowledged with 250 is delivered. Both servers are reached with TLS, each
+/// checked for its own host name (`verify-full`).
 #[test]
 fn failover_to_a_promoted_standby() {
     let Some((primary, sink)) = database_and_sink("failover_to_a_promoted_standby") else { return };
+    if !have_program("openssl") {
+        println!("SKIPPED: failover_to_a_promoted_standby: openssl is not installed");
+        return;
+    }
+    let ca = common::pki::TestCa::new("Tern Test Database CA");
+    let (cert, key) = ca.issue("db", &["DNS:localhost", "IP:127.0.0.1"]);
+    // The standby is a copy: the same certificate and settings.
+    primary.enable_ssl(&cert, &key);
     let standby = primary.start_standby();
     let url = format!(
-        "postgres://tern@127.0.0.1:{},127.0.0.1:{}/postgres?sslmode=disable&target_session_attrs=read-write",
+        "postgres://tern@127.0.0.1:{},localhost:{}/postgres?sslmode=verify-full&target_session_attrs=read-write",
         primary.port, standby.port
     );
-    let node = start_node(&url, &sink, "");
+    let node = start_node(&url, &sink, &format!("ca_file = \"{}\"\n", ca.ca_file().display()));
     let mut load = Load::start(&[node.port], 600, 4, "failover");
     load.wait_answered(100);
     primary.kill9();
@@ -376,6 +384,9 @@ fn failover_to_a_promoted_standby() {
     );
     let all: Vec<String> = acked.iter().chain(&after).cloned().collect();
     let counts = wait_delivered(&sink, &standby, &all, Duration::from_secs(40), || node.logs());
+    let plain = "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = 'tern' AND NOT s.ssl";
+    assert_eq!(standby.value(plain), "0", "a plain connection to the new primary");
     let dups = duplicates(&counts);
     let logs = node.logs();
     let (happened, not) = (logs.matches("cut off but happened").count(), logs.matches("did not happen").count());

@@ -82,7 +82,10 @@ async fn ask(cluster: &Cluster, ids: &[&str], xid: i64, deadline: tokio::time::I
         let status = match client.query_one("SELECT txid_status($1)", &[&xid]).await {
             Ok(row) => row.get::<_, Option<String>>(0),
             // 22023: an id this server never gave out (lost with a failed primary).
-            Err(e) if e.code().is_some_and(|c| c.code() == "22023") => return Ok(Some(false)),
+            // 42883: a database without txid_status(), where the rows alone decide
+            // (a COMMIT still in progress then makes the retry fail on its ids: a
+            // refusal, never a loss).
+            Err(e) if e.code().is_some_and(|c| matches!(c.code(), "22023" | "42883")) => return Ok(Some(false)),
             Err(e) => return Err(e.into()),
         };
         match status.as_deref() {
