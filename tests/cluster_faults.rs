@@ -54,12 +54,22 @@ fn start_node(database: &str, sink: &DumpSink, extra: &str) -> Tern {
 /// happened, the node never hears it).
 struct CommitCutter {
     port: u16,
-    after: Arc<AtomicUsize>,
-    before: Arc<AtomicUsize>,
-    cut: Arc<AtomicUsize>,
-    /// Commits of new messages seen, cut or not.
-    seen: Arc<AtomicUsize>,
+    cuts: Arc<Cuts>,
     stop: Arc<AtomicBool>,
+}
+
+/// What the connections of a [`CommitCutter`] share.
+#[derive(Default)]
+struct Cuts {
+    after: AtomicUsize,
+    before: AtomicUsize,
+    /// Connections cut so far.
+    cut: AtomicUsize,
+    /// Commits of new messages seen, cut or not.
+    seen: AtomicUsize,
+    /// New connections are closed at once (the database unreachable) after a cut.
+    refuse_after_cut: AtomicBool,
+    refusing: AtomicBool,
 }
 
 impl CommitCutter {
@@ -67,30 +77,18 @@ impl CommitCutter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let cutter = CommitCutter {
-            port,
-            after: Arc::default(),
-            before: Arc::default(),
-            cut: Arc::default(),
-            seen: Arc::default(),
-            stop: Arc::default(),
-        };
-        let counters = Counters {
-            after: cutter.after.clone(),
-            before: cutter.before.clone(),
-            cut: cutter.cut.clone(),
-            seen: cutter.seen.clone(),
-        };
-        let stop = cutter.stop.clone();
+        let cutter = CommitCutter { port, cuts: Arc::default(), stop: Arc::default() };
+        let (cuts, stop) = (cutter.cuts.clone(), cutter.stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((client, _)) => {
+                    Ok((client, _)) if !cuts.refusing.load(Ordering::SeqCst) => {
                         client.set_nonblocking(false).unwrap();
                         let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
-                        let counters = counters.clone();
-                        std::thread::spawn(move || relay(client, server, counters));
+                        let cuts = cuts.clone();
+                        std::thread::spawn(move || relay(client, server, &cuts));
                     }
+                    Ok(_) => {}
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
@@ -109,15 +107,6 @@ impl Drop for CommitCutter {
     }
 }
 
-/// What the connections of a [`CommitCutter`] share.
-#[derive(Clone)]
-struct Counters {
-    after: Arc<AtomicUsize>,
-    before: Arc<AtomicUsize>,
-    cut: Arc<AtomicUsize>,
-    seen: Arc<AtomicUsize>,
-}
-
 /// Takes one from `counter` if it is above zero.
 fn take(counter: &AtomicUsize) -> bool {
     counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
@@ -125,13 +114,11 @@ fn take(counter: &AtomicUsize) -> bool {
 
 /// One proxied connection: the frontend's messages parsed, the backend's passed on
 /// until a cut.
-fn relay(mut client: TcpStream, mut server: TcpStream, counters: Counters) {
-    let Counters { after, before, cut, seen } = counters;
+fn relay(mut client: TcpStream, mut server: TcpStream, cuts: &Arc<Cuts>) {
     let cutting = Arc::new(Mutex::new(false));
     let (mut from_server, mut to_client) = (server.try_clone().unwrap(), client.try_clone().unwrap());
-    let answer_cut = cutting.clone();
-    let (cut_back, close_client, close_server) =
-        (cut.clone(), client.try_clone().unwrap(), server.try_clone().unwrap());
+    let (answer_cut, cuts_back) = (cutting.clone(), cuts.clone());
+    let (close_client, close_server) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     std::thread::spawn(move || {
         let mut buf = [0u8; 16384];
         loop {
@@ -141,7 +128,10 @@ fn relay(mut client: TcpStream, mut server: TcpStream, counters: Counters) {
             };
             // The answer to a COMMIT to cut: dropped, and the connection with it.
             if *answer_cut.lock().unwrap() {
-                cut_back.fetch_add(1, Ordering::SeqCst);
+                if cuts_back.refuse_after_cut.load(Ordering::SeqCst) {
+                    cuts_back.refusing.store(true, Ordering::SeqCst);
+                }
+                cuts_back.cut.fetch_add(1, Ordering::SeqCst);
                 break;
             }
             if to_client.write_all(&buf[..n]).is_err() {
@@ -171,12 +161,12 @@ fn relay(mut client: TcpStream, mut server: TcpStream, counters: Counters) {
             inserted = true;
         }
         let commit = head[0] == b'Q' && body.starts_with(b"COMMIT\0");
-        let odd = commit && inserted && seen.fetch_add(1, Ordering::SeqCst) % 2 == 0;
-        if odd && take(&before) {
-            cut.fetch_add(1, Ordering::SeqCst);
+        let odd = commit && inserted && cuts.seen.fetch_add(1, Ordering::SeqCst).is_multiple_of(2);
+        if odd && take(&cuts.before) {
+            cuts.cut.fetch_add(1, Ordering::SeqCst);
             break;
         }
-        if odd && take(&after) {
+        if odd && take(&cuts.after) {
             *cutting.lock().unwrap() = true;
         }
         if commit {
@@ -199,10 +189,10 @@ fn commit_cut_off_is_settled() {
     let Some((pg, sink)) = database_and_sink("commit_cut_off_is_settled") else { return };
     let proxy = CommitCutter::start(pg.port);
     let node = start_node(&proxy.url(), &sink, "");
-    proxy.after.store(3, Ordering::SeqCst);
-    proxy.before.store(2, Ordering::SeqCst);
+    proxy.cuts.after.store(3, Ordering::SeqCst);
+    proxy.cuts.before.store(2, Ordering::SeqCst);
     let (acked, failed) = Load::start(&[node.port], 12, 1, "cut").finish(Duration::from_secs(60));
-    assert_eq!(proxy.cut.load(Ordering::SeqCst), 5, "{}", node.logs());
+    assert_eq!(proxy.cuts.cut.load(Ordering::SeqCst), 5, "{}", node.logs());
     assert!(failed.is_empty(), "{failed:?}\n{}", node.logs());
     assert_eq!(acked.len(), 12);
     let counts = wait_delivered(&sink, &pg, &acked, Duration::from_secs(30), || node.logs());
@@ -211,6 +201,41 @@ fn commit_cut_off_is_settled() {
     let logs = node.logs();
     assert_eq!(logs.matches("the commit was cut off but happened").count(), 3, "{logs}");
     assert_eq!(logs.matches("(the commit did not happen)").count(), 2, "{logs}");
+}
+
+/// A COMMIT cut off after the server committed, and the database unreachable while
+/// the node looks for the outcome: the client gets 451 once the lookup gives up (30
+/// s) and the node logs the message as possibly delivered twice. Once the database
+/// is back, the node accepts again and hands the stored copy back to be delivered:
+/// the client's second copy and the first both arrive.
+#[test]
+fn unknown_commit_outcome_is_refused() {
+    let Some((pg, sink)) = database_and_sink("unknown_commit_outcome_is_refused") else { return };
+    let proxy = CommitCutter::start(pg.port);
+    let node = start_node(&proxy.url(), &sink, "");
+    proxy.cuts.refuse_after_cut.store(true, Ordering::SeqCst);
+    proxy.cuts.after.store(1, Ordering::SeqCst);
+    // One message, with a client that waits longer than the lookup (RFC 5321 4.5.3.2.6
+    // gives the end of DATA ten minutes).
+    let started = std::time::Instant::now();
+    let out = node.py_within(
+        "s = smtplib.SMTP('127.0.0.1', PORT, timeout=60)\ns.ehlo('client.test')\ns.mail('a@client.test')\n\
+         s.rcpt('b@remote.test')\nprint(s.data(b'Message-ID: <unknown.0@cluster.test>\\r\\n\\r\\nbody\\r\\n')[0])\n",
+        Duration::from_secs(90),
+    );
+    let took = started.elapsed();
+    println!("{} after {took:?}", out.stdout.trim());
+    assert_eq!(out.stdout.trim(), "451", "{}\n{}", out.all(), node.logs());
+    assert!(took >= Duration::from_secs(25), "{took:?}");
+    assert!(node.logs().contains("refused, so these messages may be delivered twice"), "{}", node.logs());
+
+    proxy.cuts.refusing.store(false, Ordering::SeqCst);
+    let (acked, failed) = Load::start(&[node.port], 1, 1, "unknown").finish(Duration::from_secs(60));
+    assert!(failed.is_empty() && acked.len() == 1, "{failed:?}\n{}", node.logs());
+    let counts = wait_delivered(&sink, &pg, &acked, Duration::from_secs(30), || node.logs());
+    assert_eq!(counts["<unknown.0@cluster.test>"], 2, "the committed first copy and the client's second");
+    let handed_back = |l: &str| l.contains("messages of an unknown commit handed back") && l.contains("found=1");
+    assert!(node.logs().lines().any(handed_back), "{}", node.logs());
 }
 
 /// Installs a trigger on `messages` that fails a statement with `sqlstate` while the

@@ -39,19 +39,50 @@ pub(super) async fn outcome(cluster: &Cluster, batch: &[Request], xid: i64, caus
             Ok(())
         }
         Ok(Some(false)) => Err(Failure::Again(Error(format!("{cause} (the commit did not happen)")))),
-        Ok(None) => Err(unknown(&ids, cause, "the transaction committed but its messages are gone")),
-        Err(e) => Err(unknown(&ids, cause, &e.0)),
+        Ok(None) => Err(unknown(cluster, &ids, cause, "the transaction committed but its messages are gone")),
+        Err(e) => Err(unknown(cluster, &ids, cause, &e.0)),
     }
 }
 
 /// Refused although the messages may be stored: said loudly, since each may then be
-/// delivered twice.
-fn unknown(ids: &[&str], cause: Error, why: &str) -> Failure {
+/// delivered twice. Stored ones are leased to this process, which does not know
+/// them, and the heartbeat would renew that lease: they are handed back (see
+/// [`release`]) so that whichever node is free delivers them.
+fn unknown(cluster: &Cluster, ids: &[&str], cause: Error, why: &str) -> Failure {
     tracing::error!(
         ids = %ids.join(","), error = %cause, why,
         "database: the outcome of a commit is unknown; refused, so these messages may be delivered twice"
     );
+    let ids = ids.iter().map(|id| id.to_string()).collect();
+    tokio::spawn(release(cluster.clone(), ids));
     Failure::Pool(Error(format!("{cause} (the outcome of the commit is unknown)")))
+}
+
+/// How often, and how many times, [`release`] tries: past that, the database has
+/// been out of reach for longer than any lease, which has run out by itself.
+const RELEASE_EVERY: Duration = Duration::from_secs(1);
+const RELEASE_TRIES: u32 = 3600;
+
+/// Hands back whichever of `ids` are stored and leased to this process.
+async fn release(cluster: Cluster, ids: Vec<String>) {
+    for _ in 0..RELEASE_TRIES {
+        let done = answered(async {
+            let client = cluster.client().await?;
+            Ok(client
+                .execute(
+                    "UPDATE messages SET owner = NULL, instance = NULL, lease_until = NULL
+                     WHERE id = ANY($1) AND instance = $2",
+                    &[&ids, &cluster.instance],
+                )
+                .await?)
+        })
+        .await;
+        if let Ok(found) = done {
+            tracing::warn!(ids = %ids.join(","), found, "database: messages of an unknown commit handed back");
+            return;
+        }
+        tokio::time::sleep(RELEASE_EVERY).await;
+    }
 }
 
 /// Whether the transaction committed: Some(true) or Some(false) once known, None
