@@ -57,7 +57,20 @@ impl From<tokio_postgres::Error> for Error {
         // The server's own words (a `DbError`) say more than the generic text.
         match e.as_db_error() {
             Some(db) => Error(format!("database: {} ({})", db.message(), db.code().code())),
-            None => Error(format!("database: {e}")),
+            // The cause (a refused certificate, a refused connection) is in the source.
+            None => {
+                let mut text = format!("database: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    if let Some(words) = tls::describe(cause) {
+                        text = format!("{text}: {words}");
+                        break;
+                    }
+                    text = format!("{text}: {cause}");
+                    source = cause.source();
+                }
+                Error(text)
+            }
         }
     }
 }

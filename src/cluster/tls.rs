@@ -6,7 +6,7 @@ use crate::delivery::remote::AcceptAny;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -49,6 +49,25 @@ pub fn connector(verify: Verify, ca_file: Option<&Path>) -> Result<MakeRustlsCon
         }
     };
     Ok(MakeRustlsConnect::new(config))
+}
+
+/// What was wrong with the database's certificate, when `cause` is its refusal.
+pub fn describe(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let refusal = cause
+        .downcast_ref::<std::io::Error>()
+        .and_then(|e| e.get_ref())
+        .and_then(|e| e.downcast_ref::<Error>())
+        .or_else(|| cause.downcast_ref::<Error>())?;
+    let Error::InvalidCertificate(problem) = refusal else { return None };
+    Some(match problem {
+        CertificateError::UnknownIssuer => {
+            "the server's certificate is not signed by a trusted CA (cluster.ca_file, else the system's roots)".into()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            format!("the server's certificate does not name the host of cluster.database ({refusal})")
+        }
+        _ => format!("the server's certificate is refused ({refusal})"),
+    })
 }
 
 fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {

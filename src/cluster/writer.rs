@@ -3,6 +3,8 @@
 //! FROM UNNEST` per table, so that concurrent sessions cost one commit between them;
 //! recipient results, holds, finished messages and released leases ride along.
 
+mod settle;
+
 use super::{Cluster, Error};
 use crate::spool::{Change, RcptState};
 use std::collections::HashMap;
@@ -119,14 +121,24 @@ impl Clone for Error {
 }
 
 /// One transaction for the batch, tried again after a serialization failure, a
-/// deadlock or a lost connection; all or nothing each time.
+/// deadlock or a lost connection; all or nothing each time. A COMMIT whose answer
+/// never came is settled (see [`settle`]) before anything is said or tried again.
 async fn commit(cluster: &Cluster, batch: &[Request], owned: bool) -> Result<(), Error> {
     let mut last = Error("no try".into());
     for attempt in 0..TRIES {
-        let within = tokio::time::timeout(super::ANSWER_TIMEOUT, transaction(cluster, batch, owned));
-        let outcome = within.await.unwrap_or_else(|_| {
+        let progress = Progress::default();
+        let within = tokio::time::timeout(super::ANSWER_TIMEOUT, transaction(cluster, batch, owned, &progress));
+        let mut outcome = within.await.unwrap_or_else(|_| {
             Err(Failure::Pool(Error(format!("database: no answer within {:?}", super::ANSWER_TIMEOUT))))
         });
+        if progress.commit_sent.load(Ordering::SeqCst)
+            && let Err(e) = outcome
+        {
+            outcome = match e {
+                e if answered_by_server(&e) => Err(e),
+                e => settle::outcome(cluster, batch, progress.xid.load(Ordering::SeqCst), Error::from(e)).await,
+            };
+        }
         match outcome {
             Ok(()) => return Ok(()),
             Err(e) if retryable(&e) && attempt + 1 < TRIES => {
@@ -134,10 +146,7 @@ async fn commit(cluster: &Cluster, batch: &[Request], owned: bool) -> Result<(),
                 tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
             }
             Err(e) => {
-                last = match e {
-                    Failure::Pool(e) => e,
-                    Failure::Db(e) => Error::from(e),
-                };
+                last = Error::from(e);
                 break;
             }
         }
@@ -145,9 +154,25 @@ async fn commit(cluster: &Cluster, batch: &[Request], owned: bool) -> Result<(),
     Err(last)
 }
 
+/// How far a transaction got, kept outside it so that a timeout does not lose it.
+#[derive(Default)]
+struct Progress {
+    /// `txid_current()` of a transaction that stores new messages, else 0.
+    xid: AtomicI64,
+    /// COMMIT was (or was about to be) sent.
+    commit_sent: AtomicBool,
+}
+
+/// The server itself answered (a COMMIT it refused was rolled back).
+fn answered_by_server(e: &Failure) -> bool {
+    matches!(e, Failure::Db(e) if e.as_db_error().is_some())
+}
+
 enum Failure {
     Pool(Error),
     Db(tokio_postgres::Error),
+    /// Safe to try again: known not to have committed, or only idempotent writes.
+    Again(Error),
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -159,18 +184,19 @@ impl From<tokio_postgres::Error> for Failure {
 impl From<Failure> for Error {
     fn from(f: Failure) -> Error {
         match f {
-            Failure::Pool(e) => e,
+            Failure::Pool(e) | Failure::Again(e) => e,
             Failure::Db(e) => Error::from(e),
         }
     }
 }
 
-/// Serialization failure (40001), deadlock (40P01), or a connection that broke: the
-/// transaction did not happen (or, when the commit itself was cut off, may have:
-/// every write here is idempotent but a new message's, which then fails cleanly).
+/// Serialization failure (40001), deadlock (40P01), or a connection that broke before
+/// COMMIT (one cut off during COMMIT was settled into [`Failure::Again`] or an
+/// answer): the transaction did not happen.
 fn retryable(e: &Failure) -> bool {
     match e {
         Failure::Pool(_) => false,
+        Failure::Again(_) => true,
         Failure::Db(e) => match e.code() {
             Some(code) => matches!(code.code(), "40001" | "40P01"),
             None => e.is_closed(),
@@ -178,7 +204,7 @@ fn retryable(e: &Failure) -> bool {
     }
 }
 
-async fn transaction(cluster: &Cluster, batch: &[Request], owned: bool) -> Result<(), Failure> {
+async fn transaction(cluster: &Cluster, batch: &[Request], owned: bool, progress: &Progress) -> Result<(), Failure> {
     let mut client = cluster.client().await.map_err(Failure::Pool)?;
     let tx = client.transaction().await?;
     let mut notify = false;
@@ -192,14 +218,19 @@ async fn transaction(cluster: &Cluster, batch: &[Request], owned: bool) -> Resul
         let lens: Vec<i64> = new.iter().map(|m| m.len).collect();
         let owner = owned.then_some(cluster.node.as_str());
         let instance = owned.then_some(cluster.instance.as_str());
-        tx.execute(
-            "INSERT INTO messages (id, envelope, size, accepted_by, due, owner, instance, lease_until)
-             SELECT i, e, s, $4, 0, $5::text, $6::text,
-                    CASE WHEN $5::text IS NULL THEN NULL ELSE now() + $7::float8 * interval '1 second' END
-             FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t (i, e, s)",
-            &[&ids, &envelopes, &lens, &cluster.node, &owner, &instance, &cluster.lease_secs()],
-        )
-        .await?;
+        // The transaction's id comes with the insert, for settling a cut-off COMMIT.
+        let row = tx
+            .query_one(
+                "WITH stored AS (
+                   INSERT INTO messages (id, envelope, size, accepted_by, due, owner, instance, lease_until)
+                   SELECT i, e, s, $4, 0, $5::text, $6::text,
+                          CASE WHEN $5::text IS NULL THEN NULL ELSE now() + $7::float8 * interval '1 second' END
+                   FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS t (i, e, s)
+                 ) SELECT txid_current()",
+                &[&ids, &envelopes, &lens, &cluster.node, &owner, &instance, &cluster.lease_secs()],
+            )
+            .await?;
+        progress.xid.store(row.get(0), Ordering::SeqCst);
         let (mut r_ids, mut r_idx, mut r_state, mut r_next) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut c_ids, mut c_seq, mut c_data) = (Vec::new(), Vec::new(), Vec::new());
         for m in &new {
@@ -307,6 +338,7 @@ async fn transaction(cluster: &Cluster, batch: &[Request], owned: bool) -> Resul
     if notify {
         tx.batch_execute("NOTIFY tern_queue").await?;
     }
+    progress.commit_sent.store(true, Ordering::SeqCst);
     tx.commit().await?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod auth_results;
+pub mod cluster;
 pub mod counting_sink;
 pub mod dkim;
 pub mod outbound;

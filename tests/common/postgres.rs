@@ -83,7 +83,12 @@ impl Postgres {
 
     /// Runs one of PostgreSQL's programs, as the unprivileged user when root.
     fn run_as(&self, program: &str, args: &[&str], timeout: Duration) -> Out {
-        let path = self.bin.join(program);
+        let mut path = self.bin.join(program);
+        if !path.is_file() {
+            // PATH may hold links to only some of the programs: the real directory has all.
+            let real = std::fs::canonicalize(self.bin.join("initdb")).expect("initdb");
+            path = real.with_file_name(program);
+        }
         let mut cmd = match self.user {
             Some(user) => {
                 let mut c = Command::new("runuser");
@@ -146,6 +151,103 @@ impl Postgres {
         let out = self.psql(sql);
         out.assert_success(sql);
         out.stdout.trim().to_string()
+    }
+
+    /// Turns TLS on (a reload) with `cert` and `key` (PEM), copied into its directory.
+    pub fn enable_ssl(&self, cert: &Path, key: &Path) {
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = self.dir.path().join(name);
+            std::fs::copy(from, &to).expect("copy the certificate");
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+            if let Some(user) = self.user {
+                let mut chown = Command::new("chown");
+                chown.arg(user).arg(&to);
+                run(chown, CLIENT_TIMEOUT).assert_success("chown the certificate");
+            }
+        }
+        let dir = self.dir.path().display();
+        self.value(&format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{dir}/server.crt';\nALTER SYSTEM SET ssl_key_file = '{dir}/server.key';\n\
+             ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();"
+        ));
+        super::outbound::wait_for(
+            Duration::from_secs(10),
+            "ssl = on",
+            || (self.value("SHOW ssl") == "on").then_some(()),
+            || std::fs::read_to_string(self.log()).unwrap_or_default(),
+        );
+    }
+
+    /// A streaming standby of this server (`pg_basebackup -R`), started; it becomes
+    /// this server's synchronous standby with `synchronous_commit = remote_apply`.
+    pub fn start_standby(&self) -> Postgres {
+        let dir = tempfile::Builder::new().prefix("tern-pg-").tempdir().expect("temp dir");
+        if let Some(user) = self.user {
+            let mut chown = Command::new("chown");
+            chown.args(["-R", user, dir.path().to_str().unwrap()]);
+            run(chown, CLIENT_TIMEOUT).assert_success("chown the standby's directory");
+        }
+        let standby = Postgres { port: free_port(), dir, bin: self.bin.clone(), user: self.user };
+        let data = standby.data();
+        let port = self.port.to_string();
+        let out = standby.run_as(
+            "pg_basebackup",
+            &["-D", data.to_str().unwrap(), "-R", "-X", "stream", "-h", "127.0.0.1", "-p", &port, "-U", "tern"],
+            Duration::from_secs(60),
+        );
+        out.assert_success("pg_basebackup");
+        let conf = format!("port = {}\nunix_socket_directories = '{}'\n", standby.port, standby.dir.path().display());
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
+            .expect("write the standby's postgresql.conf");
+        standby.start_again();
+        self.value(
+            "ALTER SYSTEM SET synchronous_standby_names = '*';\n\
+             ALTER SYSTEM SET synchronous_commit = remote_apply;\nSELECT pg_reload_conf();",
+        );
+        super::outbound::wait_for(
+            Duration::from_secs(30),
+            "the standby to stream synchronously",
+            || {
+                let state = self.value("SELECT sync_state FROM pg_stat_replication");
+                (state == "sync").then_some(())
+            },
+            || std::fs::read_to_string(standby.log()).unwrap_or_default(),
+        );
+        standby
+    }
+
+    /// Kills the postmaster and every process of it with SIGKILL, as a lost machine.
+    pub fn kill9(&self) {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid")).expect("postmaster.pid");
+        let pid: i32 = pid_file.lines().next().and_then(|l| l.trim().parse().ok()).expect("postmaster's pid");
+        let mut victims = vec![pid];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The parent's pid is the second field after the parenthesised name.
+            let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+            if parent == Some(pid) {
+                victims.push(child);
+            }
+        }
+        for victim in victims {
+            unsafe { libc::kill(victim, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_file(self.data().join("postmaster.pid"));
+    }
+
+    /// Promotes a standby to primary and waits until it takes writes.
+    pub fn promote(&self) {
+        let data = self.data();
+        let out = self.run_as(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-w", "-t", "60", "promote"],
+            Duration::from_secs(70),
+        );
+        out.assert_success("pg_ctl promote");
     }
 }
 
