@@ -154,11 +154,24 @@ fn relay(mut client: TcpStream, mut server: TcpStream, cuts: &Arc<Cuts>) {
         return;
     }
     let mut inserted = false;
+    // Prepared statements (by name) that insert into `messages`: their Parse carries
+    // the text once per connection, each Bind after only the name.
+    let mut inserting: Vec<Vec<u8>> = Vec::new();
+    let cstring = |b: &[u8]| b.split(|&c| c == 0).next().unwrap_or_default().to_vec();
     while let Some(head) = read_exact(&mut client, 5) {
         let n = u32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
         let Some(body) = read_exact(&mut client, n.saturating_sub(4)) else { break };
         if body.windows(20).any(|w| w == b"INSERT INTO messages") {
             inserted = true;
+            if head[0] == b'P' {
+                inserting.push(cstring(&body));
+            }
+        }
+        if head[0] == b'B' {
+            // Bind: the portal's name, then the statement's.
+            let portal = cstring(&body);
+            let statement = cstring(&body[(portal.len() + 1).min(body.len())..]);
+            inserted |= !statement.is_empty() && inserting.contains(&statement);
         }
         let commit = head[0] == b'Q' && body.starts_with(b"COMMIT\0");
         let odd = commit && inserted && cuts.seen.fetch_add(1, Ordering::SeqCst).is_multiple_of(2);

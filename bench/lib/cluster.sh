@@ -60,6 +60,7 @@ pg_start() { # RUNDIR
     fi
     printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\nmax_connections = 200\n" \
         "$PG_PORT" "$PG_DIR" >>"$PG_DIR/data/postgresql.conf"
+    [[ -z ${BENCH_PG_CONF:-} ]] || printf '%s\n' "$BENCH_PG_CONF" >>"$PG_DIR/data/postgresql.conf"
     if ! pg_as "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w -t 60 start \
         >"$PG_DIR/pg_ctl.log" 2>&1; then
         log "postgres: pg_ctl start failed:"

@@ -4,7 +4,7 @@
 //! when there may be new work.
 
 use super::content::Rows;
-use super::writer::{self, CHUNK, Counters, NewMessage, Request, Write};
+use super::writer::{self, CHUNK, Coming, Counters, NewMessage, OnItsWay, Request, Write};
 use super::{Cluster, Error, node};
 use crate::queue::Summary;
 use crate::spool::{BodyRef, Change, Content, Durable, Envelope, Part, RcptState, Store, Stored};
@@ -26,6 +26,7 @@ pub struct PgStore {
     draining: Arc<AtomicBool>,
     in_flight: Arc<AtomicI32>,
     counters: Arc<Counters>,
+    coming: Coming,
     wake: Arc<Notify>,
     runtime: tokio::runtime::Handle,
     summary: super::queue::SummaryCache,
@@ -40,7 +41,8 @@ impl PgStore {
     pub fn start(cluster: Cluster) -> PgStore {
         let counters = Arc::new(Counters::default());
         let draining = Arc::new(AtomicBool::new(false));
-        let writes = writer::start(cluster.clone(), counters.clone(), draining.clone());
+        let coming = Coming::default();
+        let writes = writer::start(cluster.clone(), counters.clone(), draining.clone(), coming.clone());
         let store = PgStore {
             id_tag: fastrand::u64(..(1 << TAG_BITS)),
             cluster,
@@ -49,6 +51,7 @@ impl PgStore {
             draining,
             in_flight: Arc::new(AtomicI32::new(0)),
             counters,
+            coming,
             wake: Arc::new(Notify::new()),
             runtime: tokio::runtime::Handle::current(),
             summary: Default::default(),
@@ -64,9 +67,11 @@ impl PgStore {
         store
     }
 
-    async fn write(&self, write: Write) -> io::Result<()> {
+    /// `write` in the next commit; a store on its way counts until it is handed over.
+    async fn write(&self, write: Write, on_its_way: Option<OnItsWay>) -> io::Result<()> {
         let (reply, wait) = oneshot::channel();
         self.writes.send(Request { write, reply }).map_err(|_| io::Error::other("database writer stopped"))?;
+        drop(on_its_way);
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(io::Error::other(e)),
@@ -195,7 +200,13 @@ impl Store for PgStore {
 
     fn store<'a>(&'a self, envelope: &'a Envelope, parts: Vec<Part>) -> Durable<'a, Stored> {
         Box::pin(async move {
-            let (rows, len) = tokio::task::spawn_blocking(move || chunks(parts)).await.map_err(io::Error::other)??;
+            let on_its_way = self.coming.begin();
+            // Spill files are read off the async threads; bytes in memory are not worth the hop.
+            let (rows, len) = if parts.iter().any(|p| matches!(p, Part::File { .. })) {
+                tokio::task::spawn_blocking(move || chunks(parts)).await.map_err(io::Error::other)??
+            } else {
+                chunks(parts)?
+            };
             let recipients = envelope
                 .recipients
                 .iter()
@@ -208,13 +219,13 @@ impl Store for PgStore {
                 recipients,
                 chunks: rows,
             };
-            self.write(Write::Store(message)).await?;
+            self.write(Write::Store(message), Some(on_its_way)).await?;
             Ok(Stored { envelope: envelope.clone(), body: BodyRef { segment: 0, offset: 0, len } })
         })
     }
 
     fn record<'a>(&'a self, changes: &'a [Change]) -> Durable<'a, ()> {
-        Box::pin(self.write(Write::Record(changes.to_vec())))
+        Box::pin(self.write(Write::Record(changes.to_vec()), None))
     }
 
     /// Every message in the database (for listings); the scheduler claims instead.
@@ -245,7 +256,7 @@ impl Store for PgStore {
     }
 
     fn release<'a>(&'a self, messages: &'a [(String, i64)]) -> Durable<'a, ()> {
-        Box::pin(self.write(Write::Release(messages.to_vec())))
+        Box::pin(self.write(Write::Release(messages.to_vec()), None))
     }
 
     fn take<'a>(&'a self, ids: &'a [String], held: bool) -> Durable<'a, Vec<Stored>> {
@@ -270,6 +281,10 @@ impl Store for PgStore {
 
     fn set_load(&self, in_flight: usize) {
         self.in_flight.store(in_flight as i32, Ordering::Relaxed);
+    }
+
+    fn incoming(&self) -> Option<Box<dyn Send + Sync>> {
+        Some(Box::new(self.coming.begin()))
     }
 }
 

@@ -288,6 +288,8 @@ pub(super) async fn converse(
     let mut line = LineTimer::default();
     // The content of the message being received.
     let mut spill: Option<Spill> = None;
+    // Held while the content arrives (see `Store::incoming`).
+    let mut incoming = None;
     loop {
         while let Some(event) = session.poll() {
             match event {
@@ -304,6 +306,7 @@ pub(super) async fn converse(
                     // it arrives.
                     let checked = spf.is_some();
                     spill = Some(Spill::new(&ctx.spill_files, limits.max_header_size, &ctx.budget, sign, checked));
+                    incoming = ctx.store.incoming();
                 }
                 Event::Content(piece) => {
                     if let Some(spill) = spill.as_mut() {
@@ -370,6 +373,7 @@ pub(super) async fn converse(
                 }
                 Event::Check(Check::Message(message)) => {
                     let content_end = Instant::now();
+                    drop(incoming.take());
                     let spf = match spf.take() {
                         None => None,
                         Some(task) => match task.await {

@@ -71,6 +71,11 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The attempts under way, reported to the other nodes.
     fn set_load(&self, _in_flight: usize) {}
+    /// Marks a message whose content has begun to arrive, until the mark is
+    /// dropped: a store that commits in groups may wait briefly for it.
+    fn incoming(&self) -> Option<Box<dyn Send + Sync>> {
+        None
+    }
 }
 
 impl Store for Spool {

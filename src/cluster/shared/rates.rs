@@ -7,9 +7,10 @@
 use super::{Error, guarded};
 use crate::cluster::Cluster;
 use crate::policy::limits;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Counts `$2` messages and `$3` recipients for `$1` in a fixed window of `$6`
 /// seconds; a count stops one past its limit (`$4`, `$5`), so a refusal is seen as
@@ -46,7 +47,14 @@ ON CONFLICT (ip) DO UPDATE SET
         ELSE a.banned_until END
 RETURNING failures";
 
-const BANNED: &str = "SELECT banned_until > now() FROM auth_failures WHERE ip = $1";
+/// Every address banned now, with the seconds its ban has left.
+const BANNED: &str = "SELECT ip, extract(epoch FROM banned_until - now())::float8 FROM auth_failures
+     WHERE banned_until > now()";
+
+/// How long this node answers from its copy of the cluster's bans before it reads
+/// them again: a ban set by another node holds here within this time, and a busy node
+/// asks the database once per period instead of once per connection.
+const BANS_FRESH: Duration = Duration::from_secs(1);
 
 fn limit(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX - 1).min(i32::MAX - 1)
@@ -111,6 +119,15 @@ pub struct AuthFailures {
     window: f64,
     ban: f64,
     local: Arc<limits::AuthFailures>,
+    /// The cluster's bans as last read (see [`BANS_FRESH`]).
+    bans: tokio::sync::Mutex<Bans>,
+}
+
+/// A copy of the banned addresses, each with the end of its ban.
+#[derive(Default)]
+struct Bans {
+    read: Option<Instant>,
+    until: HashMap<String, Instant>,
 }
 
 impl AuthFailures {
@@ -121,6 +138,7 @@ impl AuthFailures {
             window: window.as_secs_f64(),
             ban: ban.as_secs_f64(),
             local: Arc::new(limits::AuthFailures::new(max, window, ban)),
+            bans: Default::default(),
         }
     }
 
@@ -135,22 +153,38 @@ impl AuthFailures {
             Ok(row.get::<_, i32>(0))
         })
         .await;
+        if shared.is_some_and(|n| n >= self.max) {
+            let until = Instant::now() + Duration::from_secs_f64(self.ban);
+            self.bans.lock().await.until.insert(key, until);
+        }
         shared.map_or(here, |n| u32::try_from(n).unwrap_or(0).max(here))
     }
 
-    /// Banned here, or anywhere in the cluster.
+    /// Banned here, or anywhere in the cluster (as of at most [`BANS_FRESH`] ago).
     pub async fn is_banned(&self, ip: IpAddr) -> bool {
         if self.local.is_banned(ip) {
             return true;
         }
         let key = ip.to_canonical().to_string();
-        guarded("auth", async {
-            let client = self.cluster.client().await?;
-            let statement = client.prepare_cached(BANNED).await?;
-            let row = client.query_opt(&statement, &[&key]).await?;
-            Ok(row.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
-        })
-        .await
-        .unwrap_or(false)
+        // Held while reading: connections arriving meanwhile wait for that one read.
+        let mut bans = self.bans.lock().await;
+        if bans.read.is_none_or(|at| at.elapsed() >= BANS_FRESH) {
+            let read = guarded("auth", async {
+                let client = self.cluster.client().await?;
+                let statement = client.prepare_cached(BANNED).await?;
+                let now = Instant::now();
+                let rows = client.query(&statement, &[]).await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| (r.get::<_, String>(0), now + Duration::from_secs_f64(r.get::<_, f64>(1).max(0.0))))
+                    .collect())
+            })
+            .await;
+            // Unread, the last copy stands; the next check tries again.
+            if let Some(until) = read {
+                *bans = Bans { read: Some(Instant::now()), until };
+            }
+        }
+        bans.until.get(&key).is_some_and(|until| *until > Instant::now())
     }
 }
