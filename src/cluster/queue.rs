@@ -14,12 +14,7 @@ use tokio::sync::Mutex;
 pub async fn all(cluster: &Cluster) -> Result<Vec<Stored>, Error> {
     let client = cluster.client().await?;
     let rows = client.query("SELECT id, envelope, size, held FROM messages ORDER BY id", &[]).await?;
-    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let states = recipient_states(&client, &ids).await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| Some(with_hold(assemble(r.get(0), r.get(1), r.get(2), &states)?, r.get(3))))
-        .collect())
+    messages(&client, &rows).await
 }
 
 /// Leases the messages `ids` to this node whatever their due time, each only when
@@ -44,8 +39,13 @@ pub async fn take(cluster: &Cluster, ids: &[String], held: bool) -> Result<Vec<S
             &[&cluster.node, &cluster.instance, &ids, &cluster.lease_secs(), &held],
         )
         .await?;
+    messages(&client, &rows).await
+}
+
+/// The messages of rows `(id, envelope, size, held)`, with their recipients' states.
+async fn messages(client: &tokio_postgres::Client, rows: &[tokio_postgres::Row]) -> Result<Vec<Stored>, Error> {
     let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let states = recipient_states(&client, &ids).await?;
+    let states = recipient_states(client, &ids).await?;
     Ok(rows
         .iter()
         .filter_map(|r| Some(with_hold(assemble(r.get(0), r.get(1), r.get(2), &states)?, r.get(3))))
