@@ -64,7 +64,7 @@ impl Users {
             crate::config::UsersSource::File => Users::open(config.users_file()),
             crate::config::UsersSource::Database => Users {
                 path: PathBuf::new(),
-                table: Some(crate::cluster::shared::get().map(|s| &s.users)),
+                table: Some(crate::cluster::shared::get().map(|s| s.users.used())),
                 state: RwLock::new((None, BTreeMap::new())),
             },
         }

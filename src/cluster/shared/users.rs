@@ -8,6 +8,7 @@ use super::{Error, failed};
 use crate::cluster::Cluster;
 use crate::policy::users::{Change, canonical, hash};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ const POLL: Duration = Duration::from_secs(1);
 /// This node's copy of the table.
 pub struct Table {
     copy: RwLock<(i64, Arc<BTreeMap<String, String>>)>,
+    /// The configuration takes its users from the table (`[auth] users =
+    /// "database"`), now or since a reload: only then is the copy kept fresh.
+    used: AtomicBool,
 }
 
 /// The table's version and content.
@@ -34,7 +38,13 @@ impl Table {
     /// Reads the table (at start: a failure stops the start).
     pub async fn load(cluster: &Cluster) -> Result<Table, Error> {
         let (version, users) = read(cluster).await?;
-        Ok(Table { copy: RwLock::new((version, Arc::new(users))) })
+        Ok(Table { copy: RwLock::new((version, Arc::new(users))), used: AtomicBool::new(false) })
+    }
+
+    /// Marks the table as the configuration's users (see [`Table::follow`]).
+    pub fn used(&self) -> &Table {
+        self.used.store(true, Ordering::Relaxed);
+        self
     }
 
     /// The hash of a canonical user name.
@@ -42,7 +52,8 @@ impl Table {
         self.copy.read().unwrap_or_else(|e| e.into_inner()).1.get(name).cloned()
     }
 
-    /// Keeps the copy fresh, for as long as the process runs.
+    /// Keeps the copy fresh, for as long as the process runs, once it is
+    /// [`used`](Table::used): a node with a users file asks nothing.
     pub fn follow(&'static self, cluster: &Cluster) {
         let cluster = cluster.clone();
         tokio::spawn(async move {
@@ -50,6 +61,9 @@ impl Table {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                if !self.used.load(Ordering::Relaxed) {
+                    continue;
+                }
                 if let Err(e) = self.refresh(&cluster).await {
                     failed("users", &e);
                 }
