@@ -2,7 +2,7 @@
 //! without checking the certificate, `verify-ca` checks it against the trusted roots,
 //! `verify-full` also checks that it names the host.
 
-use crate::delivery::remote::AcceptAny;
+use crate::delivery::remote::{AcceptAny, add_pem_file, system_roots};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -71,21 +71,15 @@ pub fn describe(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
 }
 
 fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
+    // As libpq's `sslrootcert`: the file replaces the system's roots.
+    let roots = match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-                let cert: CertificateDer = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
+            let mut roots = RootCertStore::empty();
+            add_pem_file(&mut roots, path)?;
+            roots
         }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
+        None => system_roots(),
+    };
     if roots.is_empty() {
         return Err("no trusted CA certificate for the database".into());
     }

@@ -13,7 +13,7 @@ pub(crate) mod transaction;
 pub use client::{RemoteReply, dot_stuff, parse_reply_line};
 pub use pool::Pool;
 pub use route::Hop;
-pub use tls::{AcceptAny, TlsClient, TlsLevel};
+pub use tls::{AcceptAny, TlsClient, TlsLevel, add_pem_file, system_roots, trust_roots};
 
 use super::{Delivered, Failure, Via};
 use crate::config::SmarthostTls;

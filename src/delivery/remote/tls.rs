@@ -92,6 +92,34 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
+/// The system's trusted roots.
+pub fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
+/// Adds the certificates of the PEM file `path` to `roots`.
+pub fn add_pem_file(roots: &mut RootCertStore, path: &Path) -> Result<(), String> {
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The system's roots plus the certificates in `ca_file`, if given.
+pub fn trust_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = system_roots();
+    if let Some(path) = ca_file {
+        add_pem_file(&mut roots, path)?;
+    }
+    Ok(roots)
+}
+
 /// TLS client settings shared by all outbound connections.
 pub struct TlsClient {
     connector: TlsConnector,
@@ -109,17 +137,7 @@ impl TlsClient {
     /// Trust roots: the system's, plus the certificates in `ca_file` if given.
     pub fn new(ca_file: Option<&Path>) -> Result<TlsClient, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        if let Some(path) = ca_file {
-            let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-        }
+        let roots = trust_roots(ca_file)?;
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| format!("TLS trust roots: {e}"))?;
