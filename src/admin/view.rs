@@ -153,14 +153,7 @@ mod tests {
             arrival: id as i64,
             sender: "a@b.test".into(),
             size: 1,
-            smtputf8: false,
-            eight_bit: false,
-            ret: None,
-            envid: None,
-            quarantine: false,
             held,
-            requiretls: false,
-            tls_optional: false,
             recipients: vec![Recipient {
                 address: "c@d.test".into(),
                 local: false,
@@ -169,6 +162,7 @@ mod tests {
                 notify: None,
                 state: RcptState::Queued,
             }],
+            ..Default::default()
         };
         Stored { envelope, body: BodyRef { segment: 1, offset: 0, len: 1 } }
     }

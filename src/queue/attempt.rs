@@ -427,12 +427,6 @@ fn notice(
         size: dsn.len() as u64,
         smtputf8: envelope.smtputf8,
         eight_bit: true,
-        ret: None,
-        envid: None,
-        quarantine: false,
-        held: false,
-        requiretls: false,
-        tls_optional: false,
         recipients: destinations
             .into_iter()
             .map(|(address, local)| Recipient {
@@ -444,6 +438,7 @@ fn notice(
                 state: RcptState::Queued,
             })
             .collect(),
+        ..Default::default()
     };
     Some((dsn_envelope, dsn))
 }

@@ -252,15 +252,9 @@ mod tests {
             arrival: 0,
             sender: "alice@local.test".into(),
             size: 20,
-            smtputf8: false,
-            eight_bit: false,
-            ret: None,
             envid: Some("E1".into()),
-            quarantine: false,
-            held: false,
-            requiretls: false,
-            tls_optional: false,
             recipients: vec![r.clone()],
+            ..Default::default()
         };
         let server = crate::spool::ServerReply {
             host: "mx.remote.test".into(),
@@ -302,15 +296,10 @@ mod tests {
             arrival: 0,
             sender: "alice@local.test".into(),
             size: 20,
-            smtputf8: false,
-            eight_bit: false,
             ret: Some(Ret::Full),
-            envid: None,
-            quarantine: false,
-            held: false,
             requiretls: true,
-            tls_optional: false,
             recipients: vec![r.clone()],
+            ..Default::default()
         };
         let detail = Detail::new((5, 7, 30), "REQUIRETLS support required");
         let original = b"Subject: secret plans\r\nMessage-ID: <m1@local.test>\r\nDate: Mon, 7 Dec 2026 00:00:00 +0000\r\n\r\nthe secret body\r\n";

@@ -159,14 +159,7 @@ mod tests {
             arrival,
             sender: sender.into(),
             size: 1,
-            smtputf8: false,
-            eight_bit: false,
-            ret: None,
-            envid: None,
-            quarantine: false,
             held,
-            requiretls: false,
-            tls_optional: false,
             recipients: rcpts
                 .iter()
                 .map(|(a, state)| Recipient {
@@ -178,6 +171,7 @@ mod tests {
                     state: state.clone(),
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

@@ -227,15 +227,8 @@ async fn enqueue(
         arrival: crate::queue::now(),
         sender: from.to_string(),
         size: content.len() as u64,
-        smtputf8: false,
-        eight_bit: false,
-        ret: None,
-        envid: None,
-        quarantine: false,
-        held: false,
-        requiretls: false,
-        tls_optional: false,
         recipients,
+        ..Default::default()
     };
     let stored = ctx
         .store

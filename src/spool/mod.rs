@@ -32,7 +32,7 @@ use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
 /// The envelope of a queued message and the state of each recipient.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Envelope {
     pub id: String,
     /// Arrival time, seconds since the Unix epoch.

@@ -11,14 +11,6 @@ pub(super) fn envelope_with_id(id: String, rcpts: usize) -> Envelope {
         arrival: 0,
         sender: "a@x.test".into(),
         size: 5,
-        smtputf8: false,
-        eight_bit: false,
-        ret: None,
-        envid: None,
-        quarantine: false,
-        held: false,
-        requiretls: false,
-        tls_optional: false,
         recipients: (0..rcpts)
             .map(|i| Recipient {
                 address: format!("u{i}@localhost"),
@@ -29,6 +21,7 @@ pub(super) fn envelope_with_id(id: String, rcpts: usize) -> Envelope {
                 state: RcptState::Queued,
             })
             .collect(),
+        ..Default::default()
     }
 }
 
