@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::counting_sink::{CountingSink, send};
+use common::cluster::Load;
+use common::counting_sink::CountingSink;
 use common::outbound::wait_for;
 use common::postgres::Postgres;
 use common::{NO_AUTH_CHECKS, Tern, have_program};
@@ -95,7 +96,7 @@ fn skewed_clocks_deliver_once_and_retry_on_time() {
     // Each message deferred once, then delivered once, its retry delay later.
     let ports: Vec<u16> = nodes.iter().map(|t| t.port).collect();
     let started = Instant::now();
-    let (ids, failed) = send(&ports, 60, 6, "skew");
+    let (ids, failed) = Load::start(&ports, 60, 6, "skew").finish(Duration::from_secs(180));
     assert!(failed.is_empty(), "{failed:?}");
     let delivered = wait_delivered(&pg, &sink, &ids, &nodes);
     println!("60 messages deferred once and delivered in {:?}", started.elapsed());
@@ -128,7 +129,7 @@ fn skewed_clocks_deliver_once_and_retry_on_time() {
     // takes them; killed, its mail is taken over once its leases run out.
     sink.stall(true);
     sink.reset_maxima();
-    let (ids, failed) = send(&ports[1..2], 20, 2, "behind");
+    let (ids, failed) = Load::start(&ports[1..2], 20, 2, "behind").finish(Duration::from_secs(180));
     assert!(failed.is_empty(), "{failed:?}");
     wait_for(
         Duration::from_secs(30),

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::counting_sink::{CountingSink, send};
+use common::cluster::Load;
+use common::counting_sink::CountingSink;
 use common::outbound::wait_for;
 use common::postgres::Postgres;
 use common::{NO_AUTH_CHECKS, Tern, have_program};
@@ -79,7 +80,7 @@ fn live_nodes_share_connections_per_host() {
     // Three nodes: one connection each, three in all.
     let ports: Vec<u16> = nodes.iter().map(|t| t.port).collect();
     let started = Instant::now();
-    let (ids, failed) = send(&ports, 300, 6, "three");
+    let (ids, failed) = Load::start(&ports, 300, 6, "three").finish(Duration::from_secs(180));
     assert!(failed.is_empty(), "{failed:?}");
     wait_delivered(&pg, &sink, &ids, &nodes.iter().collect::<Vec<_>>());
     let s = sink.stats();
@@ -101,7 +102,7 @@ fn live_nodes_share_connections_per_host() {
     reload.assert_success("tern reload");
     sink.reset_maxima();
     let started = Instant::now();
-    let (ids, failed) = send(&ports[..2], 300, 8, "two");
+    let (ids, failed) = Load::start(&ports[..2], 300, 8, "two").finish(Duration::from_secs(180));
     assert!(failed.is_empty(), "{failed:?}");
     wait_delivered(&pg, &sink, &ids, &two);
     let s = sink.stats();
