@@ -15,7 +15,7 @@ const WORTH_SAYING_MS: i64 = 2_000;
 /// Now, in Unix milliseconds, by the database's clock (the node's own outside a
 /// cluster).
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis() + OFFSET_MS.load(Ordering::Relaxed)
+    local_ms() + OFFSET_MS.load(Ordering::Relaxed)
 }
 
 /// Takes a reading of the database's clock, `db_ms`, made between the node's
