@@ -144,6 +144,17 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_on_a_reused_connection_names_the_sending_address() {
+        // A reused connection was not opened by this attempt: its probe saw no address.
+        let mut via = Via::starting("none");
+        via.local_ip = Some("192.0.2.9".parse().unwrap());
+        let (_, outcome) = dane_session(&HostPolicy::None, &via, Ok(()));
+        let Outcome::Failure(failure) = outcome else { panic!("{outcome:?}") };
+        assert_eq!(failure.result, ResultType::StarttlsNotSupported);
+        assert_eq!(failure.sending_mta_ip, via.local_ip);
+    }
+
+    #[test]
     fn an_sts_policy_is_reported_as_its_lines() {
         let p = Policy {
             mode: Mode::Enforce,
